@@ -1,0 +1,111 @@
+//! `gatehouse init`: a working starting point on embedded defaults
+//! (SQLite store, local recordings) that refuses to overwrite anything.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::InitArgs;
+
+pub fn run(args: &InitArgs) -> Result<ExitCode> {
+    let dir = &args.dir;
+    let config_path = dir.join("gatehouse.toml");
+    let data = dir.join("data");
+    for existing in [&config_path, &data.join("host_ed25519"), &data.join("client_ed25519")] {
+        if existing.exists() {
+            bail!(
+                "{} already exists; refusing to overwrite it (use another --dir or remove it first)",
+                existing.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(data.join("recordings"))
+        .with_context(|| format!("cannot create {}", data.display()))?;
+    gatehouse_ssh::keys::generate_ed25519(&data.join("host_ed25519"), "gatehouse host key")?;
+    let upstream_pub = gatehouse_ssh::keys::generate_ed25519(&data.join("client_ed25519"), "gatehouse")?;
+
+    let admin_user = args
+        .admin_user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| gatehouse_model::username::is_valid_name(u))
+        .unwrap_or_else(|| "admin".to_string());
+    let admin_key = admin_key_line(args.admin_key.as_deref())?;
+    let keys_line = match &admin_key {
+        Some(k) => format!("keys = [{}]", toml_string(k)),
+        None => "keys = []  # paste your ~/.ssh/id_ed25519.pub here".to_string(),
+    };
+    let config = format!(
+        r#"# Gatehouse configuration. Validate with `gatehouse check`; reload with SIGHUP.
+# Paths are relative to this file.
+
+[server]
+listen = "127.0.0.1:2222"
+host_key = "data/host_ed25519"
+node = "gatehouse-1"
+
+[upstream]
+# The gateway's key towards targets. Put data/client_ed25519.pub into the
+# authorized_keys of the logins on your targets:
+#   {upstream_pub}
+key = "data/client_ed25519"
+
+[store]
+url = "sqlite://data/gatehouse.db"
+
+[recording]
+dir = "data/recordings"
+
+[audit]
+on_failure = "refuse"
+
+# A target. Verify its host key with host_key = "SHA256:..." (from
+# `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the target),
+# known_hosts = "FILE", or tofu = true.
+# [[targets]]
+# name = "web01"
+# address = "10.0.0.5:22"
+# labels = {{ env = "prod" }}
+# tofu = true
+# default_login = "deploy"
+
+[[roles]]
+name = "admin"
+allow = [{{ targets = {{}}, logins = ["*"] }}]
+port_forwarding = true
+
+[[users]]
+name = "{admin_user}"
+{keys_line}
+roles = ["admin"]
+"#
+    );
+    std::fs::write(&config_path, config).with_context(|| format!("cannot write {}", config_path.display()))?;
+    println!("wrote {}", config_path.display());
+    println!("wrote {}/host_ed25519 and {}/client_ed25519", data.display(), data.display());
+    println!("first admin: {admin_user}{}", if admin_key.is_some() { "" } else { " (add a key to gatehouse.toml)" });
+    println!("next: add a [[targets]] entry, then `gatehouse serve --config {}`", config_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn admin_key_line(path: Option<&Path>) -> Result<Option<String>> {
+    let candidate = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".ssh/id_ed25519.pub"))
+            .filter(|p| p.exists()),
+    };
+    let Some(p) = candidate else { return Ok(None) };
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read admin key {}", p.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if gatehouse_ssh::keys::parse_public_line(&line).is_none() {
+        bail!("{} is not an OpenSSH public key; pass the .pub file", p.display());
+    }
+    Ok(Some(line))
+}
+
+fn toml_string(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}

@@ -1,0 +1,334 @@
+//! The `gatehouse` binary: parses the command line, loads the config and
+//! wires the libraries together. The only crate that uses `anyhow`.
+
+mod cli;
+mod init;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use gatehouse_model::{Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_store::Store;
+
+use cli::{AuditCmd, Cli, Command, Format, PolicyCmd};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: what happened and, through the context, what to do.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("gatehouse: {}", chain.join(": "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The config file: `--config`, else `GATEHOUSE_CONFIG`, else `gatehouse.toml`.
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("GATEHOUSE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("gatehouse.toml"))
+}
+
+/// Loads and validates the config, resolving relative paths against the
+/// config file's directory. Prints every problem found.
+fn load_config(path: &Path) -> Result<Config> {
+    match Config::load(path) {
+        Ok(mut c) => {
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            c.resolve_paths(base);
+            Ok(c)
+        }
+        Err(errors) => {
+            for e in &errors[1..] {
+                eprintln!("gatehouse: {e}");
+            }
+            bail!("{}", errors[0]);
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Store> {
+    Store::open(&config.store.url)
+        .await
+        .with_context(|| "the store is unavailable; check store.url and that the database is reachable".to_string())
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let path = config_path(&cli);
+    match &cli.command {
+        Command::Init(args) => init::run(args),
+        Command::Serve => serve(&path).await,
+        Command::Check => check(&path, cli.format),
+        Command::Policy(PolicyCmd::Explain {
+            user,
+            target,
+            login,
+            command,
+        }) => {
+            let config = load_config(&path)?;
+            explain(&config, user, target, login.as_deref(), command.as_deref(), cli.format)
+        }
+        Command::Audit(AuditCmd::Query { sql }) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            let result = store.query_readonly(sql).await?;
+            let out = match cli.format {
+                Format::Table => result.to_table(),
+                Format::Json => result.to_json(),
+                Format::Csv => result.to_csv(),
+            };
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            let report = store.verify_chain().await?;
+            match report.first_bad {
+                None => {
+                    if cli.format == Format::Json {
+                        println!("{}", serde_json::json!({"ok": true, "events_checked": report.events_checked}));
+                    } else {
+                        println!("OK: {} events, hash chain intact", report.events_checked);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(bad) => {
+                    if cli.format == Format::Json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": false, "seq": bad.seq, "id": bad.id, "problem": bad.problem})
+                        );
+                    } else {
+                        println!("FAILED at event {} (seq {}): {}", bad.id, bad.seq, bad.problem);
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Audit(AuditCmd::Tail { lines }) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            for ev in store.recent_events(*lines).await? {
+                println!("{}", serde_json::to_string(&ev)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(path: &Path, format: Format) -> Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(mut c) => {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            c.resolve_paths(base);
+            c
+        }
+        Err(errors) => {
+            if format == Format::Json {
+                let list: Vec<_> = errors
+                    .iter()
+                    .map(|e| serde_json::json!({"file": e.file, "key": e.key, "message": e.message}))
+                    .collect();
+                println!("{}", serde_json::json!({"ok": false, "errors": list}));
+            } else {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = gatehouse_ssh::keys::load_private_key(&config.server.host_key, "server.host_key") {
+        problems.push(format!("{}: server.host_key: {e}", path.display()));
+    }
+    if let Err(e) = gatehouse_ssh::keys::load_private_key(&config.upstream.key, "upstream.key") {
+        problems.push(format!("{}: upstream.key: {e}", path.display()));
+    }
+    for (i, t) in config.targets.iter().enumerate() {
+        if let Some(kh) = &t.known_hosts {
+            if std::fs::metadata(kh).is_err() {
+                problems.push(format!(
+                    "{}: targets[{i}].known_hosts: cannot read {}; fix the path or use host_key/tofu",
+                    path.display(),
+                    kh.display()
+                ));
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for (key, present) in [
+        ("sinks", config.sinks.is_some()),
+        ("alerts", config.alerts.is_some()),
+        ("runbooks", config.runbooks.is_some()),
+    ] {
+        if present {
+            warnings.push(format!("{}: {key}: accepted but not acted on by this build yet", path.display()));
+        }
+    }
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": problems.is_empty(), "errors": problems, "warnings": warnings,
+                "users": config.users.len(), "roles": config.roles.len(), "targets": config.targets.len()})
+        );
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        if problems.is_empty() {
+            println!(
+                "OK: {} ({} users, {} roles, {} targets)",
+                path.display(),
+                config.users.len(),
+                config.roles.len(),
+                config.targets.len()
+            );
+        }
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn explain(
+    config: &Config,
+    user: &str,
+    target: &str,
+    login: Option<&str>,
+    command: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let d = gatehouse_policy::decide(config, user, target, login);
+    let denial = match (command, d.allowed, d.login.as_deref()) {
+        (Some(cmd), true, Some(l)) => gatehouse_policy::command_denied(config, user, target, l, cmd),
+        _ => None,
+    };
+    let allowed = d.allowed && denial.is_none();
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "allowed": allowed, "user": d.user, "target": d.target, "login": d.login,
+                "reason": d.reason, "rule": d.rule.as_ref().map(|r| r.to_string()),
+                "require_mfa": d.require_mfa, "max_session_secs": d.max_session.map(|m| m.as_secs()),
+                "port_forwarding": d.port_forwarding, "agent_forwarding": d.agent_forwarding,
+                "command_denied_by": denial.as_ref().map(|c| c.rule.to_string()),
+            })
+        );
+    } else {
+        print!("{d}");
+        if let Some(cmd) = command {
+            match &denial {
+                Some(c) => println!("  command {cmd:?}: DENY by {}", c.rule),
+                None if d.allowed => println!("  command {cmd:?}: allowed (no command rule matches)"),
+                None => {}
+            }
+        }
+    }
+    Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn serve(path: &Path) -> Result<ExitCode> {
+    init_logging();
+    let config = load_config(path)?;
+    std::fs::create_dir_all(&config.recording.dir)
+        .with_context(|| format!("cannot create recording.dir {}", config.recording.dir.display()))?;
+    let store = open_store(&config).await?;
+    let node = config.server.node.clone();
+    let on_failure = config.audit.on_failure;
+    let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;
+    let addr = gateway.local_addr()?;
+    let handle = gateway.handle();
+    let start = NewEvent::new(EventType::GATEWAY_START, Severity::Info, Outcome::Success, &node)
+        .details(serde_json::json!({"listen": addr.to_string(), "config": path.display().to_string()}));
+    if let Err(e) = store.append(&start).await {
+        if on_failure == gatehouse_model::OnFailure::Refuse {
+            bail!("cannot write the audit trail ({e}); fix the store or set audit.on_failure = \"continue\"");
+        }
+    }
+    eprintln!("gatehouse: listening on {addr} (config {})", path.display());
+    tracing::info!(%addr, "listening");
+
+    let signals = tokio::spawn(handle_signals(handle.clone(), path.to_path_buf(), store.clone(), node.clone()));
+    gateway.run().await?;
+    signals.abort();
+    let stop = NewEvent::new(EventType::GATEWAY_STOP, Severity::Info, Outcome::Success, &node);
+    let _ = store.append(&stop).await;
+    store.close().await;
+    eprintln!("gatehouse: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+async fn handle_signals(handle: gatehouse_ssh::GatewayHandle, path: PathBuf, store: Store, node: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { handle.shutdown("the gateway is shutting down"); return; }
+            _ = int.recv() => { handle.shutdown("the gateway is shutting down"); return; }
+            _ = hup.recv() => {
+                let (result, reason) = match load_config(&path) {
+                    Ok(cfg) => match handle.reload(cfg) {
+                        Ok(()) => (Outcome::Success, None),
+                        Err(e) => (Outcome::Error, Some(e.to_string())),
+                    },
+                    Err(e) => (Outcome::Error, Some(format!("{e:#}"))),
+                };
+                match &reason {
+                    None => tracing::info!("configuration reloaded"),
+                    Some(r) => tracing::error!(error = %r, "configuration reload failed; keeping the previous configuration"),
+                }
+                let sev = if reason.is_some() { Severity::Warn } else { Severity::Info };
+                let mut ev = NewEvent::new(EventType::CONFIG_RELOAD, sev, result, &node)
+                    .details(serde_json::json!({"config": path.display().to_string()}));
+                ev.reason = reason;
+                let _ = store.append(&ev).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn handle_signals(handle: gatehouse_ssh::GatewayHandle, _path: PathBuf, _store: Store, _node: String) {
+    let _ = tokio::signal::ctrl_c().await;
+    handle.shutdown("the gateway is shutting down");
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

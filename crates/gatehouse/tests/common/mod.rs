@@ -1,0 +1,237 @@
+//! A real sshd target and a real gateway process for each test.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gatehouse_testkit::{self as kit, Client, KeyPair, Sshd};
+
+pub const T: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sshd: Sshd,
+    pub alice: KeyPair,
+    pub bob: KeyPair,
+    pub login: String,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub gateway: Option<Child>,
+}
+
+pub fn gatehouse_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse")
+}
+
+/// The config every test starts from: targets on the real sshd (pinned,
+/// TOFU, down, wrong key), a `dev` role for alice, bob without roles.
+pub fn base_config(env_dir: &Path, port: u16, sshd: &Sshd, login: &str, alice: &str, bob: &str, extra: &str) -> String {
+    let closed = kit::free_port();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+host_key = "host_ed25519"
+node = "test-node"
+
+[upstream]
+key = "client_ed25519"
+connect_timeout = "5s"
+
+[store]
+url = "sqlite://{db}"
+
+[recording]
+dir = "recordings"
+
+[[targets]]
+name = "web01"
+address = "{addr}"
+labels = {{ env = "test", team = "web" }}
+host_key = "{fp}"
+default_login = "{login}"
+
+[[targets]]
+name = "tofu01"
+address = "{addr}"
+labels = {{ env = "test" }}
+tofu = true
+default_login = "{login}"
+
+[[targets]]
+name = "down01"
+address = "127.0.0.1:{closed}"
+labels = {{ env = "test" }}
+tofu = true
+default_login = "{login}"
+
+[[targets]]
+name = "evil01"
+address = "{addr}"
+labels = {{ env = "test" }}
+host_key = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+default_login = "{login}"
+
+[[targets]]
+name = "prod01"
+address = "{addr}"
+labels = {{ env = "prod" }}
+host_key = "{fp}"
+default_login = "{login}"
+
+[[roles]]
+name = "dev"
+allow = [{{ targets = {{ env = "test" }}, logins = ["{login}"] }}]
+deny = [{{ commands = ["^rm -rf /"] }}]
+port_forwarding = true
+
+[[users]]
+name = "alice"
+keys = ["{alice}"]
+roles = ["dev"]
+
+[[users]]
+name = "bob"
+keys = ["{bob}"]
+roles = []
+{extra}
+"#,
+        db = env_dir.join("gatehouse.db").display(),
+        addr = sshd.address(),
+        fp = sshd.host_key_fingerprint,
+    )
+}
+
+impl Env {
+    pub fn start() -> Env {
+        Env::start_with("")
+    }
+
+    /// `extra` is appended to the config (more roles, users, sections).
+    pub fn start_with(extra: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = kit::keygen(dir.path(), "client_ed25519").expect("keygen");
+        kit::keygen(dir.path(), "host_ed25519").expect("keygen");
+        let alice = kit::keygen(dir.path(), "alice").expect("keygen");
+        let bob = kit::keygen(dir.path(), "bob").expect("keygen");
+        let sshd = Sshd::start(std::slice::from_ref(&upstream.public_line)).expect("start sshd");
+        let login = kit::current_login();
+        let port = kit::free_port();
+        let config = base_config(dir.path(), port, &sshd, &login, &alice.public_line, &bob.public_line, extra);
+        let config_path = dir.path().join("gatehouse.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut env = Env {
+            dir,
+            sshd,
+            alice,
+            bob,
+            login,
+            port,
+            config_path,
+            gateway: None,
+        };
+        env.spawn_gateway();
+        env
+    }
+
+    pub fn spawn_gateway(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("gateway.log")).expect("log");
+        let child = Command::new(gatehouse_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("GATEHOUSE_LOG", "info,russh=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        self.gateway = Some(child);
+        if let Err(e) = kit::wait_for_port(self.port, Duration::from_secs(20)) {
+            panic!("gateway did not start: {e}\n{}", self.gateway_log());
+        }
+    }
+
+    pub fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("gateway running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.gateway_pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn client(&self, key: &KeyPair) -> Client {
+        Client::new(&key.private)
+    }
+
+    pub fn alice(&self) -> Client {
+        self.client(&self.alice)
+    }
+
+    /// `ssh -p PORT DEST args...` as alice, returning the output.
+    pub fn ssh(&self, dest: &str, args: &[&str]) -> kit::Output {
+        kit::run(self.alice().ssh(self.port, dest, args), T).expect("run ssh")
+    }
+
+    /// Runs `gatehouse --config CONFIG args...`.
+    pub fn gatehouse(&self, args: &[&str]) -> kit::Output {
+        let mut cmd = Command::new(gatehouse_bin());
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        kit::run(cmd, T).expect("run gatehouse")
+    }
+
+    /// `audit query` as JSON rows.
+    pub fn query(&self, sql: &str) -> Vec<serde_json::Value> {
+        let out = self.gatehouse(&["--format", "json", "audit", "query", sql]);
+        assert_eq!(out.code, Some(0), "query failed: {}", out.stderr);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls the audit trail until `sql` returns at least one row
+    /// (events after a session ends are written asynchronously).
+    pub fn wait_rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let rows = self.query(sql);
+            if !rows.is_empty() {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no rows for {sql}\n{}", self.gateway_log());
+    }
+
+    pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.gateway.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn stdout(o: &kit::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}

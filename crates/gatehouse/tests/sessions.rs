@@ -1,0 +1,432 @@
+//! Real OpenSSH `ssh` through a real gateway to a real sshd: exec, exit
+//! codes and signals, stdin/stdout/stderr, env, pty, the menu, policy and
+//! every kind of bad input.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{stdout, Env, T};
+use gatehouse_testkit::{self as kit, Tmux};
+
+#[test]
+fn exec_runs_on_the_target_with_output_and_exit_code() {
+    let env = Env::start();
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo", "hello", "from", "web01"]);
+    assert_eq!(out.code, Some(0), "stderr: {}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(stdout(&out), "hello from web01\n");
+
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.code, Some(7));
+    assert_eq!(stdout(&out), "out\n");
+    assert!(out.stderr.contains("err"), "{}", out.stderr);
+}
+
+#[test]
+fn explicit_login_and_default_login_both_work() {
+    let env = Env::start();
+    let dest = format!("alice:{}@web01@127.0.0.1", env.login);
+    let out = env.ssh(&dest, &["id", "-un"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(stdout(&out).trim(), env.login);
+    let out = env.ssh("alice:web01@127.0.0.1", &["id", "-un"]);
+    assert_eq!(stdout(&out).trim(), env.login);
+}
+
+#[test]
+fn exit_codes_and_signals_match_a_direct_connection() {
+    let env = Env::start();
+    for cmd in ["true", "false", "exit 42", "kill -TERM $$", "kill -KILL $$"] {
+        let direct_client = kit::Client::new(&env.dir.path().join("client_ed25519"));
+        let direct = kit::run(
+            direct_client.ssh(env.sshd.port, &format!("{}@127.0.0.1", env.login), &[cmd]),
+            T,
+        )
+        .expect("direct ssh");
+        let via = env.ssh("alice:web01@127.0.0.1", &[cmd]);
+        assert_eq!(via.code, direct.code, "{cmd}: gateway {:?} vs direct {:?}: {}", via.code, direct.code, via.stderr);
+    }
+}
+
+#[test]
+fn stdin_is_forwarded_until_eof() {
+    let env = Env::start();
+    let out = kit::run_with_input(
+        env.alice().ssh(env.port, "alice:web01@127.0.0.1", &["wc", "-c"]),
+        b"twelve bytes",
+        T,
+    )
+    .expect("ssh");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(stdout(&out).trim(), "12");
+}
+
+#[test]
+fn a_30_mb_stream_arrives_byte_identical_both_ways() {
+    let env = Env::start();
+    let mut data = vec![0u8; 30 * 1024 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let remote = env.dir.path().join("upload.bin");
+    let cmd = format!("cat > {}", remote.display());
+    let out = kit::run_with_input(env.alice().ssh(env.port, "alice:web01@127.0.0.1", &[&cmd]), &data, T)
+        .expect("upload");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let uploaded = std::fs::read(&remote).expect("uploaded file");
+    assert!(uploaded == data, "upload differs ({} vs {} bytes)", uploaded.len(), data.len());
+
+    let out = env.ssh("alice:web01@127.0.0.1", &[&format!("cat {}", remote.display())]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout == data, "download differs ({} bytes)", out.stdout.len());
+}
+
+#[test]
+fn environment_is_passed_only_when_allowed() {
+    let env = Env::start();
+    let mut c = std::process::Command::new("ssh");
+    c.args(env.alice().opts())
+        .args(["-o", "SendEnv=LANG GH_TEST_SECRET", "-p", &env.port.to_string()])
+        .args(["alice:web01@127.0.0.1", "echo LANG=$LANG GH=$GH_TEST_SECRET"])
+        .env("LANG", "C.UTF-8")
+        .env("GH_TEST_SECRET", "leak");
+    let out = kit::run(c, T).expect("ssh");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // sshd accepts GH_TEST_*; the gateway's accept_env does not.
+    assert_eq!(stdout(&out).trim(), "LANG=C.UTF-8 GH=");
+}
+
+#[test]
+fn a_pty_session_gets_a_terminal_with_term_and_size() {
+    let env = Env::start();
+    let mut c = std::process::Command::new("ssh");
+    c.args(env.alice().opts())
+        .args(["-tt", "-p", &env.port.to_string(), "alice:web01@127.0.0.1", "tty; echo TERM=$TERM"])
+        .env("TERM", "xterm-256color");
+    let out = kit::run(c, T).expect("ssh -tt");
+    let text = stdout(&out);
+    assert!(text.contains("/dev/pts/"), "{text} {}", out.stderr);
+    assert!(text.contains("TERM=xterm-256color"), "{text}");
+}
+
+#[test]
+fn interactive_shell_in_tmux_follows_window_changes() {
+    let env = Env::start();
+    let opts = env.alice().opts().join(" ");
+    let tmux = Tmux::start(&format!(
+        "ssh {opts} -tt -p {} alice:web01@127.0.0.1 'PS1=\"gh$ \" bash --norc -i'",
+        env.port
+    ))
+    .expect("tmux");
+    tmux.wait_for("gh$", Duration::from_secs(20)).expect("prompt");
+    tmux.send_literal("stty size; echo marker-$((6*7))").unwrap();
+    tmux.send_keys(&["Enter"]).unwrap();
+    let screen = tmux.wait_for("marker-42", Duration::from_secs(10)).expect("output");
+    assert!(screen.contains("40 120"), "{screen}");
+    tmux.resize(100, 30).expect("resize");
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.send_literal("stty size; echo second-$((6*7))").unwrap();
+    tmux.send_keys(&["Enter"]).unwrap();
+    let screen = tmux.wait_for("second-42", Duration::from_secs(10)).expect("output");
+    assert!(screen.contains("30 100"), "{screen}");
+    tmux.send_literal("exit").unwrap();
+    tmux.send_keys(&["Enter"]).unwrap();
+}
+
+#[test]
+fn the_menu_lists_reachable_targets_and_connects_to_the_choice() {
+    let env = Env::start();
+    let opts = env.alice().opts().join(" ");
+    let tmux = Tmux::start(&format!("ssh {opts} -tt -p {} alice@127.0.0.1", env.port)).expect("tmux");
+    let screen = tmux.wait_for("Choose a target", Duration::from_secs(20)).expect("menu");
+    assert!(screen.contains("1) web01"), "{screen}");
+    assert!(!screen.contains("prod01"), "prod01 is not allowed for alice: {screen}");
+    tmux.send_literal("1").unwrap();
+    tmux.send_keys(&["Enter"]).unwrap();
+    tmux.wait_for("connecting to web01", Duration::from_secs(10)).expect("connecting");
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.send_literal("echo via-menu-$((40+2))").unwrap();
+    tmux.send_keys(&["Enter"]).unwrap();
+    tmux.wait_for("via-menu-42", Duration::from_secs(10)).expect("shell on target");
+    let rows = env.wait_rows("select target from events where type = 'session.start' and target = 'web01'");
+    assert_eq!(rows[0]["target"], "web01");
+}
+
+#[test]
+fn without_a_terminal_the_menu_is_a_list_and_gateway_commands_answer() {
+    let env = Env::start();
+    let out = env.ssh("alice@127.0.0.1", &["whoami"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stdout(&out).starts_with("alice roles=dev"), "{}", stdout(&out));
+    let out = env.ssh("alice@127.0.0.1", &["targets"]);
+    assert!(stdout(&out).contains("web01"), "{}", stdout(&out));
+    let out = env.ssh("alice@127.0.0.1", &["frobnicate"]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("unknown gateway command"), "{}", out.stderr);
+}
+
+#[test]
+fn policy_denials_get_one_clear_line_and_an_event() {
+    let env = Env::start();
+    let out = env.ssh("bob:web01@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("access denied: no role of user \"bob\""), "{}", out.stderr);
+
+    let out = env.ssh("alice:prod01@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("access denied"), "{}", out.stderr);
+
+    let out = env.ssh("alice:root@web01@127.0.0.1", &["true"]);
+    if env.login != "root" {
+        assert_eq!(out.code, Some(1));
+        assert!(out.stderr.contains("login \"root\""), "{}", out.stderr);
+    }
+
+    let out = env.ssh("alice:nosuch@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("unknown target \"nosuch\""), "{}", out.stderr);
+
+    let rows = env.wait_rows(
+        "select user, target, result, reason from events where type = 'access.denied' order by seq",
+    );
+    assert!(rows.iter().any(|r| r["user"] == "bob" && r["target"] == "web01" && r["result"] == "denied"), "{rows:?}");
+    assert!(rows.iter().any(|r| r["target"] == "nosuch"), "{rows:?}");
+}
+
+#[test]
+fn denied_exec_commands_never_reach_the_target() {
+    let env = Env::start();
+    let out = env.ssh("alice:web01@127.0.0.1", &["rm -rf / --no-preserve-root"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("command denied by role dev deny[0]"), "{}", out.stderr);
+    let rows = env.wait_rows("select details from events where type = 'command.denied'");
+    assert!(rows[0]["details"].as_str().unwrap_or_default().contains("rm -rf /"));
+    assert!(!env.sshd.log().contains("rm -rf"), "the target saw the command");
+}
+
+#[test]
+fn unknown_users_and_bad_usernames_are_refused_and_audited() {
+    let env = Env::start();
+    let out = env.ssh("mallory:web01@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+
+    let out = env.ssh("alice:a:b@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("malformed username"), "{}", out.stderr);
+
+    let huge = format!("{}:web01@127.0.0.1", "x".repeat(2000));
+    let out = env.ssh(&huge, &["true"]);
+    assert_eq!(out.code, Some(255));
+
+    // A key that belongs to someone else.
+    let out = kit::run(env.client(&env.bob).ssh(env.port, "alice:web01@127.0.0.1", &["true"]), T).unwrap();
+    assert_eq!(out.code, Some(255));
+
+    let rows = env.wait_rows("select user, reason from events where type = 'auth.failure' order by seq");
+    assert!(rows.iter().any(|r| r["user"] == "mallory" && r["reason"].as_str().unwrap_or("").contains("unknown user")), "{rows:?}");
+    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("not registered for user \"alice\"")), "{rows:?}");
+    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("bytes long")), "{rows:?}");
+
+    // And the gateway still serves.
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo still-here"]);
+    assert_eq!(stdout(&out), "still-here\n");
+}
+
+#[test]
+fn a_client_that_disconnects_mid_handshake_does_not_disturb_the_gateway() {
+    let env = Env::start();
+    for payload in [&b""[..], b"SSH-2.0-half\r\n", b"GET / HTTP/1.0\r\n\r\n", &[0xffu8; 4096][..]] {
+        let mut s = TcpStream::connect(("127.0.0.1", env.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(payload);
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    }
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo ok"]);
+    assert_eq!(stdout(&out), "ok\n", "{}", out.stderr);
+}
+
+#[test]
+fn an_unreachable_target_is_reported_and_audited() {
+    let env = Env::start();
+    let out = env.ssh("alice:down01@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("cannot connect to target \"down01\""), "{}", out.stderr);
+    let rows = env.wait_rows("select severity from events where type = 'target.unreachable'");
+    assert_eq!(rows[0]["severity"], "warn");
+}
+
+#[test]
+fn a_host_key_mismatch_refuses_the_session_with_a_high_severity_event() {
+    let env = Env::start();
+    let out = env.ssh("alice:evil01@127.0.0.1", &["true"]);
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("host key changed"), "{}", out.stderr);
+    let rows = env.wait_rows("select severity, reason from events where type = 'target.host_key_mismatch'");
+    assert_eq!(rows[0]["severity"], "high");
+}
+
+#[test]
+fn trust_on_first_use_remembers_the_key_in_the_store() {
+    let env = Env::start();
+    for _ in 0..2 {
+        let out = env.ssh("alice:tofu01@127.0.0.1", &["echo tofu"]);
+        assert_eq!(stdout(&out), "tofu\n", "{}", out.stderr);
+    }
+    // Change the remembered key: the next connection must be refused.
+    let db = env.dir.path().join("gatehouse.db");
+    let status = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE host_keys SET fingerprint = 'SHA256:changed' WHERE target = 'tofu01'")
+        .status()
+        .expect("sqlite3 (install the sqlite3 package)");
+    assert!(status.success());
+    let out = env.ssh("alice:tofu01@127.0.0.1", &["echo tofu"]);
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("host key changed"), "{}", out.stderr);
+}
+
+#[test]
+fn sessions_and_commands_are_in_the_audit_views() {
+    let env = Env::start();
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo audited; exit 3"]);
+    assert_eq!(out.code, Some(3));
+    let rows = env.wait_rows("select user, target, login, exit_status, bytes_out, end_time from sessions where end_time is not null");
+    assert_eq!(rows[0]["user"], "alice");
+    assert_eq!(rows[0]["target"], "web01");
+    assert_eq!(rows[0]["login"], env.login.as_str());
+    assert_eq!(rows[0]["exit_status"], 3);
+    assert!(rows[0]["bytes_out"].as_i64().unwrap_or(0) >= 8, "{rows:?}");
+    let rows = env.query("select user, command, source from commands");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["command"], "echo audited; exit 3");
+    assert_eq!(rows[0]["source"], "exec");
+    let types: Vec<String> = env
+        .query("select type from events order by seq")
+        .iter()
+        .map(|r| r["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or_else(|| panic!("{t} missing: {types:?}"));
+    assert!(pos("auth.success") < pos("command"));
+    assert!(pos("session.start") < pos("session.end"));
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn local_port_forwarding_works_only_when_the_role_allows_it() {
+    let env = Env::start_with(
+        r#"
+[[roles]]
+name = "no-forward"
+allow = [{ targets = { env = "test" }, logins = ["*"] }]
+
+[[users]]
+name = "carol"
+keys = []
+roles = ["no-forward"]
+"#,
+    );
+    let banner = |user: &str, key: &kit::KeyPair| -> String {
+        let local = kit::free_port();
+        let mut c = std::process::Command::new("ssh");
+        c.args(kit::Client::new(&key.private).opts())
+            .args(["-p", &env.port.to_string()])
+            .args(["-L", &format!("127.0.0.1:{local}:127.0.0.1:{}", env.sshd.port)])
+            .arg(format!("{user}:web01@127.0.0.1"))
+            .arg("sleep 4")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().expect("ssh -L");
+        kit::wait_for_port(local, Duration::from_secs(10)).expect("forward listening");
+        let mut s = TcpStream::connect(("127.0.0.1", local)).expect("connect forward");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let _ = child.kill();
+        let _ = child.wait();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(banner("alice", &env.alice).starts_with("SSH-2.0-OpenSSH"));
+    let rows = env.wait_rows("select result from events where type = 'port_forward.open'");
+    assert_eq!(rows[0]["result"], "success");
+
+    // Same forward for a user whose role does not allow forwarding.
+    let mut text = std::fs::read_to_string(&env.config_path).unwrap();
+    text = text.replace("keys = []", &format!("keys = [\"{}\"]", env.bob.public_line));
+    text = text.replace(&format!("name = \"bob\"\nkeys = [\"{}\"]", env.bob.public_line), "name = \"bob\"\nkeys = []");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ = env.wait_rows("select id from events where type = 'config.reload'");
+    assert_eq!(banner("carol", &env.bob), "");
+    let rows = env.wait_rows("select user, result from events where type = 'port_forward.open' and result = 'denied'");
+    assert_eq!(rows[0]["user"], "carol");
+}
+
+#[test]
+fn sighup_reloads_policy_without_dropping_sessions() {
+    let env = Env::start();
+    let mut long = env
+        .alice()
+        .ssh(env.port, "alice:web01@127.0.0.1", &["sleep 3; echo survived"]);
+    long.stdout(std::process::Stdio::piped());
+    let long = long.spawn().expect("spawn");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(env.ssh("bob:web01@127.0.0.1", &["true"]).code, Some(1));
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace("roles = []", "roles = [\"dev\"]");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ = env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+    let out = kit::run(env.client(&env.bob).ssh(env.port, "bob:web01@127.0.0.1", &["echo bob-in"]), T).unwrap();
+    assert_eq!(stdout(&out), "bob-in\n", "{}", out.stderr);
+    let done = long.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "survived\n");
+
+    // A broken config is refused and the old one stays in force.
+    std::fs::write(&env.config_path, "[server]\nlisten = 5\n").unwrap();
+    env.signal("HUP");
+    let rows = env.wait_rows("select reason from events where type = 'config.reload' and result = 'error'");
+    assert!(rows[0]["reason"].as_str().unwrap_or("").contains("gatehouse.toml"), "{rows:?}");
+    assert_eq!(stdout(&env.ssh("alice:web01@127.0.0.1", &["echo still"])), "still\n");
+}
+
+#[test]
+fn sigterm_tells_sessions_and_flushes_their_events() {
+    let mut env = Env::start();
+    let mut long = env.alice().ssh(env.port, "alice:web01@127.0.0.1", &["sleep 30"]);
+    long.stderr(std::process::Stdio::piped());
+    let long = long.spawn().expect("spawn");
+    let _ = env.wait_rows("select id from events where type = 'session.start'");
+    let status = env.stop_gateway().expect("gateway exited");
+    assert!(status.success(), "{status:?}\n{}", env.gateway_log());
+    let done = long.wait_with_output().expect("client ended");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    let rows = env.query("select type from events where type in ('session.end', 'gateway.stop') order by seq");
+    let types: Vec<_> = rows.iter().map(|r| r["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(types, vec!["session.end", "gateway.stop"]);
+}
+
+#[test]
+fn when_the_audit_store_cannot_be_written_new_sessions_are_refused() {
+    let env = Env::start();
+    assert_eq!(stdout(&env.ssh("alice:web01@127.0.0.1", &["echo before"])), "before\n");
+    let db = env.dir.path().join("gatehouse.db");
+    let status = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TRIGGER refuse_writes BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;")
+        .status()
+        .expect("sqlite3");
+    assert!(status.success());
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo after"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(stdout(&out), "");
+    assert!(out.stderr.contains("cannot write its audit trail"), "{}", out.stderr);
+}

@@ -1,0 +1,678 @@
+//! The configuration file (PRODUCT.md section 4). Policy is code: users,
+//! roles and targets are declared here and validated before anything runs.
+//!
+//! Parsing rejects unknown keys (a typo must never silently widen or narrow
+//! access); [`Config::validate`] then checks what serde cannot: references
+//! between sections, regexes, durations and names. Every error names the
+//! file, the key and what to do.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+use crate::username::is_valid_name;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Sections of PRODUCT.md section 7 (sinks, alerts, runbooks) are
+    /// accepted so that a full config parses; `gatehouse check` warns that
+    /// this build does not act on them yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinks: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbooks: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_host_key")]
+    pub host_key: PathBuf,
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// The name of this gateway instance in every event (`node`).
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Environment variables a client may pass to the target (`SendEnv`),
+    /// like sshd's `AcceptEnv`; `*` at the end is a prefix wildcard.
+    #[serde(default = "default_accept_env")]
+    pub accept_env: Vec<String>,
+    /// Connections that have not finished authenticating, at most
+    /// (OpenSSH's MaxStartups).
+    #[serde(default = "default_max_startups")]
+    pub max_startups: usize,
+    /// Time allowed to authenticate (OpenSSH's LoginGraceTime).
+    #[serde(default = "default_login_grace")]
+    pub login_grace_time: String,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:2222".into()
+}
+fn default_host_key() -> PathBuf {
+    "data/host_ed25519".into()
+}
+fn default_node() -> String {
+    "gatehouse-1".into()
+}
+fn default_accept_env() -> Vec<String> {
+    vec!["LANG".into(), "LC_*".into()]
+}
+fn default_max_startups() -> usize {
+    64
+}
+fn default_login_grace() -> String {
+    "60s".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            host_key: default_host_key(),
+            admin_listen: None,
+            node: default_node(),
+            accept_env: default_accept_env(),
+            max_startups: default_max_startups(),
+            login_grace_time: default_login_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The gateway's private key towards targets (OpenSSH format).
+    #[serde(default = "default_upstream_key")]
+    pub key: PathBuf,
+    /// Optional CA key to sign a short-lived user certificate per session.
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+}
+
+fn default_upstream_key() -> PathBuf {
+    "data/client_ed25519".into()
+}
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            key: default_upstream_key(),
+            ca_key: None,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/gatehouse.db".into()
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    #[serde(default = "default_recording_dir")]
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_true")]
+    pub input: bool,
+    #[serde(default = "default_true")]
+    pub exec_output: bool,
+}
+
+fn default_recording_dir() -> PathBuf {
+    "data/recordings".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            dir: default_recording_dir(),
+            url: None,
+            input: true,
+            exec_output: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Refuse,
+    Continue,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    /// `host:port` (port 22 when omitted).
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Pinned host key fingerprint, `SHA256:...` as `ssh-keygen -l` prints it.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// A known_hosts file to verify the target's host key against.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust on first use, remembered in the store.
+    #[serde(default)]
+    pub tofu: bool,
+    #[serde(default)]
+    pub default_login: Option<String>,
+}
+
+impl Target {
+    /// `address` with `:22` added when it names no port.
+    pub fn socket_address(&self) -> String {
+        let a = self.address.trim();
+        if a.starts_with('[') {
+            if a.contains("]:") {
+                return a.to_string();
+            }
+            return format!("{a}:22");
+        }
+        if a.matches(':').count() == 1 {
+            a.to_string()
+        } else if a.contains(':') {
+            format!("[{a}]:22")
+        } else {
+            format!("{a}:22")
+        }
+    }
+}
+
+/// Label selector: every listed label must match. A value is one string or
+/// a list of alternatives; `"*"` matches any value of a label that is
+/// present. The pseudo-label `name` matches the target's name.
+pub type LabelSelector = BTreeMap<String, OneOrMany>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn values(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(v) => vec![v.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// Which targets; an empty selector matches every target.
+    #[serde(default)]
+    pub targets: LabelSelector,
+    /// Logins allowed on those targets; `"*"` allows any.
+    #[serde(default)]
+    pub logins: Vec<String>,
+    #[serde(default)]
+    pub require_approval: Option<ApprovalRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    #[serde(default)]
+    pub logins: Vec<String>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// A deny rule. With only `commands`, it denies matching commands on any
+/// target the role reaches. With `targets` and/or `logins` and no
+/// `commands`, it denies access itself. Deny always beats allow.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    #[serde(default)]
+    pub targets: Option<LabelSelector>,
+    #[serde(default)]
+    pub logins: Option<Vec<String>>,
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    pub name: String,
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+    #[serde(default)]
+    pub deny: Vec<DenyRule>,
+    #[serde(default)]
+    pub require_mfa: bool,
+    #[serde(default)]
+    pub max_session: Option<String>,
+    #[serde(default)]
+    pub port_forwarding: bool,
+    #[serde(default)]
+    pub agent_forwarding: bool,
+    #[serde(default)]
+    pub reauth_commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+/// One problem in a config file, with where it is and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the key, e.g. `roles[1].deny[0].commands[2]`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`, then validates it. All problems found by
+    /// validation are returned, not only the first.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!(
+                    "cannot read the config file ({e}); create one with `gatehouse init` or pass --config FILE"
+                ),
+            }]
+        })?;
+        let config = Config::parse(&text, path).map_err(|e| vec![e])?;
+        let errors = config.validate(path);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Parses TOML text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let (line, col) = span
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            let message = e.message().trim().to_string();
+            ConfigError {
+                file: path.to_path_buf(),
+                key: if line > 0 {
+                    format!("line {line}, column {col}")
+                } else {
+                    String::new()
+                },
+                message: format!("{message}; see PRODUCT.md section 4 for the valid keys"),
+            }
+        })
+    }
+
+    /// Checks cross-references, names, regexes and durations.
+    pub fn validate(&self, path: &Path) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |key: String, message: String| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })
+        };
+
+        if parse_duration(&self.server.login_grace_time).is_err() {
+            err(
+                "server.login_grace_time".into(),
+                format!("invalid duration {:?}; write e.g. \"60s\"", self.server.login_grace_time),
+            );
+        }
+        if self.server.max_startups == 0 {
+            err("server.max_startups".into(), "must be at least 1".into());
+        }
+        if parse_duration(&self.upstream.connect_timeout).is_err() {
+            err(
+                "upstream.connect_timeout".into(),
+                format!("invalid duration {:?}; write e.g. \"10s\"", self.upstream.connect_timeout),
+            );
+        }
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres://") || self.store.url.starts_with("postgresql://")) {
+            err(
+                "store.url".into(),
+                format!("unsupported store URL {:?}; use sqlite://PATH or postgres://...", self.store.url),
+            );
+        }
+
+        let mut seen = HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let key = format!("targets[{i}]");
+            if !is_valid_name(&t.name) {
+                err(format!("{key}.name"), format!("invalid target name {:?}; use 1-64 letters, digits, '.', '_' or '-'", t.name));
+            }
+            if !seen.insert(t.name.as_str()) {
+                err(format!("{key}.name"), format!("duplicate target {:?}; each target name must be unique", t.name));
+            }
+            if t.address.trim().is_empty() {
+                err(format!("{key}.address"), "empty address; write host:port".into());
+            }
+            let pins = [t.host_key.is_some(), t.known_hosts.is_some(), t.tofu]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if pins == 0 {
+                err(
+                    format!("{key}"),
+                    format!("target {:?} has no host key verification; set host_key = \"SHA256:...\", known_hosts = \"FILE\" or tofu = true", t.name),
+                );
+            }
+            if let Some(fp) = &t.host_key {
+                if !fp.starts_with("SHA256:") || fp.len() < 20 {
+                    err(format!("{key}.host_key"), format!("{fp:?} is not a SHA256 fingerprint; copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the target"));
+                }
+            }
+            if let Some(l) = &t.default_login {
+                if !is_valid_name(l) {
+                    err(format!("{key}.default_login"), format!("invalid login {l:?}"));
+                }
+            }
+        }
+
+        let mut role_names = HashSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            let key = format!("roles[{i}]");
+            if !is_valid_name(&r.name) {
+                err(format!("{key}.name"), format!("invalid role name {:?}", r.name));
+            }
+            if !role_names.insert(r.name.as_str()) {
+                err(format!("{key}.name"), format!("duplicate role {:?}", r.name));
+            }
+            if let Some(d) = &r.max_session {
+                if parse_duration(d).is_err() {
+                    err(format!("{key}.max_session"), format!("invalid duration {d:?}; write e.g. \"8h\""));
+                }
+            }
+            for (j, a) in r.allow.iter().enumerate() {
+                if a.logins.is_empty() {
+                    err(format!("{key}.allow[{j}].logins"), "no logins listed; name the logins this rule allows, e.g. logins = [\"deploy\"]".into());
+                }
+                if let Some(ap) = &a.require_approval {
+                    if let Some(ttl) = &ap.ttl {
+                        if parse_duration(ttl).is_err() {
+                            err(format!("{key}.allow[{j}].require_approval.ttl"), format!("invalid duration {ttl:?}"));
+                        }
+                    }
+                    if ap.approvers.is_empty() {
+                        err(format!("{key}.allow[{j}].require_approval.approvers"), "no approvers; name the roles whose members may approve".into());
+                    }
+                }
+            }
+            for (j, d) in r.deny.iter().enumerate() {
+                for (k, c) in d.commands.iter().enumerate() {
+                    if let Err(e) = regex::Regex::new(c) {
+                        err(format!("{key}.deny[{j}].commands[{k}]"), format!("bad regex {c:?}: {}", first_line(&e.to_string())));
+                    }
+                }
+                if d.commands.is_empty() && d.targets.is_none() && d.logins.is_none() {
+                    err(format!("{key}.deny[{j}]"), "empty deny rule; give targets, logins or commands".into());
+                }
+            }
+            for (k, c) in r.reauth_commands.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(c) {
+                    err(format!("{key}.reauth_commands[{k}]"), format!("bad regex {c:?}: {}", first_line(&e.to_string())));
+                }
+            }
+        }
+
+        let mut user_names = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if !is_valid_name(&u.name) {
+                err(format!("{key}.name"), format!("invalid user name {:?}; use 1-64 letters, digits, '.', '_' or '-'", u.name));
+            }
+            if !user_names.insert(u.name.as_str()) {
+                err(format!("{key}.name"), format!("duplicate user {:?}", u.name));
+            }
+            for (j, role) in u.roles.iter().enumerate() {
+                if !self.roles.iter().any(|r| &r.name == role) {
+                    err(format!("{key}.roles[{j}]"), format!("unknown role {role:?}; define it with [[roles]] name = {role:?} or remove it"));
+                }
+            }
+            for (j, k) in u.keys.iter().enumerate() {
+                let mut parts = k.split_whitespace();
+                let ok = matches!((parts.next(), parts.next()), (Some(alg), Some(_)) if alg.starts_with("ssh-") || alg.starts_with("ecdsa-") || alg.starts_with("sk-"));
+                if !ok {
+                    err(format!("{key}.keys[{j}]"), "not an OpenSSH public key line; paste the contents of ~/.ssh/id_ed25519.pub".into());
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// Resolves relative paths in the config against `base` (the directory
+    /// of the config file), so that a gateway started from anywhere finds
+    /// its keys and data.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.server.host_key);
+        fix(&mut self.upstream.key);
+        if let Some(ca) = self.upstream.ca_key.as_mut() {
+            fix(ca);
+        }
+        fix(&mut self.recording.dir);
+        for t in &mut self.targets {
+            if let Some(k) = t.known_hosts.as_mut() {
+                fix(k);
+            }
+        }
+        if let Some(rest) = self.store.url.strip_prefix("sqlite://") {
+            let p = Path::new(rest.split('?').next().unwrap_or(rest));
+            if p.is_relative() && !rest.starts_with(':') {
+                let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+                self.store.url = format!("sqlite://{}{}", base.join(p).display(), query);
+            }
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().last().unwrap_or(s).trim().to_string()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:2222"
+
+[[targets]]
+name = "web01"
+address = "10.0.0.5:22"
+labels = { env = "prod", team = "web" }
+host_key = "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+default_login = "deploy"
+
+[[roles]]
+name = "web-dev"
+allow = [{ targets = { env = "staging" }, logins = ["deploy"] }]
+deny  = [{ commands = ["^rm -rf /", "^shutdown"] }]
+require_mfa = true
+max_session = "8h"
+
+[[users]]
+name = "alice"
+keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE alice@laptop"]
+roles = ["web-dev"]
+"#;
+
+    fn p() -> &'static Path {
+        Path::new("gatehouse.toml")
+    }
+
+    #[test]
+    fn a_product_style_config_is_valid() {
+        let c = Config::parse(GOOD, p()).unwrap();
+        assert_eq!(c.validate(p()), vec![]);
+        assert_eq!(c.targets[0].labels["env"], "prod");
+        assert_eq!(c.store.url, "sqlite://data/gatehouse.db");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_position() {
+        let e = Config::parse("[server]\nlisten = \"x\"\nlistne = 1\n", p()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("gatehouse.toml"), "{s}");
+        assert!(s.contains("listne"), "{s}");
+        assert!(s.contains("line 3"), "{s}");
+    }
+
+    #[test]
+    fn cross_reference_errors_name_the_key_and_the_fix() {
+        let text = GOOD.replace("roles = [\"web-dev\"]", "roles = [\"web-dve\"]")
+            .replace("\"^shutdown\"", "\"^(shutdown\"");
+        let mut text = text;
+        text.push_str("\n[[targets]]\nname = \"web01\"\naddress = \"10.0.0.6\"\ntofu = true\n");
+        let c = Config::parse(&text, p()).unwrap();
+        let errors: Vec<String> = c.validate(p()).iter().map(|e| e.to_string()).collect();
+        assert!(errors.iter().any(|e| e.contains("users[0].roles[0]") && e.contains("unknown role \"web-dve\"")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("roles[0].deny[0].commands[1]") && e.contains("bad regex")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("targets[1].name") && e.contains("duplicate target")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_target_without_host_key_verification_is_an_error() {
+        let c = Config::parse("[[targets]]\nname = \"a\"\naddress = \"h:22\"\n", p()).unwrap();
+        let errors = c.validate(p());
+        assert!(errors[0].message.contains("tofu = true"), "{errors:?}");
+    }
+
+    #[test]
+    fn socket_address_adds_the_default_port() {
+        let t = |a: &str| Target {
+            name: "t".into(),
+            address: a.into(),
+            labels: Default::default(),
+            host_key: None,
+            known_hosts: None,
+            tofu: true,
+            default_login: None,
+        };
+        assert_eq!(t("10.0.0.5").socket_address(), "10.0.0.5:22");
+        assert_eq!(t("10.0.0.5:2200").socket_address(), "10.0.0.5:2200");
+        assert_eq!(t("::1").socket_address(), "[::1]:22");
+        assert_eq!(t("[::1]:2200").socket_address(), "[::1]:2200");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let mut c = Config::default();
+        c.resolve_paths(Path::new("/etc/gh"));
+        assert_eq!(c.server.host_key, Path::new("/etc/gh/data/host_ed25519"));
+        assert_eq!(c.store.url, "sqlite:///etc/gh/data/gatehouse.db");
+    }
+}

@@ -1,0 +1,218 @@
+//! The audit event schema of PRODUCT.md section 5: one row per event,
+//! append-only, identical across store backends.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warn,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warn => "warn",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// The `result` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failure,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failure => "failure",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Event type names. Strings rather than an enum so that the store and the
+/// SQL views see exactly what PRODUCT.md names.
+pub struct EventType;
+
+impl EventType {
+    pub const AUTH_SUCCESS: &'static str = "auth.success";
+    pub const AUTH_FAILURE: &'static str = "auth.failure";
+    pub const ACCESS_DENIED: &'static str = "access.denied";
+    pub const SESSION_START: &'static str = "session.start";
+    pub const SESSION_END: &'static str = "session.end";
+    pub const SESSION_KILLED: &'static str = "session.killed";
+    pub const COMMAND: &'static str = "command";
+    pub const COMMAND_DENIED: &'static str = "command.denied";
+    pub const PORT_FORWARD_OPEN: &'static str = "port_forward.open";
+    pub const PORT_FORWARD_CLOSE: &'static str = "port_forward.close";
+    pub const HOST_KEY_MISMATCH: &'static str = "target.host_key_mismatch";
+    pub const TARGET_UNREACHABLE: &'static str = "target.unreachable";
+    pub const CONFIG_RELOAD: &'static str = "config.reload";
+    pub const GATEWAY_START: &'static str = "gateway.start";
+    pub const GATEWAY_STOP: &'static str = "gateway.stop";
+}
+
+/// An event before the store has put it in the chain. `id` and `time` are
+/// fixed when the event is created, so that they describe the moment of the
+/// action rather than the moment of the write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub id: String,
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub severity: Severity,
+    pub user: Option<String>,
+    pub source_ip: Option<String>,
+    pub node: String,
+    pub session_id: Option<String>,
+    pub target: Option<String>,
+    pub login: Option<String>,
+    pub mfa: bool,
+    pub result: Outcome,
+    pub reason: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// Formats a time as the schema requires: RFC 3339, UTC, milliseconds.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl NewEvent {
+    /// A fresh event of `kind` with a new ULID and the current time.
+    pub fn new(kind: &str, severity: Severity, result: Outcome, node: &str) -> NewEvent {
+        NewEvent {
+            id: ulid::Ulid::new().to_string(),
+            time: format_time(Utc::now()),
+            kind: kind.to_string(),
+            severity,
+            user: None,
+            source_ip: None,
+            node: node.to_string(),
+            session_id: None,
+            target: None,
+            login: None,
+            mfa: false,
+            result,
+            reason: None,
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+    pub fn source_ip(mut self, ip: impl Into<String>) -> Self {
+        self.source_ip = Some(ip.into());
+        self
+    }
+    pub fn session(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+    pub fn login(mut self, login: impl Into<String>) -> Self {
+        self.login = Some(login.into());
+        self
+    }
+    pub fn mfa(mut self, mfa: bool) -> Self {
+        self.mfa = mfa;
+        self
+    }
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The canonical encoding that the hash chain covers: every field in a
+    /// fixed order, as a JSON array, followed by the previous hash. JSON
+    /// escaping makes the encoding unambiguous; `details` is serialised with
+    /// sorted keys (serde_json's default map is ordered).
+    pub fn canonical(&self, prev_hash: &str) -> String {
+        let fields = serde_json::json!([
+            self.id,
+            self.time,
+            self.kind,
+            self.severity.as_str(),
+            self.user,
+            self.source_ip,
+            self.node,
+            self.session_id,
+            self.target,
+            self.login,
+            self.mfa,
+            self.result.as_str(),
+            self.reason,
+            self.details,
+            prev_hash,
+        ]);
+        fields.to_string()
+    }
+}
+
+/// An event as stored: the fields of [`NewEvent`] plus its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(flatten)]
+    pub event: NewEvent,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_is_rfc3339_utc_with_milliseconds() {
+        let e = NewEvent::new(EventType::AUTH_SUCCESS, Severity::Info, Outcome::Success, "n1");
+        assert_eq!(e.time.len(), "2026-11-24T19:07:00.123Z".len());
+        assert!(e.time.ends_with('Z'));
+        assert_eq!(e.id.len(), 26);
+    }
+
+    #[test]
+    fn serialises_with_schema_names() {
+        let e = NewEvent::new(EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, "n1")
+            .user("alice")
+            .target("web01");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "access.denied");
+        assert_eq!(v["severity"], "warn");
+        assert_eq!(v["result"], "denied");
+        assert_eq!(v["user"], "alice");
+    }
+
+    #[test]
+    fn canonical_encoding_changes_with_any_field() {
+        let e = NewEvent::new(EventType::COMMAND, Severity::Info, Outcome::Success, "n1");
+        let base = e.canonical("00");
+        assert_ne!(base, e.canonical("01"));
+        assert_ne!(base, e.clone().user("bob").canonical("00"));
+        assert_ne!(base, e.clone().mfa(true).canonical("00"));
+    }
+}

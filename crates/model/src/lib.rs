@@ -1,0 +1,20 @@
+//! Gatehouse's shared vocabulary: the configuration file, the way a user
+//! names a target in an SSH username, durations, and the audit event schema.
+//!
+//! This crate is pure: apart from [`Config::load`] reading the one file it is
+//! given, it does no I/O. Every other crate depends on it; it depends on none
+//! of them. It is an API boundary: the names here are the names in
+//! `PRODUCT.md`.
+
+pub mod config;
+pub mod duration;
+pub mod event;
+pub mod username;
+
+pub use config::{
+    AllowRule, ApprovalRule, AuditConfig, Config, ConfigError, DenyRule, LabelSelector,
+    OnFailure, RecordingConfig, Role, ServerConfig, StoreConfig, Target, UpstreamConfig, User,
+};
+pub use duration::{parse_duration, DurationError};
+pub use event::{EventType, NewEvent, Outcome, Severity};
+pub use username::{ConnectRequest, UsernameError};

@@ -1,0 +1,415 @@
+//! Allow/deny decisions for Gatehouse (PRODUCT.md sections 1 and 4).
+//!
+//! Pure functions of the configuration: no I/O, no clock. The same
+//! [`decide`] runs for a live connection and for `gatehouse policy
+//! explain`, so what the explanation says is what the gateway does.
+//!
+//! Rules, in order:
+//! 1. Unknown user or target: deny.
+//! 2. An access deny rule (one with `targets` and/or `logins` and no
+//!    `commands`) of any of the user's roles that matches: deny. Deny wins.
+//! 3. An allow rule of any of the user's roles whose target selector
+//!    matches and whose logins include the login: allow.
+//! 4. Otherwise: deny (deny by default).
+
+use std::fmt;
+use std::time::Duration;
+
+use gatehouse_model::config::{LabelSelector, OneOrMany};
+use gatehouse_model::{parse_duration, Config, Role, Target};
+
+/// Which rule made a decision, for the audit trail and for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef {
+    pub role: String,
+    /// `allow[0]`, `deny[2]`.
+    pub rule: String,
+    /// The rule as written, for humans.
+    pub text: String,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "role {} {}: {}", self.role, self.rule, self.text)
+    }
+}
+
+/// What a grant needs before it is usable: a second person's approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    pub approvers: Vec<String>,
+    pub ttl: Option<Duration>,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub user: String,
+    pub target: String,
+    /// The login on the target: the one asked for, or the resolved default.
+    pub login: Option<String>,
+    /// One sentence saying why, suitable for the user and the audit trail.
+    pub reason: String,
+    pub rule: Option<RuleRef>,
+    pub require_mfa: bool,
+    pub max_session: Option<Duration>,
+    pub port_forwarding: bool,
+    pub agent_forwarding: bool,
+    pub approval: Option<ApprovalNeed>,
+}
+
+impl Decision {
+    fn deny(user: &str, target: &str, login: Option<&str>, reason: String) -> Decision {
+        Decision {
+            allowed: false,
+            user: user.into(),
+            target: target.into(),
+            login: login.map(Into::into),
+            reason,
+            rule: None,
+            require_mfa: false,
+            max_session: None,
+            port_forwarding: false,
+            agent_forwarding: false,
+            approval: None,
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.allowed { "ALLOW" } else { "DENY" };
+        let login = self.login.as_deref().unwrap_or("?");
+        writeln!(f, "{verdict} {} -> {} as {login}", self.user, self.target)?;
+        writeln!(f, "  reason: {}", self.reason)?;
+        if let Some(rule) = &self.rule {
+            writeln!(f, "  rule:   {rule}")?;
+        }
+        if self.allowed {
+            writeln!(f, "  mfa required:    {}", yes_no(self.require_mfa))?;
+            let max = self
+                .max_session
+                .map(|d| format!("{}s", d.as_secs()))
+                .unwrap_or_else(|| "unlimited".into());
+            writeln!(f, "  max session:     {max}")?;
+            writeln!(f, "  port forwarding: {}", yes_no(self.port_forwarding))?;
+            writeln!(f, "  agent forwarding: {}", yes_no(self.agent_forwarding))?;
+            if let Some(a) = &self.approval {
+                writeln!(f, "  approval needed from: {}", a.approvers.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn user_roles<'c>(cfg: &'c Config, user: &str) -> Vec<&'c Role> {
+    cfg.user(user)
+        .map(|u| u.roles.iter().filter_map(|r| cfg.role(r)).collect())
+        .unwrap_or_default()
+}
+
+/// Does `selector` match `target`? An empty selector matches every target.
+pub fn selector_matches(selector: &LabelSelector, target: &Target) -> bool {
+    selector.iter().all(|(label, want)| {
+        let have = if label == "name" {
+            Some(target.name.as_str())
+        } else {
+            target.labels.get(label).map(String::as_str)
+        };
+        match have {
+            None => false,
+            Some(v) => want.values().iter().any(|w| *w == "*" || *w == v),
+        }
+    })
+}
+
+fn login_listed(logins: &[String], login: &str) -> bool {
+    logins.iter().any(|l| l == "*" || l == login)
+}
+
+fn selector_text(sel: &LabelSelector) -> String {
+    if sel.is_empty() {
+        return "all targets".into();
+    }
+    sel.iter()
+        .map(|(k, v)| match v {
+            OneOrMany::One(s) => format!("{k}={s}"),
+            OneOrMany::Many(list) => format!("{k} in [{}]", list.join(", ")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The logins `user` may use on `target` (without `*`), in config order.
+pub fn allowed_logins(cfg: &Config, user: &str, target: &Target) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut any = false;
+    for role in user_roles(cfg, user) {
+        for rule in &role.allow {
+            if !selector_matches(&rule.targets, target) {
+                continue;
+            }
+            for l in &rule.logins {
+                if l == "*" {
+                    any = true;
+                } else if !out.contains(l) && !access_denied_by(cfg, user, target, l).is_some() {
+                    out.push(l.clone());
+                }
+            }
+        }
+    }
+    if any {
+        if let Some(d) = &target.default_login {
+            if !out.contains(d) && access_denied_by(cfg, user, target, d).is_none() {
+                out.insert(0, d.clone());
+            }
+        }
+    }
+    out
+}
+
+fn access_denied_by(cfg: &Config, user: &str, target: &Target, login: &str) -> Option<RuleRef> {
+    for role in user_roles(cfg, user) {
+        for (i, rule) in role.deny.iter().enumerate() {
+            if !rule.commands.is_empty() {
+                continue;
+            }
+            let t_ok = rule
+                .targets
+                .as_ref()
+                .map(|s| selector_matches(s, target))
+                .unwrap_or(true);
+            let l_ok = rule
+                .logins
+                .as_ref()
+                .map(|ls| login_listed(ls, login))
+                .unwrap_or(true);
+            if t_ok && l_ok {
+                let mut text = String::new();
+                if let Some(s) = &rule.targets {
+                    text.push_str(&format!("targets {}", selector_text(s)));
+                }
+                if let Some(ls) = &rule.logins {
+                    if !text.is_empty() {
+                        text.push_str("; ");
+                    }
+                    text.push_str(&format!("logins {}", ls.join(", ")));
+                }
+                return Some(RuleRef {
+                    role: role.name.clone(),
+                    rule: format!("deny[{i}]"),
+                    text,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Decides whether `user` may open a session on `target` as `login` (or
+/// the default login when `None`).
+pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> Decision {
+    let Some(u) = cfg.user(user) else {
+        return Decision::deny(user, target, login, format!("unknown user {user:?}"));
+    };
+    let Some(t) = cfg.target(target) else {
+        return Decision::deny(user, target, login, format!("unknown target {target:?}"));
+    };
+    let login = match login {
+        Some(l) => l.to_string(),
+        None => {
+            let allowed = allowed_logins(cfg, user, t);
+            match &t.default_login {
+                Some(d) if allowed.contains(d) => d.clone(),
+                _ if allowed.len() == 1 => allowed[0].clone(),
+                _ if allowed.is_empty() => {
+                    return Decision::deny(
+                        user,
+                        target,
+                        None,
+                        format!("no role of user {user:?} allows any login on target {target:?}"),
+                    )
+                }
+                _ => {
+                    return Decision::deny(
+                        user,
+                        target,
+                        None,
+                        format!(
+                            "target {target:?} has no default login for {user:?}; connect as {user}:LOGIN@{target} with LOGIN one of: {}",
+                            allowed.join(", ")
+                        ),
+                    )
+                }
+            }
+        }
+    };
+
+    if let Some(rule) = access_denied_by(cfg, user, t, &login) {
+        let mut d = Decision::deny(
+            user,
+            target,
+            Some(&login),
+            format!("explicitly denied by role {} {}", rule.role, rule.rule),
+        );
+        d.rule = Some(rule);
+        return d;
+    }
+
+    let roles = user_roles(cfg, user);
+    let mut grant: Option<(RuleRef, Option<ApprovalNeed>)> = None;
+    let mut granting: Vec<&Role> = Vec::new();
+    for role in &roles {
+        for (i, rule) in role.allow.iter().enumerate() {
+            if !selector_matches(&rule.targets, t) || !login_listed(&rule.logins, &login) {
+                continue;
+            }
+            let approval = rule.require_approval.as_ref().and_then(|a| {
+                let applies = a.logins.is_empty() || login_listed(&a.logins, &login);
+                applies.then(|| ApprovalNeed {
+                    approvers: a.approvers.clone(),
+                    ttl: a.ttl.as_deref().and_then(|s| parse_duration(s).ok()),
+                })
+            });
+            if !granting.iter().any(|r| r.name == role.name) {
+                granting.push(role);
+            }
+            let r = RuleRef {
+                role: role.name.clone(),
+                rule: format!("allow[{i}]"),
+                text: format!(
+                    "targets {}; logins {}",
+                    selector_text(&rule.targets),
+                    rule.logins.join(", ")
+                ),
+            };
+            // A grant without approval beats one that needs approval.
+            let better = match &grant {
+                None => true,
+                Some((_, Some(_))) => approval.is_none(),
+                Some((_, None)) => false,
+            };
+            if better {
+                grant = Some((r, approval));
+            }
+        }
+    }
+
+    let Some((rule, approval)) = grant else {
+        return Decision::deny(
+            user,
+            target,
+            Some(&login),
+            format!(
+                "no role of user {user:?} allows login {login:?} on target {target:?} (roles: {})",
+                if u.roles.is_empty() { "none".to_string() } else { u.roles.join(", ") }
+            ),
+        );
+    };
+
+    let max_session = granting
+        .iter()
+        .filter_map(|r| r.max_session.as_deref().and_then(|s| parse_duration(s).ok()))
+        .min();
+    Decision {
+        allowed: true,
+        user: user.into(),
+        target: target.into(),
+        login: Some(login.clone()),
+        reason: format!("allowed by role {} {}", rule.role, rule.rule),
+        rule: Some(rule),
+        require_mfa: roles.iter().any(|r| r.require_mfa),
+        max_session,
+        port_forwarding: granting.iter().any(|r| r.port_forwarding),
+        agent_forwarding: granting.iter().any(|r| r.agent_forwarding),
+        approval,
+    }
+}
+
+/// A target the user may reach, with the logins allowed there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reachable {
+    pub target: String,
+    pub login: String,
+    pub labels: String,
+}
+
+/// The targets `user` may open a session on with their default login,
+/// in config order: the menu shown when no target is named.
+pub fn reachable(cfg: &Config, user: &str) -> Vec<Reachable> {
+    cfg.targets
+        .iter()
+        .filter_map(|t| {
+            let d = decide(cfg, user, &t.name, None);
+            let login = d.login.clone()?;
+            d.allowed.then(|| Reachable {
+                target: t.name.clone(),
+                login,
+                labels: t
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+        })
+        .collect()
+}
+
+/// A command refused by a role's `deny = [{ commands = [...] }]` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandDenial {
+    pub rule: RuleRef,
+    pub pattern: String,
+}
+
+/// Checks a command line against the command deny rules of the user's
+/// roles that apply to `target` and `login`.
+pub fn command_denied(
+    cfg: &Config,
+    user: &str,
+    target: &str,
+    login: &str,
+    command: &str,
+) -> Option<CommandDenial> {
+    let t = cfg.target(target)?;
+    for role in user_roles(cfg, user) {
+        for (i, rule) in role.deny.iter().enumerate() {
+            let t_ok = rule.targets.as_ref().map(|s| selector_matches(s, t)).unwrap_or(true);
+            let l_ok = rule.logins.as_ref().map(|ls| login_listed(ls, login)).unwrap_or(true);
+            if !t_ok || !l_ok {
+                continue;
+            }
+            for pattern in &rule.commands {
+                // Patterns were validated at load; an invalid one denies
+                // rather than silently letting the command through.
+                let hit = regex::Regex::new(pattern)
+                    .map(|re| re.is_match(command.trim_start()))
+                    .unwrap_or(true);
+                if hit {
+                    return Some(CommandDenial {
+                        rule: RuleRef {
+                            role: role.name.clone(),
+                            rule: format!("deny[{i}]"),
+                            text: format!("commands {pattern}"),
+                        },
+                        pattern: pattern.clone(),
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+//! The bridge: one task per user channel. It collects the channel's set-up
+//! requests (pty, env, agent), authorises the main request (shell, exec,
+//! subsystem), opens the matching channel on the target and then copies
+//! data both ways.
+//!
+//! Flow control: a direction reads the next message only after the
+//! previous one was handed to the other side, and handing over waits for
+//! the receiver's SSH window. A slow reader therefore stalls its sender
+//! through the SSH windows instead of growing buffers in the gateway; what
+//! the gateway holds per channel is bounded by russh's channel buffer
+//! (`channel_buffer_size` messages of at most one packet each).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_model::{EventType, Outcome, Severity};
+use russh::server::{self, Msg};
+use russh::{client, Channel, ChannelMsg, Pty, Sig};
+
+use crate::server::{env_allowed, upstream_for, Authed, ConnState, Shared};
+
+/// What a channel task needs from its connection.
+pub(crate) struct ChannelCtx {
+    pub shared: Arc<Shared>,
+    pub state: Arc<ConnState>,
+    pub auth: Authed,
+    pub handle: server::Handle,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PtyReq {
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+    pub pix_w: u32,
+    pub pix_h: u32,
+    pub modes: Vec<(Pty, u32)>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Request {
+    Shell,
+    Exec(Vec<u8>),
+    Subsystem(String),
+}
+
+/// Set-up requests seen before the main request.
+pub(crate) struct Setup {
+    pub pty: Option<PtyReq>,
+    pub env: Vec<(String, String)>,
+    pub agent: bool,
+}
+
+/// Writes one line on the user's stderr, ends the channel with `code`.
+pub(crate) async fn fail(channel: &Channel<Msg>, pty: bool, message: &str, code: u32) {
+    let eol = if pty { "\r\n" } else { "\n" };
+    let _ = channel
+        .extended_data_bytes(1, format!("gatehouse: {message}{eol}").into_bytes())
+        .await;
+    let _ = channel.exit_status(code).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) {
+    let mut setup = Setup {
+        pty: None,
+        env: Vec::new(),
+        agent: false,
+    };
+    let accept_env = ctx.auth.config.server.accept_env.clone();
+    let request = loop {
+        let Some(msg) = channel.wait().await else { return };
+        match msg {
+            ChannelMsg::Close | ChannelMsg::Eof => return,
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                setup.pty = Some(PtyReq {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    pix_w: pix_width,
+                    pix_h: pix_height,
+                    modes: terminal_modes,
+                })
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(p) = setup.pty.as_mut() {
+                    p.cols = col_width;
+                    p.rows = row_height;
+                }
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                if env_allowed(&accept_env, &variable_name) && setup.env.len() < 64 {
+                    setup.env.push((variable_name, variable_value));
+                }
+            }
+            ChannelMsg::AgentForward { .. } => {
+                setup.agent = ctx
+                    .auth
+                    .decision
+                    .as_ref()
+                    .map(|d| d.allowed && d.agent_forwarding)
+                    .unwrap_or(false);
+            }
+            ChannelMsg::Exec { command, .. } => break Request::Exec(command),
+            ChannelMsg::RequestShell { .. } => break Request::Shell,
+            ChannelMsg::RequestSubsystem { name, .. } => break Request::Subsystem(name),
+            _ => {}
+        }
+    };
+    let pty = setup.pty.is_some();
+    if let Some(refusal) = &ctx.auth.refusal {
+        fail(&channel, pty, refusal, 1).await;
+        return;
+    }
+    if ctx.auth.target.is_none() {
+        match request {
+            Request::Shell => crate::menu::run(ctx, channel, setup).await,
+            Request::Exec(cmd) => crate::menu::gateway_command(ctx, channel, &cmd).await,
+            Request::Subsystem(name) => {
+                fail(
+                    &channel,
+                    pty,
+                    &format!("subsystem {name:?} needs a target: connect as USER:TARGET"),
+                    1,
+                )
+                .await
+            }
+        }
+        return;
+    }
+    run_on_target(ctx, channel, setup, request).await;
+}
+
+/// Authorises `request` and runs it on the session's target.
+pub(crate) async fn run_on_target(ctx: ChannelCtx, channel: Channel<Msg>, setup: Setup, request: Request) {
+    let pty = setup.pty.is_some();
+    let node = ctx.shared.node();
+    let on_failure = ctx.auth.config.audit.on_failure;
+    if let Request::Exec(cmd) = &request {
+        let command = String::from_utf8_lossy(cmd).to_string();
+        let (target, login) = (
+            ctx.auth.target.clone().unwrap_or_default(),
+            ctx.auth.login.clone().unwrap_or_default(),
+        );
+        if let Some(denial) =
+            gatehouse_policy::command_denied(&ctx.auth.config, &ctx.auth.user, &target, &login, &command)
+        {
+            let ev = ctx
+                .state
+                .event(&ctx.auth, EventType::COMMAND_DENIED, Severity::Warn, Outcome::Denied, &node)
+                .reason(format!("denied by {}", denial.rule))
+                .details(serde_json::json!({ "command": command, "source": "exec" }));
+            let _ = ctx.shared.audit.record(ev, on_failure).await;
+            fail(&channel, pty, &format!("command denied by {}", denial.rule), 1).await;
+            return;
+        }
+        let ev = ctx
+            .state
+            .event(&ctx.auth, EventType::COMMAND, Severity::Info, Outcome::Success, &node)
+            .details(serde_json::json!({ "command": command, "source": "exec" }));
+        if let Err(e) = ctx.shared.audit.record(ev, on_failure).await {
+            fail(&channel, pty, &e.to_string(), 1).await;
+            return;
+        }
+    }
+    let upstream = match upstream_for(&ctx.shared, &ctx.state, &ctx.auth).await {
+        Ok(u) => u,
+        Err(e) => {
+            fail(&channel, pty, &e, 255).await;
+            return;
+        }
+    };
+    let up = match upstream.handle.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&channel, pty, &format!("the target refused a session channel: {e}"), 255).await;
+            return;
+        }
+    };
+    let sent = async {
+        if let Some(p) = &setup.pty {
+            up.request_pty(false, &p.term, p.cols, p.rows, p.pix_w, p.pix_h, &p.modes)
+                .await?;
+        }
+        for (k, v) in &setup.env {
+            up.set_env(false, k.clone(), v.clone()).await?;
+        }
+        if setup.agent {
+            up.agent_forward(false).await?;
+            spawn_agent_bridge(&ctx, upstream.clone()).await;
+        }
+        match &request {
+            Request::Shell => up.request_shell(true).await,
+            Request::Exec(cmd) => up.exec(true, cmd.clone()).await,
+            Request::Subsystem(name) => up.request_subsystem(true, name.clone()).await,
+        }
+    }
+    .await;
+    if let Err(e) = sent {
+        fail(&channel, pty, &format!("the target connection failed: {e}"), 255).await;
+        return;
+    }
+    let outcome = pump(&ctx, channel, up, pty).await;
+    if let Some(code) = outcome.exit_status {
+        ctx.state.exit_status.store(code as i64, Ordering::Release);
+    }
+}
+
+/// Bridges agent channels the target opens back to the user's agent.
+async fn spawn_agent_bridge(ctx: &ChannelCtx, upstream: Arc<crate::upstream::Upstream>) {
+    let Some(mut rx) = upstream.agent_rx.lock().await.take() else {
+        return;
+    };
+    let handle = ctx.handle.clone();
+    tokio::spawn(async move {
+        while let Some(up_agent) = rx.recv().await {
+            let Ok(user_agent) = handle.channel_open_agent().await else {
+                let _ = up_agent.close().await;
+                continue;
+            };
+            tokio::spawn(raw_pump(user_agent, up_agent));
+        }
+    });
+}
+
+/// What a finished bridge saw.
+#[derive(Debug, Default)]
+pub(crate) struct PumpOutcome {
+    pub exit_status: Option<u32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Copies a session channel both ways until either side closes.
+async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pty: bool) -> PumpOutcome {
+    let user_id = user.id();
+    let (mut user_rx, user_tx) = user.split();
+    let (mut up_rx, up_tx) = up.split();
+    let state = ctx.state.clone();
+    let to_target = async {
+        let mut n = 0u64;
+        while let Some(msg) = user_rx.wait().await {
+            let r = match msg {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    state.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    up_tx.data_bytes(data).await
+                }
+                ChannelMsg::Eof => up_tx.eof().await,
+                ChannelMsg::Close => break,
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => up_tx.window_change(col_width, row_height, pix_width, pix_height).await,
+                ChannelMsg::Signal { signal } => up_tx.signal(signal).await,
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = up_tx.close().await;
+        n
+    };
+    let handle = ctx.handle.clone();
+    let to_user = async {
+        let mut n = 0u64;
+        let mut exit = None;
+        while let Some(msg) = up_rx.wait().await {
+            let r = match msg {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    state.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    user_tx.data_bytes(data).await
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    n += data.len() as u64;
+                    state.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    user_tx.extended_data_bytes(ext, data).await
+                }
+                ChannelMsg::Eof => user_tx.eof().await,
+                ChannelMsg::ExitStatus { exit_status } => {
+                    exit = Some(exit_status);
+                    user_tx.exit_status(exit_status).await
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    exit = Some(128 + signal_number(&signal_name));
+                    handle
+                        .exit_signal_request(user_id, signal_name, core_dumped, error_message, lang_tag)
+                        .await
+                        .map_err(|_| russh::Error::SendError)
+                }
+                ChannelMsg::Failure => {
+                    let eol = if pty { "\r\n" } else { "\n" };
+                    let _ = user_tx
+                        .extended_data_bytes(
+                            1,
+                            format!("gatehouse: the target refused the request{eol}").into_bytes(),
+                        )
+                        .await;
+                    exit = Some(1);
+                    let _ = user_tx.exit_status(1).await;
+                    break;
+                }
+                ChannelMsg::Close => break,
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = user_tx.eof().await;
+        let _ = user_tx.close().await;
+        (n, exit)
+    };
+    tokio::pin!(to_target);
+    tokio::pin!(to_user);
+    let mut outcome = PumpOutcome::default();
+    tokio::select! {
+        n = &mut to_target => {
+            outcome.bytes_in = n;
+            // The user closed: give the target a moment to confirm.
+            if let Ok((m, exit)) = tokio::time::timeout(Duration::from_secs(5), &mut to_user).await {
+                outcome.bytes_out = m;
+                outcome.exit_status = exit;
+            }
+        }
+        (m, exit) = &mut to_user => {
+            outcome.bytes_out = m;
+            outcome.exit_status = exit;
+        }
+    }
+    outcome
+}
+
+/// Copies a non-session channel (port forward, agent) both ways.
+async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
+    let (mut user_rx, user_tx) = user.split();
+    let (mut up_rx, up_tx) = up.split();
+    let to_target = async {
+        let mut n = 0u64;
+        while let Some(msg) = user_rx.wait().await {
+            let r = match msg {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    up_tx.data_bytes(data).await
+                }
+                ChannelMsg::Eof => up_tx.eof().await,
+                ChannelMsg::Close => break,
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = up_tx.close().await;
+        n
+    };
+    let to_user = async {
+        let mut n = 0u64;
+        while let Some(msg) = up_rx.wait().await {
+            let r = match msg {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    user_tx.data_bytes(data).await
+                }
+                ChannelMsg::Eof => user_tx.eof().await,
+                ChannelMsg::Close => break,
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = user_tx.close().await;
+        n
+    };
+    tokio::join!(to_target, to_user)
+}
+
+/// A `direct-tcpip` channel (`ssh -L`), already authorised and audited.
+pub(crate) async fn forward_channel(
+    ctx: ChannelCtx,
+    channel: Channel<Msg>,
+    host: String,
+    port: u32,
+    orig_addr: String,
+    orig_port: u32,
+) {
+    let node = ctx.shared.node();
+    let upstream = match upstream_for(&ctx.shared, &ctx.state, &ctx.auth).await {
+        Ok(u) => u,
+        Err(_) => {
+            let _ = channel.close().await;
+            return;
+        }
+    };
+    let up = match upstream
+        .handle
+        .channel_open_direct_tcpip(host.clone(), port, orig_addr, orig_port)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let ev = ctx
+                .state
+                .event(&ctx.auth, EventType::PORT_FORWARD_CLOSE, Severity::Info, Outcome::Failure, &node)
+                .reason(format!("the target could not open {host}:{port}: {e}"))
+                .details(serde_json::json!({ "host": host, "port": port }));
+            let _ = ctx.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+            let _ = channel.close().await;
+            return;
+        }
+    };
+    let (bytes_in, bytes_out) = raw_pump(channel, up).await;
+    ctx.state.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    ctx.state.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    let ev = ctx
+        .state
+        .event(&ctx.auth, EventType::PORT_FORWARD_CLOSE, Severity::Info, Outcome::Success, &node)
+        .details(serde_json::json!({
+            "host": host, "port": port, "bytes_in": bytes_in, "bytes_out": bytes_out,
+        }));
+    let _ = ctx.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+}
+
+fn signal_number(sig: &Sig) -> u32 {
+    match sig {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        _ => 0,
+    }
+}

@@ -1,0 +1,41 @@
+//! The SSH side of Gatehouse: the server that users' OpenSSH clients reach,
+//! the client that reaches targets, and the bridge between them.
+//!
+//! This is the only crate that knows russh. The data path is
+//! accept → authenticate → authorise → connect upstream → bridge → audit;
+//! each phase lives in one module:
+//! - [`server`]: accept loop, connection limits, authentication, channel
+//!   requests (the russh `Handler`).
+//! - [`upstream`]: connect and verify a target.
+//! - [`bridge`]: copy channel data both ways with flow control, forward
+//!   requests, exit statuses and signals.
+//! - [`audit`]: the one function through which every security decision
+//!   becomes an event.
+
+pub mod audit;
+pub mod bridge;
+pub mod keys;
+pub mod menu;
+pub mod server;
+pub mod upstream;
+
+use std::path::PathBuf;
+
+pub use server::{Gateway, GatewayHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("{what} {}: {message}", path.display())]
+    Key {
+        path: PathBuf,
+        what: String,
+        message: String,
+    },
+    #[error("cannot listen on {addr}: {source}; check server.listen and that no other program uses the port")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,821 @@
+//! The server side: the accept loop with its limits, and the russh
+//! `Handler` that authenticates users and authorises their channels.
+//!
+//! A connection is one *session* in the audit trail: it starts when the
+//! gateway has connected to the target (`session.start`) and ends when the
+//! user's connection closes (`session.end`), whatever channels ran inside.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use gatehouse_model::{
+    event::format_time, parse_duration, Config, ConnectRequest, EventType, NewEvent, Outcome,
+    Severity,
+};
+use gatehouse_policy::Decision;
+use gatehouse_store::Store;
+use russh::keys::PrivateKey;
+use russh::server::{self, Auth, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::audit::Audit;
+use crate::keys::{fingerprint, load_private_key, parse_public_line};
+use crate::upstream::{self, Upstream, UpstreamError};
+use crate::SshError;
+
+/// Everything the connections share. Configuration is swapped whole on
+/// reload; a connection keeps the snapshot it authenticated with.
+pub(crate) struct Shared {
+    pub config: RwLock<Arc<Config>>,
+    pub audit: Audit,
+    pub store: Store,
+    pub upstream_key: RwLock<Arc<PrivateKey>>,
+    pub server_config: Arc<server::Config>,
+    pub startups: Arc<Semaphore>,
+    pub live: Mutex<HashMap<u64, LiveConn>>,
+    pub next_id: AtomicU64,
+    pub shutdown: watch::Sender<Option<String>>,
+}
+
+/// What the gateway needs to reach a running connection from outside
+/// (shutdown message, kill).
+pub(crate) struct LiveConn {
+    pub handle: server::Handle,
+    pub channels: Vec<ChannelId>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+    pub fn node(&self) -> String {
+        self.config().server.node.clone()
+    }
+    pub fn upstream_key(&self) -> Arc<PrivateKey> {
+        self.upstream_key
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// The gateway, bound to its port and ready to [`Gateway::run`].
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+/// Controls a running gateway: reload its configuration, shut it down.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+}
+
+impl GatewayHandle {
+    /// Swaps in a new configuration. Running sessions keep the policy they
+    /// were authorised with; new connections use the new one.
+    pub fn reload(&self, config: Config) -> Result<(), SshError> {
+        let key = Arc::new(load_private_key(&config.upstream.key, "upstream.key")?);
+        if let Ok(mut k) = self.shared.upstream_key.write() {
+            *k = key;
+        }
+        if let Ok(mut c) = self.shared.config.write() {
+            *c = Arc::new(config);
+        }
+        Ok(())
+    }
+
+    /// Asks the gateway to stop: sessions get `reason`, the accept loop
+    /// ends, and [`Gateway::run`] returns once every connection has ended.
+    pub fn shutdown(&self, reason: &str) {
+        let _ = self.shared.shutdown.send(Some(reason.to_string()));
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.shared.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Gateway {
+    /// Loads the host and upstream keys and binds `server.listen`.
+    pub async fn bind(config: Config, store: Store) -> Result<Gateway, SshError> {
+        let host_key = load_private_key(&config.server.host_key, "server.host_key")?;
+        let upstream_key = load_private_key(&config.upstream.key, "upstream.key")?;
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        let server_config = server::Config {
+            server_id: russh::SshId::Standard("SSH-2.0-Gatehouse".into()),
+            methods,
+            auth_rejection_time: Duration::from_millis(200),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            window_size: 8 * 1024 * 1024,
+            maximum_packet_size: 32768,
+            channel_buffer_size: 64,
+            max_auth_attempts: 6,
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..Default::default()
+        };
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| SshError::Bind {
+                addr: config.server.listen.clone(),
+                source,
+            })?;
+        let (shutdown, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            startups: Arc::new(Semaphore::new(config.server.max_startups)),
+            config: RwLock::new(Arc::new(config)),
+            audit: Audit {
+                store: store.clone(),
+            },
+            store,
+            upstream_key: RwLock::new(Arc::new(upstream_key)),
+            server_config: Arc::new(server_config),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        });
+        Ok(Gateway { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts connections until shutdown, then tells every session why it
+    /// ends and waits (bounded) for their `session.end` events.
+    pub async fn run(self) -> Result<(), SshError> {
+        let shared = self.shared;
+        let mut shutdown = shared.shutdown.subscribe();
+        // Each connection task holds a clone; when all are gone, `recv`
+        // returns None (the mini-redis shutdown pattern).
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let reason = loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many unauthenticated connections; dropping");
+                        drop(socket);
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        serve_connection(shared, socket, peer, permit).await;
+                        drop(done);
+                    });
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() { break "gateway stopped".to_string(); }
+                    if let Some(r) = shutdown.borrow().clone() { break r; }
+                }
+            }
+        };
+        drop(self.listener);
+        drop(done_tx);
+        let live: Vec<(server::Handle, Vec<ChannelId>)> = shared
+            .live
+            .lock()
+            .map(|l| l.values().map(|c| (c.handle.clone(), c.channels.clone())).collect())
+            .unwrap_or_default();
+        for (handle, channels) in live {
+            let msg = format!("\r\ngatehouse: {reason}; your session is ending — reconnect in a moment\r\n");
+            for ch in channels {
+                let _ = handle.extended_data(ch, 1, msg.clone().into_bytes()).await;
+            }
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, format!("gatehouse: {reason}"), String::new())
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
+        Ok(())
+    }
+}
+
+/// Runs one user connection to its end, then writes `session.end`.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let state = Arc::new(ConnState::new(peer));
+    let handler = Conn {
+        shared: shared.clone(),
+        state: state.clone(),
+        conn_id,
+        permit: Some(permit),
+    };
+    let grace = parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
+    let running = match tokio::time::timeout(
+        grace,
+        server::run_stream(shared.server_config.clone(), socket, handler),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended during the handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no SSH identification within the grace time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    {
+        let state = state.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if state.auth.lock().map(|a| a.is_none()).unwrap_or(true) {
+                let _ = handle
+                    .disconnect(
+                        Disconnect::ByApplication,
+                        "gatehouse: authentication took too long".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        });
+    }
+    if let Ok(mut live) = shared.live.lock() {
+        live.insert(
+            conn_id,
+            LiveConn {
+                handle,
+                channels: Vec::new(),
+            },
+        );
+    }
+    if let Err(e) = running.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    if let Ok(mut live) = shared.live.lock() {
+        live.remove(&conn_id);
+    }
+    finish_session(&shared, &state).await;
+}
+
+async fn finish_session(shared: &Shared, state: &ConnState) {
+    if let Some(up) = state.upstream.lock().await.take() {
+        if let Ok(up) = up {
+            let _ = up
+                .handle
+                .disconnect(Disconnect::ByApplication, "session ended", "")
+                .await;
+        }
+    }
+    if !state.started.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(auth) = state.authed() else { return };
+    let exit = state.exit_status.load(Ordering::Acquire);
+    let details = serde_json::json!({
+        "duration_ms": state.start.elapsed().as_millis() as u64,
+        "bytes_in": state.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": state.bytes_out.load(Ordering::Relaxed),
+        "exit_status": if exit >= 0 { serde_json::json!(exit) } else { serde_json::Value::Null },
+        "start_time": state.start_time,
+        "recording_id": serde_json::Value::Null,
+        "recording_sha256": serde_json::Value::Null,
+    });
+    let ev = state
+        .event(&auth, EventType::SESSION_END, Severity::Info, Outcome::Success, &shared.node())
+        .details(details);
+    let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+}
+
+/// Who the user is and what they asked for, fixed at authentication.
+#[derive(Clone)]
+pub(crate) struct Authed {
+    pub user: String,
+    pub target: Option<String>,
+    pub login: Option<String>,
+    pub decision: Option<Decision>,
+    /// Set when the connection is authenticated but may not proceed; the
+    /// text is shown to the user on their first channel.
+    pub refusal: Option<String>,
+    pub mfa: bool,
+    pub config: Arc<Config>,
+}
+
+/// Per-connection state shared between the handler, channel tasks and the
+/// task that writes `session.end`.
+pub(crate) struct ConnState {
+    pub session_id: String,
+    pub peer: SocketAddr,
+    pub start: Instant,
+    pub start_time: String,
+    pub auth: Mutex<Option<Authed>>,
+    pub upstream: tokio::sync::Mutex<Option<Result<Arc<Upstream>, UpstreamError>>>,
+    pub started: AtomicBool,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub exit_status: AtomicI64,
+    pub server_handle: Mutex<Option<server::Handle>>,
+}
+
+impl ConnState {
+    fn new(peer: SocketAddr) -> ConnState {
+        ConnState {
+            session_id: ulid::Ulid::new().to_string(),
+            peer,
+            start: Instant::now(),
+            start_time: format_time(chrono::Utc::now()),
+            auth: Mutex::new(None),
+            upstream: tokio::sync::Mutex::new(None),
+            started: AtomicBool::new(false),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            exit_status: AtomicI64::new(-1),
+            server_handle: Mutex::new(None),
+        }
+    }
+
+    pub fn authed(&self) -> Option<Authed> {
+        self.auth.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// An event pre-filled with this connection's who/where.
+    pub fn event(&self, auth: &Authed, kind: &str, sev: Severity, result: Outcome, node: &str) -> NewEvent {
+        let mut ev = NewEvent::new(kind, sev, result, node)
+            .user(auth.user.clone())
+            .source_ip(self.peer.ip().to_string())
+            .session(self.session_id.clone())
+            .mfa(auth.mfa);
+        ev.target = auth.target.clone();
+        ev.login = auth.login.clone();
+        ev
+    }
+}
+
+/// The upstream connection of this session, connecting on first use.
+/// Writes `session.start` on success and a high-severity event on a host
+/// key mismatch.
+pub(crate) async fn upstream_for(
+    shared: &Shared,
+    state: &ConnState,
+    auth: &Authed,
+) -> Result<Arc<Upstream>, String> {
+    let mut slot = state.upstream.lock().await;
+    if let Some(existing) = slot.as_ref() {
+        return existing.clone().map_err(|e| e.to_string());
+    }
+    let (Some(target_name), Some(login), Some(decision)) = (&auth.target, &auth.login, &auth.decision) else {
+        return Err("no target selected".into());
+    };
+    let Some(target) = auth.config.target(target_name).cloned() else {
+        return Err(format!("unknown target {target_name:?}"));
+    };
+    let timeout = parse_duration(&auth.config.upstream.connect_timeout).unwrap_or(Duration::from_secs(10));
+    let node = shared.node();
+    let result = upstream::connect(
+        &target,
+        login,
+        shared.upstream_key(),
+        shared.store.clone(),
+        timeout,
+        decision.agent_forwarding,
+    )
+    .await
+    .map(Arc::new);
+    match &result {
+        Ok(_) => {
+            let ev = state
+                .event(auth, EventType::SESSION_START, Severity::Info, Outcome::Success, &node)
+                .details(serde_json::json!({
+                    "address": target.socket_address(),
+                    "rule": decision.rule.as_ref().map(|r| r.to_string()),
+                }));
+            if let Err(e) = shared.audit.record(ev, auth.config.audit.on_failure).await {
+                *slot = Some(Err(UpstreamError::Other(e.to_string())));
+                return Err(e.to_string());
+            }
+            state.started.store(true, Ordering::Release);
+        }
+        Err(err) => {
+            let (kind, sev) = match err {
+                UpstreamError::HostKeyMismatch { .. } => (EventType::HOST_KEY_MISMATCH, Severity::High),
+                _ => (EventType::TARGET_UNREACHABLE, Severity::Warn),
+            };
+            let ev = state
+                .event(auth, kind, sev, Outcome::Error, &node)
+                .reason(err.to_string());
+            let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+        }
+    }
+    *slot = Some(result.clone());
+    result.map_err(|e| e.to_string())
+}
+
+/// The russh handler of one user connection.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+    conn_id: u64,
+    /// Held until authentication succeeds: bounds unauthenticated
+    /// connections (MaxStartups).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    fn failure_event(&self, raw_user: &str, reason: String) -> NewEvent {
+        let config = self.shared.config();
+        let user = ConnectRequest::parse(raw_user)
+            .map(|r| r.user)
+            .unwrap_or_else(|_| truncate(raw_user, 64));
+        let mut ev = NewEvent::new(EventType::AUTH_FAILURE, Severity::Warn, Outcome::Failure, &config.server.node)
+            .user(user)
+            .source_ip(self.state.peer.ip().to_string())
+            .reason(reason);
+        if let Ok(r) = ConnectRequest::parse(raw_user) {
+            ev.target = r.target;
+            ev.login = r.login;
+        }
+        ev
+    }
+
+    /// Is `key` one of the keys configured for the user named in `raw_user`?
+    fn key_matches(config: &Config, raw_user: &str, key: &russh::keys::PublicKey) -> Result<String, String> {
+        let user_name = match ConnectRequest::parse(raw_user) {
+            Ok(r) => r.user,
+            Err(e) => {
+                // A malformed target part still lets a known user in, so
+                // that they can be told what is wrong with the username.
+                let prefix = raw_user.split(':').next().unwrap_or("");
+                if config.user(prefix).is_none() {
+                    return Err(e.to_string());
+                }
+                prefix.to_string()
+            }
+        };
+        let Some(user) = config.user(&user_name) else {
+            return Err(format!("unknown user {:?}", truncate(&user_name, 64)));
+        };
+        let ok = user
+            .keys
+            .iter()
+            .filter_map(|line| parse_public_line(line))
+            .any(|k| k.key_data() == key.key_data());
+        if ok {
+            Ok(user_name)
+        } else {
+            Err(format!("key {} is not registered for user {user_name:?}", fingerprint(key)))
+        }
+    }
+
+    fn channel_ctx(&self) -> Option<crate::bridge::ChannelCtx> {
+        let auth = self.state.authed()?;
+        let handle = self.state.server_handle.lock().ok()?.clone()?;
+        Some(crate::bridge::ChannelCtx {
+            shared: self.shared.clone(),
+            state: self.state.clone(),
+            auth,
+            handle,
+        })
+    }
+
+    fn track_channel(&self, id: ChannelId) {
+        if let Ok(mut live) = self.shared.live.lock() {
+            if let Some(c) = live.get_mut(&self.conn_id) {
+                c.channels.push(id);
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+impl server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        match Self::key_matches(&config, user, offer.public_key) {
+            Ok(_) => Ok(Auth::Accept),
+            Err(reason) => {
+                let ev = self.failure_event(user, reason);
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        raw_user: &str,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        let user = match Self::key_matches(&config, raw_user, key.public_key) {
+            Ok(u) => u,
+            Err(reason) => {
+                let ev = self.failure_event(raw_user, reason);
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                return Ok(Auth::reject());
+            }
+        };
+        let node = config.server.node.clone();
+        let (request, mut refusal) = match ConnectRequest::parse(raw_user) {
+            Ok(r) => (r, None),
+            Err(e) => (
+                ConnectRequest {
+                    user: user.clone(),
+                    target: None,
+                    login: None,
+                },
+                Some(e.to_string()),
+            ),
+        };
+        let decision = request
+            .target
+            .as_ref()
+            .map(|t| gatehouse_policy::decide(&config, &user, t, request.login.as_deref()));
+        let mut auth = Authed {
+            user: user.clone(),
+            target: request.target.clone(),
+            login: decision
+                .as_ref()
+                .and_then(|d| d.login.clone())
+                .or(request.login.clone()),
+            decision: decision.clone(),
+            refusal: None,
+            mfa: false,
+            config: config.clone(),
+        };
+        let ok = self
+            .state
+            .event(&auth, EventType::AUTH_SUCCESS, Severity::Info, Outcome::Success, &node)
+            .details(serde_json::json!({
+                "method": "publickey",
+                "key": fingerprint(key.public_key),
+            }));
+        if let Err(e) = self.shared.audit.record(ok, config.audit.on_failure).await {
+            refusal = Some(e.to_string());
+        }
+        if refusal.is_none() {
+            if let Some(d) = &decision {
+                if !d.allowed {
+                    refusal = Some(format!("access denied: {}", d.reason));
+                    let ev = self
+                        .state
+                        .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                        .reason(d.reason.clone())
+                        .details(serde_json::json!({
+                            "rule": d.rule.as_ref().map(|r| r.to_string()),
+                        }));
+                    if let Err(e) = self.shared.audit.record(ev, config.audit.on_failure).await {
+                        refusal = Some(e.to_string());
+                    }
+                } else if d.approval.is_some() {
+                    refusal = Some(
+                        "access denied: this login requires just-in-time approval, which this gateway build does not provide yet"
+                            .into(),
+                    );
+                    let ev = self
+                        .state
+                        .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                        .reason("approval required but not available".to_string());
+                    let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                }
+            }
+        } else if request.target.is_none() && raw_user.contains(':') {
+            let ev = self
+                .state
+                .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                .reason(refusal.clone().unwrap_or_default());
+            let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+        }
+        auth.refusal = refusal;
+        if let Ok(mut slot) = self.state.auth.lock() {
+            *slot = Some(auth);
+        }
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.permit = None;
+        if let Ok(mut h) = self.state.server_handle.lock() {
+            *h = Some(session.handle());
+        }
+        // Start the upstream handshake now, in parallel with the client
+        // opening its channel: set-up time is the slower of the two, not
+        // their sum.
+        if let Some(auth) = self.state.authed() {
+            let allowed = auth.refusal.is_none() && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
+            if allowed {
+                let shared = self.shared.clone();
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    let _ = upstream_for(&shared, &state, &auth).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.channel_ctx() else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        self.track_channel(channel.id());
+        reply.accept().await;
+        tokio::spawn(crate::bridge::session_channel(ctx, channel));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        orig_addr: &str,
+        orig_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.channel_ctx() else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        let allowed = ctx.auth.refusal.is_none()
+            && ctx.auth.decision.as_ref().map(|d| d.allowed && d.port_forwarding).unwrap_or(false);
+        let node = self.shared.node();
+        let details = serde_json::json!({
+            "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
+        });
+        if !allowed {
+            let reason = if ctx.auth.target.is_none() {
+                "port forwarding needs a target: connect as USER:TARGET".to_string()
+            } else {
+                "port forwarding is not allowed by the user's roles".to_string()
+            };
+            let ev = self
+                .state
+                .event(&ctx.auth, EventType::PORT_FORWARD_OPEN, Severity::Warn, Outcome::Denied, &node)
+                .reason(reason)
+                .details(details);
+            let _ = self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        let ev = self
+            .state
+            .event(&ctx.auth, EventType::PORT_FORWARD_OPEN, Severity::Info, Outcome::Success, &node)
+            .details(details);
+        if self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await.is_err() {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        reply.accept().await;
+        tokio::spawn(crate::bridge::forward_channel(
+            ctx,
+            channel,
+            host.to_string(),
+            port,
+            orig_addr.to_string(),
+            orig_port,
+        ));
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col: u32,
+        _row: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if env_allowed(&self.shared.config().server.accept_env, name) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        let allowed = self
+            .state
+            .authed()
+            .and_then(|a| a.decision)
+            .map(|d| d.allowed && d.agent_forwarding)
+            .unwrap_or(false);
+        Ok(allowed)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+
+/// sshd's `AcceptEnv` matching: exact names, or a prefix ending in `*`.
+pub fn env_allowed(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_allowed;
+
+    #[test]
+    fn accept_env_patterns() {
+        let p = vec!["LANG".to_string(), "LC_*".to_string()];
+        assert!(env_allowed(&p, "LANG"));
+        assert!(env_allowed(&p, "LC_ALL"));
+        assert!(!env_allowed(&p, "LD_PRELOAD"));
+        assert!(!env_allowed(&p, "LANGUAGE"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The gateway's own SSH connection to a target: connect, verify the
+//! target's host key (pinned fingerprint, known_hosts file or
+//! trust-on-first-use in the store — never ignored), authenticate with the
+//! gateway's key, and accept agent channels the target opens back when the
+//! role allows agent forwarding.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gatehouse_model::Target;
+use gatehouse_store::Store;
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+use crate::keys::fingerprint;
+
+/// Why a target could not be reached. The text is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    Unreachable(String),
+    /// The target presented a host key other than the one trusted.
+    HostKeyMismatch { expected: String, got: String },
+    /// The target refused the gateway's key for this login.
+    AuthRefused(String),
+    Other(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Unreachable(m) => write!(f, "{m}"),
+            UpstreamError::HostKeyMismatch { expected, got } => write!(
+                f,
+                "the target's host key changed (expected {expected}, got {got}); refusing to connect — ask an administrator to check the target and update its host key"
+            ),
+            UpstreamError::AuthRefused(m) => write!(f, "{m}"),
+            UpstreamError::Other(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// What the host key check saw, for the audit trail.
+#[derive(Debug, Default)]
+struct KeyCheck {
+    mismatch: Option<(String, String)>,
+    error: Option<String>,
+}
+
+/// Channels the target opens towards the gateway (agent forwarding).
+pub type AgentChannelTx = tokio::sync::mpsc::Sender<russh::Channel<client::Msg>>;
+
+pub struct UpstreamClient {
+    target: Target,
+    store: Store,
+    check: Arc<Mutex<KeyCheck>>,
+    agent_tx: Option<AgentChannelTx>,
+}
+
+impl client::Handler for UpstreamClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(c) => c.public_key().clone().into(),
+        };
+        let got = fingerprint(&key);
+        let verdict = self.verify(&key, &got).await;
+        let mut check = self.check.lock().unwrap_or_else(|p| p.into_inner());
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(Verify::Mismatch(expected)) => {
+                check.mismatch = Some((expected, got));
+                Ok(false)
+            }
+            Err(Verify::Error(e)) => {
+                check.error = Some(e);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        match &self.agent_tx {
+            Some(tx) => {
+                reply.accept().await;
+                let _ = tx.send(channel).await;
+            }
+            None => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Verify {
+    Mismatch(String),
+    Error(String),
+}
+
+impl UpstreamClient {
+    async fn verify(&self, key: &russh::keys::PublicKey, got: &str) -> Result<(), Verify> {
+        let t = &self.target;
+        if let Some(pinned) = &t.host_key {
+            return if pinned.trim() == got {
+                Ok(())
+            } else {
+                Err(Verify::Mismatch(pinned.trim().to_string()))
+            };
+        }
+        if let Some(path) = &t.known_hosts {
+            let (host, port) = split_host_port(&t.socket_address());
+            return match russh::keys::check_known_hosts_path(&host, port, key, path) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Verify::Error(format!(
+                    "target {:?}: no entry for {host}:{port} in {}; add the target's host key there",
+                    t.name,
+                    path.display()
+                ))),
+                Err(russh::keys::Error::KeyChanged { line }) => Err(Verify::Mismatch(format!(
+                    "the key on line {line} of {}",
+                    path.display()
+                ))),
+                Err(e) => Err(Verify::Error(format!(
+                    "target {:?}: cannot read known_hosts file {}: {e}",
+                    t.name,
+                    path.display()
+                ))),
+            };
+        }
+        if t.tofu {
+            return match self.store.known_host_key(&t.name).await {
+                Ok(Some(known)) if known == got => Ok(()),
+                Ok(Some(known)) => Err(Verify::Mismatch(known)),
+                Ok(None) => self
+                    .store
+                    .remember_host_key(&t.name, got)
+                    .await
+                    .map_err(|e| Verify::Error(format!("cannot remember the target's host key: {e}"))),
+                Err(e) => Err(Verify::Error(format!("cannot look up the target's host key: {e}"))),
+            };
+        }
+        Err(Verify::Error(format!(
+            "target {:?} has no host key verification configured",
+            t.name
+        )))
+    }
+}
+
+fn split_host_port(addr: &str) -> (String, u16) {
+    if let Some(rest) = addr.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once("]:") {
+            return (h.to_string(), p.parse().unwrap_or(22));
+        }
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(22)),
+        None => (addr.to_string(), 22),
+    }
+}
+
+/// A live, authenticated connection to a target.
+pub struct Upstream {
+    pub handle: client::Handle<UpstreamClient>,
+    pub agent_rx: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<russh::Channel<client::Msg>>>>,
+}
+
+pub fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 32768,
+        channel_buffer_size: 64,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Connects and authenticates to `target` as `login`.
+pub async fn connect(
+    target: &Target,
+    login: &str,
+    key: Arc<PrivateKey>,
+    store: Store,
+    timeout: Duration,
+    agent: bool,
+) -> Result<Upstream, UpstreamError> {
+    let check = Arc::new(Mutex::new(KeyCheck::default()));
+    let (agent_tx, agent_rx) = if agent {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let handler = UpstreamClient {
+        target: target.clone(),
+        store,
+        check: check.clone(),
+        agent_tx,
+    };
+    let addr = target.socket_address();
+    let connecting = client::connect(client_config(), addr.clone(), handler);
+    let result = tokio::time::timeout(timeout, connecting).await;
+    let mut handle = match result {
+        Err(_) => {
+            return Err(UpstreamError::Unreachable(format!(
+                "target {:?} ({addr}) did not answer within {}s; it may be down — try again later or ask an administrator",
+                target.name,
+                timeout.as_secs()
+            )))
+        }
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let c = check.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((expected, got)) = c.mismatch.clone() {
+                return Err(UpstreamError::HostKeyMismatch { expected, got });
+            }
+            if let Some(err) = c.error.clone() {
+                return Err(UpstreamError::Other(err));
+            }
+            return Err(match e {
+                russh::Error::IO(io) => UpstreamError::Unreachable(format!(
+                    "cannot connect to target {:?} ({addr}): {io}; it may be down — try again later or ask an administrator",
+                    target.name
+                )),
+                other => UpstreamError::Other(format!(
+                    "SSH handshake with target {:?} ({addr}) failed: {other}",
+                    target.name
+                )),
+            });
+        }
+    };
+    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let auth = handle
+        .authenticate_publickey(login, PrivateKeyWithHashAlg::new(key, hash))
+        .await
+        .map_err(|e| UpstreamError::Other(format!("authentication to target {:?} failed: {e}", target.name)))?;
+    if !auth.success() {
+        return Err(UpstreamError::AuthRefused(format!(
+            "target {:?} refused the gateway's key for login {login:?}; add the gateway's public key (upstream.key .pub) to ~{login}/.ssh/authorized_keys on the target",
+            target.name
+        )));
+    }
+    Ok(Upstream {
+        handle,
+        agent_rx: tokio::sync::Mutex::new(agent_rx),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host_port;
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(split_host_port("127.0.0.1:2200"), ("127.0.0.1".into(), 2200));
+        assert_eq!(split_host_port("[::1]:22"), ("::1".into(), 22));
+    }
+}
