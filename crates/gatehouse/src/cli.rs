@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "SSH access gateway: MFA, policy, recording and a verifiable audit trail")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "SSH access gateway: MFA, policy, recording and a verifiable audit trail"
+)]
 pub struct Cli {
     /// Config file (default: gatehouse.toml, or GATEHOUSE_CONFIG).
     #[arg(long, global = true)]

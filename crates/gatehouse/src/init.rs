@@ -12,7 +12,11 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
     let dir = &args.dir;
     let config_path = dir.join("gatehouse.toml");
     let data = dir.join("data");
-    for existing in [&config_path, &data.join("host_ed25519"), &data.join("client_ed25519")] {
+    for existing in [
+        &config_path,
+        &data.join("host_ed25519"),
+        &data.join("client_ed25519"),
+    ] {
         if existing.exists() {
             bail!(
                 "{} already exists; refusing to overwrite it (use another --dir or remove it first)",
@@ -23,7 +27,8 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(data.join("recordings"))
         .with_context(|| format!("cannot create {}", data.display()))?;
     gatehouse_ssh::keys::generate_ed25519(&data.join("host_ed25519"), "gatehouse host key")?;
-    let upstream_pub = gatehouse_ssh::keys::generate_ed25519(&data.join("client_ed25519"), "gatehouse")?;
+    let upstream_pub =
+        gatehouse_ssh::keys::generate_ed25519(&data.join("client_ed25519"), "gatehouse")?;
 
     let admin_user = args
         .admin_user
@@ -81,11 +86,26 @@ name = "{admin_user}"
 roles = ["admin"]
 "#
     );
-    std::fs::write(&config_path, config).with_context(|| format!("cannot write {}", config_path.display()))?;
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
     println!("wrote {}", config_path.display());
-    println!("wrote {}/host_ed25519 and {}/client_ed25519", data.display(), data.display());
-    println!("first admin: {admin_user}{}", if admin_key.is_some() { "" } else { " (add a key to gatehouse.toml)" });
-    println!("next: add a [[targets]] entry, then `gatehouse serve --config {}`", config_path.display());
+    println!(
+        "wrote {}/host_ed25519 and {}/client_ed25519",
+        data.display(),
+        data.display()
+    );
+    println!(
+        "first admin: {admin_user}{}",
+        if admin_key.is_some() {
+            ""
+        } else {
+            " (add a key to gatehouse.toml)"
+        }
+    );
+    println!(
+        "next: add a [[targets]] entry, then `gatehouse serve --config {}`",
+        config_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -97,10 +117,14 @@ fn admin_key_line(path: Option<&Path>) -> Result<Option<String>> {
             .filter(|p| p.exists()),
     };
     let Some(p) = candidate else { return Ok(None) };
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read admin key {}", p.display()))?;
+    let text = std::fs::read_to_string(&p)
+        .with_context(|| format!("cannot read admin key {}", p.display()))?;
     let line = text.lines().next().unwrap_or("").trim().to_string();
     if gatehouse_ssh::keys::parse_public_line(&line).is_none() {
-        bail!("{} is not an OpenSSH public key; pass the .pub file", p.display());
+        bail!(
+            "{} is not an OpenSSH public key; pass the .pub file",
+            p.display()
+        );
     }
     Ok(Some(line))
 }

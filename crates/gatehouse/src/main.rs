@@ -16,7 +16,10 @@ use cli::{AuditCmd, Cli, Command, Format, PolicyCmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehouse: cannot start the async runtime: {e}");
@@ -64,9 +67,9 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 async fn open_store(config: &Config) -> Result<Store> {
-    Store::open(&config.store.url)
-        .await
-        .with_context(|| "the store is unavailable; check store.url and that the database is reachable".to_string())
+    Store::open(&config.store.url).await.with_context(|| {
+        "the store is unavailable; check store.url and that the database is reachable".to_string()
+    })
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -82,7 +85,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command,
         }) => {
             let config = load_config(&path)?;
-            explain(&config, user, target, login.as_deref(), command.as_deref(), cli.format)
+            explain(
+                &config,
+                user,
+                target,
+                login.as_deref(),
+                command.as_deref(),
+                cli.format,
+            )
         }
         Command::Audit(AuditCmd::Query { sql }) => {
             let config = load_config(&path)?;
@@ -106,7 +116,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             match report.first_bad {
                 None => {
                     if cli.format == Format::Json {
-                        println!("{}", serde_json::json!({"ok": true, "events_checked": report.events_checked}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": true, "events_checked": report.events_checked})
+                        );
                     } else {
                         println!("OK: {} events, hash chain intact", report.events_checked);
                     }
@@ -119,7 +132,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             serde_json::json!({"ok": false, "seq": bad.seq, "id": bad.id, "problem": bad.problem})
                         );
                     } else {
-                        println!("FAILED at event {} (seq {}): {}", bad.id, bad.seq, bad.problem);
+                        println!(
+                            "FAILED at event {} (seq {}): {}",
+                            bad.id, bad.seq, bad.problem
+                        );
                     }
                     Ok(ExitCode::from(1))
                 }
@@ -139,7 +155,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 fn check(path: &Path, format: Format) -> Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(mut c) => {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             c.resolve_paths(base);
             c
         }
@@ -147,7 +166,9 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             if format == Format::Json {
                 let list: Vec<_> = errors
                     .iter()
-                    .map(|e| serde_json::json!({"file": e.file, "key": e.key, "message": e.message}))
+                    .map(
+                        |e| serde_json::json!({"file": e.file, "key": e.key, "message": e.message}),
+                    )
                     .collect();
                 println!("{}", serde_json::json!({"ok": false, "errors": list}));
             } else {
@@ -159,7 +180,9 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
         }
     };
     let mut problems = Vec::new();
-    if let Err(e) = gatehouse_ssh::keys::load_private_key(&config.server.host_key, "server.host_key") {
+    if let Err(e) =
+        gatehouse_ssh::keys::load_private_key(&config.server.host_key, "server.host_key")
+    {
         problems.push(format!("{}: server.host_key: {e}", path.display()));
     }
     if let Err(e) = gatehouse_ssh::keys::load_private_key(&config.upstream.key, "upstream.key") {
@@ -183,7 +206,10 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
         ("runbooks", config.runbooks.is_some()),
     ] {
         if present {
-            warnings.push(format!("{}: {key}: accepted but not acted on by this build yet", path.display()));
+            warnings.push(format!(
+                "{}: {key}: accepted but not acted on by this build yet",
+                path.display()
+            ));
         }
     }
     if format == Format::Json {
@@ -209,7 +235,11 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn explain(
@@ -222,7 +252,9 @@ fn explain(
 ) -> Result<ExitCode> {
     let d = gatehouse_policy::decide(config, user, target, login);
     let denial = match (command, d.allowed, d.login.as_deref()) {
-        (Some(cmd), true, Some(l)) => gatehouse_policy::command_denied(config, user, target, l, cmd),
+        (Some(cmd), true, Some(l)) => {
+            gatehouse_policy::command_denied(config, user, target, l, cmd)
+        }
         _ => None,
     };
     let allowed = d.allowed && denial.is_none();
@@ -242,27 +274,42 @@ fn explain(
         if let Some(cmd) = command {
             match &denial {
                 Some(c) => println!("  command {cmd:?}: DENY by {}", c.rule),
-                None if d.allowed => println!("  command {cmd:?}: allowed (no command rule matches)"),
+                None if d.allowed => {
+                    println!("  command {cmd:?}: allowed (no command rule matches)")
+                }
                 None => {}
             }
         }
     }
-    Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn serve(path: &Path) -> Result<ExitCode> {
     init_logging();
     let config = load_config(path)?;
-    std::fs::create_dir_all(&config.recording.dir)
-        .with_context(|| format!("cannot create recording.dir {}", config.recording.dir.display()))?;
+    std::fs::create_dir_all(&config.recording.dir).with_context(|| {
+        format!(
+            "cannot create recording.dir {}",
+            config.recording.dir.display()
+        )
+    })?;
     let store = open_store(&config).await?;
     let node = config.server.node.clone();
     let on_failure = config.audit.on_failure;
     let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;
     let addr = gateway.local_addr()?;
     let handle = gateway.handle();
-    let start = NewEvent::new(EventType::GATEWAY_START, Severity::Info, Outcome::Success, &node)
-        .details(serde_json::json!({"listen": addr.to_string(), "config": path.display().to_string()}));
+    let start = NewEvent::new(
+        EventType::GATEWAY_START,
+        Severity::Info,
+        Outcome::Success,
+        &node,
+    )
+    .details(serde_json::json!({"listen": addr.to_string(), "config": path.display().to_string()}));
     if let Err(e) = store.append(&start).await {
         if on_failure == gatehouse_model::OnFailure::Refuse {
             bail!("cannot write the audit trail ({e}); fix the store or set audit.on_failure = \"continue\"");
@@ -271,10 +318,20 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     eprintln!("gatehouse: listening on {addr} (config {})", path.display());
     tracing::info!(%addr, "listening");
 
-    let signals = tokio::spawn(handle_signals(handle.clone(), path.to_path_buf(), store.clone(), node.clone()));
+    let signals = tokio::spawn(handle_signals(
+        handle.clone(),
+        path.to_path_buf(),
+        store.clone(),
+        node.clone(),
+    ));
     gateway.run().await?;
     signals.abort();
-    let stop = NewEvent::new(EventType::GATEWAY_STOP, Severity::Info, Outcome::Success, &node);
+    let stop = NewEvent::new(
+        EventType::GATEWAY_STOP,
+        Severity::Info,
+        Outcome::Success,
+        &node,
+    );
     let _ = store.append(&stop).await;
     store.close().await;
     eprintln!("gatehouse: stopped");
@@ -282,7 +339,12 @@ async fn serve(path: &Path) -> Result<ExitCode> {
 }
 
 #[cfg(unix)]
-async fn handle_signals(handle: gatehouse_ssh::GatewayHandle, path: PathBuf, store: Store, node: String) {
+async fn handle_signals(
+    handle: gatehouse_ssh::GatewayHandle,
+    path: PathBuf,
+    store: Store,
+    node: String,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -319,7 +381,12 @@ async fn handle_signals(handle: gatehouse_ssh::GatewayHandle, path: PathBuf, sto
 }
 
 #[cfg(not(unix))]
-async fn handle_signals(handle: gatehouse_ssh::GatewayHandle, _path: PathBuf, _store: Store, _node: String) {
+async fn handle_signals(
+    handle: gatehouse_ssh::GatewayHandle,
+    _path: PathBuf,
+    _store: Store,
+    _node: String,
+) {
     let _ = tokio::signal::ctrl_c().await;
     handle.shutdown("the gateway is shutting down");
 }

@@ -19,7 +19,15 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let key = kit::keygen(dir.path(), "admin").unwrap();
     let d = dir.path().join("gh");
     let ds = d.to_str().unwrap();
-    let out = gh(&["init", "--dir", ds, "--admin-user", "root-admin", "--admin-key", &format!("{}.pub", key.private.display())]);
+    let out = gh(&[
+        "init",
+        "--dir",
+        ds,
+        "--admin-user",
+        "root-admin",
+        "--admin-key",
+        &format!("{}.pub", key.private.display()),
+    ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let config = d.join("gatehouse.toml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -30,7 +38,11 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     assert!(stdout(&out).starts_with("OK:"), "{}", stdout(&out));
     let out = gh(&["init", "--dir", ds]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("already exists; refusing to overwrite"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already exists; refusing to overwrite"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -42,7 +54,13 @@ fn check_names_the_file_the_key_and_the_fix() {
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlistne = 2\n").unwrap();
     let out = gh(&["--config", p, "check"]);
     assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("bad.toml") && out.stderr.contains("listne") && out.stderr.contains("line 3"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("bad.toml")
+            && out.stderr.contains("listne")
+            && out.stderr.contains("line 3"),
+        "{}",
+        out.stderr
+    );
 
     std::fs::write(
         &path,
@@ -66,14 +84,26 @@ roles = ["nope"]
     .unwrap();
     let out = gh(&["--config", p, "check"]);
     assert_eq!(out.code, Some(2));
-    for needle in ["targets[1].name: duplicate target \"a\"", "roles[0].deny[0].commands[0]: bad regex", "users[0].roles[0]: unknown role \"nope\""] {
-        assert!(out.stderr.contains(needle), "missing {needle:?} in {}", out.stderr);
+    for needle in [
+        "targets[1].name: duplicate target \"a\"",
+        "roles[0].deny[0].commands[0]: bad regex",
+        "users[0].roles[0]: unknown role \"nope\"",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "missing {needle:?} in {}",
+            out.stderr
+        );
     }
 
     std::fs::write(&path, "[server]\nhost_key = \"/nonexistent/key\"\n").unwrap();
     let out = gh(&["--config", p, "check"]);
     assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("server.host_key") && out.stderr.contains("/nonexistent/key"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("server.host_key") && out.stderr.contains("/nonexistent/key"),
+        "{}",
+        out.stderr
+    );
 
     let out = gh(&["--config", "/nonexistent/gatehouse.toml", "check"]);
     assert_eq!(out.code, Some(2));
@@ -84,11 +114,19 @@ roles = ["nope"]
 fn serve_with_a_bad_config_or_store_exits_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.toml");
-    std::fs::write(&path, "[store]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\n",
+    )
+    .unwrap();
     let out = gh(&["--config", path.to_str().unwrap(), "serve"]);
     assert_eq!(out.code, Some(1));
     let line = out.stderr.lines().last().unwrap_or("");
-    assert!(line.starts_with("gatehouse: ") && line.contains("store"), "{}", out.stderr);
+    assert!(
+        line.starts_with("gatehouse: ") && line.contains("store"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -97,16 +135,34 @@ fn policy_explain_prints_the_decision_and_the_rule() {
     let out = env.gatehouse(&["policy", "explain", "alice", "web01"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let text = stdout(&out);
-    assert!(text.starts_with(&format!("ALLOW alice -> web01 as {}", env.login)), "{text}");
+    assert!(
+        text.starts_with(&format!("ALLOW alice -> web01 as {}", env.login)),
+        "{text}"
+    );
     assert!(text.contains("role dev allow[0]"), "{text}");
 
     let out = env.gatehouse(&["policy", "explain", "bob", "web01"]);
     assert_eq!(out.code, Some(1));
-    assert!(stdout(&out).starts_with("DENY bob -> web01"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("DENY bob -> web01"),
+        "{}",
+        stdout(&out)
+    );
 
-    let out = env.gatehouse(&["policy", "explain", "alice", "web01", "--command", "rm -rf /"]);
+    let out = env.gatehouse(&[
+        "policy",
+        "explain",
+        "alice",
+        "web01",
+        "--command",
+        "rm -rf /",
+    ]);
     assert_eq!(out.code, Some(1));
-    assert!(stdout(&out).contains("DENY by role dev deny[0]"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("DENY by role dev deny[0]"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = env.gatehouse(&["--format", "json", "policy", "explain", "alice", "prod01"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -117,20 +173,43 @@ fn policy_explain_prints_the_decision_and_the_rule() {
 fn audit_query_is_read_only_and_formats_output() {
     let env = Env::start();
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
-    let before = env.query("select count(*) as n from events")[0]["n"].as_i64().unwrap();
+    let before = env.query("select count(*) as n from events")[0]["n"]
+        .as_i64()
+        .unwrap();
     assert!(before >= 3);
-    for sql in ["delete from audit_events", "drop view events", "insert into host_keys values ('x','y','z')", "update audit_events set user_name = 'x'"] {
+    for sql in [
+        "delete from audit_events",
+        "drop view events",
+        "insert into host_keys values ('x','y','z')",
+        "update audit_events set user_name = 'x'",
+    ] {
         let out = env.gatehouse(&["audit", "query", sql]);
         assert_ne!(out.code, Some(0), "{sql} was accepted");
         assert!(out.stderr.contains("read-only"), "{sql}: {}", out.stderr);
     }
-    let after = env.query("select count(*) as n from events")[0]["n"].as_i64().unwrap();
+    let after = env.query("select count(*) as n from events")[0]["n"]
+        .as_i64()
+        .unwrap();
     assert_eq!(before, after);
 
-    let out = env.gatehouse(&["--format", "csv", "audit", "query", "select type, user from events where type = 'auth.success'"]);
+    let out = env.gatehouse(&[
+        "--format",
+        "csv",
+        "audit",
+        "query",
+        "select type, user from events where type = 'auth.success'",
+    ]);
     assert!(stdout(&out).starts_with("type,user\n"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("auth.success,alice"), "{}", stdout(&out));
-    let out = env.gatehouse(&["audit", "query", "select type, user from events where type = 'auth.success'"]);
+    assert!(
+        stdout(&out).contains("auth.success,alice"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.gatehouse(&[
+        "audit",
+        "query",
+        "select type, user from events where type = 'auth.success'",
+    ]);
     assert!(stdout(&out).contains("auth.success"), "{}", stdout(&out));
     let out = env.gatehouse(&["audit", "query", "select nonsense from nowhere"]);
     assert_eq!(out.code, Some(1));

@@ -15,7 +15,13 @@ use gatehouse_testkit::{self as kit, Tmux};
 fn exec_runs_on_the_target_with_output_and_exit_code() {
     let env = Env::start();
     let out = env.ssh("alice:web01@127.0.0.1", &["echo", "hello", "from", "web01"]);
-    assert_eq!(out.code, Some(0), "stderr: {}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stderr: {}\n{}",
+        out.stderr,
+        env.gateway_log()
+    );
     assert_eq!(stdout(&out), "hello from web01\n");
 
     let out = env.ssh("alice:web01@127.0.0.1", &["echo out; echo err >&2; exit 7"]);
@@ -46,7 +52,11 @@ fn exit_codes_and_signals_match_a_direct_connection() {
         )
         .expect("direct ssh");
         let via = env.ssh("alice:web01@127.0.0.1", &[cmd]);
-        assert_eq!(via.code, direct.code, "{cmd}: gateway {:?} vs direct {:?}: {}", via.code, direct.code, via.stderr);
+        assert_eq!(
+            via.code, direct.code,
+            "{cmd}: gateway {:?} vs direct {:?}: {}",
+            via.code, direct.code, via.stderr
+        );
     }
 }
 
@@ -54,7 +64,8 @@ fn exit_codes_and_signals_match_a_direct_connection() {
 fn stdin_is_forwarded_until_eof() {
     let env = Env::start();
     let out = kit::run_with_input(
-        env.alice().ssh(env.port, "alice:web01@127.0.0.1", &["wc", "-c"]),
+        env.alice()
+            .ssh(env.port, "alice:web01@127.0.0.1", &["wc", "-c"]),
         b"twelve bytes",
         T,
     )
@@ -76,15 +87,31 @@ fn a_30_mb_stream_arrives_byte_identical_both_ways() {
     }
     let remote = env.dir.path().join("upload.bin");
     let cmd = format!("cat > {}", remote.display());
-    let out = kit::run_with_input(env.alice().ssh(env.port, "alice:web01@127.0.0.1", &[&cmd]), &data, T)
-        .expect("upload");
+    let out = kit::run_with_input(
+        env.alice().ssh(env.port, "alice:web01@127.0.0.1", &[&cmd]),
+        &data,
+        T,
+    )
+    .expect("upload");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let uploaded = std::fs::read(&remote).expect("uploaded file");
-    assert!(uploaded == data, "upload differs ({} vs {} bytes)", uploaded.len(), data.len());
+    assert!(
+        uploaded == data,
+        "upload differs ({} vs {} bytes)",
+        uploaded.len(),
+        data.len()
+    );
 
-    let out = env.ssh("alice:web01@127.0.0.1", &[&format!("cat {}", remote.display())]);
+    let out = env.ssh(
+        "alice:web01@127.0.0.1",
+        &[&format!("cat {}", remote.display())],
+    );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout == data, "download differs ({} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == data,
+        "download differs ({} bytes)",
+        out.stdout.len()
+    );
 }
 
 #[test]
@@ -92,8 +119,16 @@ fn environment_is_passed_only_when_allowed() {
     let env = Env::start();
     let mut c = std::process::Command::new("ssh");
     c.args(env.alice().opts())
-        .args(["-o", "SendEnv=LANG GH_TEST_SECRET", "-p", &env.port.to_string()])
-        .args(["alice:web01@127.0.0.1", "echo LANG=$LANG GH=$GH_TEST_SECRET"])
+        .args([
+            "-o",
+            "SendEnv=LANG GH_TEST_SECRET",
+            "-p",
+            &env.port.to_string(),
+        ])
+        .args([
+            "alice:web01@127.0.0.1",
+            "echo LANG=$LANG GH=$GH_TEST_SECRET",
+        ])
         .env("LANG", "C.UTF-8")
         .env("GH_TEST_SECRET", "leak");
     let out = kit::run(c, T).expect("ssh");
@@ -107,7 +142,13 @@ fn a_pty_session_gets_a_terminal_with_term_and_size() {
     let env = Env::start();
     let mut c = std::process::Command::new("ssh");
     c.args(env.alice().opts())
-        .args(["-tt", "-p", &env.port.to_string(), "alice:web01@127.0.0.1", "tty; echo TERM=$TERM"])
+        .args([
+            "-tt",
+            "-p",
+            &env.port.to_string(),
+            "alice:web01@127.0.0.1",
+            "tty; echo TERM=$TERM",
+        ])
         .env("TERM", "xterm-256color");
     let out = kit::run(c, T).expect("ssh -tt");
     let text = stdout(&out);
@@ -124,16 +165,23 @@ fn interactive_shell_in_tmux_follows_window_changes() {
         env.port
     ))
     .expect("tmux");
-    tmux.wait_for("gh$", Duration::from_secs(20)).expect("prompt");
-    tmux.send_literal("stty size; echo marker-$((6*7))").unwrap();
+    tmux.wait_for("gh$", Duration::from_secs(20))
+        .expect("prompt");
+    tmux.send_literal("stty size; echo marker-$((6*7))")
+        .unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
-    let screen = tmux.wait_for("marker-42", Duration::from_secs(10)).expect("output");
+    let screen = tmux
+        .wait_for("marker-42", Duration::from_secs(10))
+        .expect("output");
     assert!(screen.contains("40 120"), "{screen}");
     tmux.resize(100, 30).expect("resize");
     std::thread::sleep(Duration::from_millis(300));
-    tmux.send_literal("stty size; echo second-$((6*7))").unwrap();
+    tmux.send_literal("stty size; echo second-$((6*7))")
+        .unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
-    let screen = tmux.wait_for("second-42", Duration::from_secs(10)).expect("output");
+    let screen = tmux
+        .wait_for("second-42", Duration::from_secs(10))
+        .expect("output");
     assert!(screen.contains("30 100"), "{screen}");
     tmux.send_literal("exit").unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
@@ -143,18 +191,27 @@ fn interactive_shell_in_tmux_follows_window_changes() {
 fn the_menu_lists_reachable_targets_and_connects_to_the_choice() {
     let env = Env::start();
     let opts = env.alice().opts().join(" ");
-    let tmux = Tmux::start(&format!("ssh {opts} -tt -p {} alice@127.0.0.1", env.port)).expect("tmux");
-    let screen = tmux.wait_for("Choose a target", Duration::from_secs(20)).expect("menu");
+    let tmux =
+        Tmux::start(&format!("ssh {opts} -tt -p {} alice@127.0.0.1", env.port)).expect("tmux");
+    let screen = tmux
+        .wait_for("Choose a target", Duration::from_secs(20))
+        .expect("menu");
     assert!(screen.contains("1) web01"), "{screen}");
-    assert!(!screen.contains("prod01"), "prod01 is not allowed for alice: {screen}");
+    assert!(
+        !screen.contains("prod01"),
+        "prod01 is not allowed for alice: {screen}"
+    );
     tmux.send_literal("1").unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
-    tmux.wait_for("connecting to web01", Duration::from_secs(10)).expect("connecting");
+    tmux.wait_for("connecting to web01", Duration::from_secs(10))
+        .expect("connecting");
     std::thread::sleep(Duration::from_millis(500));
     tmux.send_literal("echo via-menu-$((40+2))").unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
-    tmux.wait_for("via-menu-42", Duration::from_secs(10)).expect("shell on target");
-    let rows = env.wait_rows("select target from events where type = 'session.start' and target = 'web01'");
+    tmux.wait_for("via-menu-42", Duration::from_secs(10))
+        .expect("shell on target");
+    let rows = env
+        .wait_rows("select target from events where type = 'session.start' and target = 'web01'");
     assert_eq!(rows[0]["target"], "web01");
 }
 
@@ -163,12 +220,20 @@ fn without_a_terminal_the_menu_is_a_list_and_gateway_commands_answer() {
     let env = Env::start();
     let out = env.ssh("alice@127.0.0.1", &["whoami"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stdout(&out).starts_with("alice roles=dev"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("alice roles=dev"),
+        "{}",
+        stdout(&out)
+    );
     let out = env.ssh("alice@127.0.0.1", &["targets"]);
     assert!(stdout(&out).contains("web01"), "{}", stdout(&out));
     let out = env.ssh("alice@127.0.0.1", &["frobnicate"]);
     assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("unknown gateway command"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown gateway command"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -176,7 +241,12 @@ fn policy_denials_get_one_clear_line_and_an_event() {
     let env = Env::start();
     let out = env.ssh("bob:web01@127.0.0.1", &["true"]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("access denied: no role of user \"bob\""), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("access denied: no role of user \"bob\""),
+        "{}",
+        out.stderr
+    );
 
     let out = env.ssh("alice:prod01@127.0.0.1", &["true"]);
     assert_eq!(out.code, Some(1));
@@ -190,12 +260,20 @@ fn policy_denials_get_one_clear_line_and_an_event() {
 
     let out = env.ssh("alice:nosuch@127.0.0.1", &["true"]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("unknown target \"nosuch\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown target \"nosuch\""),
+        "{}",
+        out.stderr
+    );
 
     let rows = env.wait_rows(
         "select user, target, result, reason from events where type = 'access.denied' order by seq",
     );
-    assert!(rows.iter().any(|r| r["user"] == "bob" && r["target"] == "web01" && r["result"] == "denied"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r["user"] == "bob" && r["target"] == "web01" && r["result"] == "denied"),
+        "{rows:?}"
+    );
     assert!(rows.iter().any(|r| r["target"] == "nosuch"), "{rows:?}");
 }
 
@@ -204,10 +282,20 @@ fn denied_exec_commands_never_reach_the_target() {
     let env = Env::start();
     let out = env.ssh("alice:web01@127.0.0.1", &["rm -rf / --no-preserve-root"]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("command denied by role dev deny[0]"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("command denied by role dev deny[0]"),
+        "{}",
+        out.stderr
+    );
     let rows = env.wait_rows("select details from events where type = 'command.denied'");
-    assert!(rows[0]["details"].as_str().unwrap_or_default().contains("rm -rf /"));
-    assert!(!env.sshd.log().contains("rm -rf"), "the target saw the command");
+    assert!(rows[0]["details"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("rm -rf /"));
+    assert!(
+        !env.sshd.log().contains("rm -rf"),
+        "the target saw the command"
+    );
 }
 
 #[test]
@@ -226,13 +314,33 @@ fn unknown_users_and_bad_usernames_are_refused_and_audited() {
     assert_eq!(out.code, Some(255));
 
     // A key that belongs to someone else.
-    let out = kit::run(env.client(&env.bob).ssh(env.port, "alice:web01@127.0.0.1", &["true"]), T).unwrap();
+    let out = kit::run(
+        env.client(&env.bob)
+            .ssh(env.port, "alice:web01@127.0.0.1", &["true"]),
+        T,
+    )
+    .unwrap();
     assert_eq!(out.code, Some(255));
 
-    let rows = env.wait_rows("select user, reason from events where type = 'auth.failure' order by seq");
-    assert!(rows.iter().any(|r| r["user"] == "mallory" && r["reason"].as_str().unwrap_or("").contains("unknown user")), "{rows:?}");
-    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("not registered for user \"alice\"")), "{rows:?}");
-    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("bytes long")), "{rows:?}");
+    let rows =
+        env.wait_rows("select user, reason from events where type = 'auth.failure' order by seq");
+    assert!(
+        rows.iter().any(|r| r["user"] == "mallory"
+            && r["reason"].as_str().unwrap_or("").contains("unknown user")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not registered for user \"alice\"")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["reason"].as_str().unwrap_or("").contains("bytes long")),
+        "{rows:?}"
+    );
 
     // And the gateway still serves.
     let out = env.ssh("alice:web01@127.0.0.1", &["echo still-here"]);
@@ -242,7 +350,12 @@ fn unknown_users_and_bad_usernames_are_refused_and_audited() {
 #[test]
 fn a_client_that_disconnects_mid_handshake_does_not_disturb_the_gateway() {
     let env = Env::start();
-    for payload in [&b""[..], b"SSH-2.0-half\r\n", b"GET / HTTP/1.0\r\n\r\n", &[0xffu8; 4096][..]] {
+    for payload in [
+        &b""[..],
+        b"SSH-2.0-half\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        &[0xffu8; 4096][..],
+    ] {
         let mut s = TcpStream::connect(("127.0.0.1", env.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let _ = s.write_all(payload);
@@ -258,7 +371,11 @@ fn an_unreachable_target_is_reported_and_audited() {
     let env = Env::start();
     let out = env.ssh("alice:down01@127.0.0.1", &["true"]);
     assert_eq!(out.code, Some(255));
-    assert!(out.stderr.contains("cannot connect to target \"down01\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot connect to target \"down01\""),
+        "{}",
+        out.stderr
+    );
     let rows = env.wait_rows("select severity from events where type = 'target.unreachable'");
     assert_eq!(rows[0]["severity"], "warn");
 }
@@ -269,7 +386,8 @@ fn a_host_key_mismatch_refuses_the_session_with_a_high_severity_event() {
     let out = env.ssh("alice:evil01@127.0.0.1", &["true"]);
     assert_eq!(out.code, Some(255));
     assert!(out.stderr.contains("host key changed"), "{}", out.stderr);
-    let rows = env.wait_rows("select severity, reason from events where type = 'target.host_key_mismatch'");
+    let rows = env
+        .wait_rows("select severity, reason from events where type = 'target.host_key_mismatch'");
     assert_eq!(rows[0]["severity"], "high");
 }
 
@@ -313,7 +431,12 @@ fn sessions_and_commands_are_in_the_audit_views() {
         .iter()
         .map(|r| r["type"].as_str().unwrap_or("").to_string())
         .collect();
-    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or_else(|| panic!("{t} missing: {types:?}"));
+    let pos = |t: &str| {
+        types
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("{t} missing: {types:?}"))
+    };
     assert!(pos("auth.success") < pos("command"));
     assert!(pos("session.start") < pos("session.end"));
     let out = env.gatehouse(&["audit", "verify"]);
@@ -339,7 +462,10 @@ roles = ["no-forward"]
         let mut c = std::process::Command::new("ssh");
         c.args(kit::Client::new(&key.private).opts())
             .args(["-p", &env.port.to_string()])
-            .args(["-L", &format!("127.0.0.1:{local}:127.0.0.1:{}", env.sshd.port)])
+            .args([
+                "-L",
+                &format!("127.0.0.1:{local}:127.0.0.1:{}", env.sshd.port),
+            ])
             .arg(format!("{user}:web01@127.0.0.1"))
             .arg("sleep 4")
             .stdout(std::process::Stdio::null())
@@ -360,31 +486,49 @@ roles = ["no-forward"]
 
     // Same forward for a user whose role does not allow forwarding.
     let mut text = std::fs::read_to_string(&env.config_path).unwrap();
-    text = text.replace("keys = []", &format!("keys = [\"{}\"]", env.bob.public_line));
-    text = text.replace(&format!("name = \"bob\"\nkeys = [\"{}\"]", env.bob.public_line), "name = \"bob\"\nkeys = []");
+    text = text.replace(
+        "keys = []",
+        &format!("keys = [\"{}\"]", env.bob.public_line),
+    );
+    text = text.replace(
+        &format!("name = \"bob\"\nkeys = [\"{}\"]", env.bob.public_line),
+        "name = \"bob\"\nkeys = []",
+    );
     std::fs::write(&env.config_path, text).unwrap();
     env.signal("HUP");
     let _ = env.wait_rows("select id from events where type = 'config.reload'");
     assert_eq!(banner("carol", &env.bob), "");
-    let rows = env.wait_rows("select user, result from events where type = 'port_forward.open' and result = 'denied'");
+    let rows = env.wait_rows(
+        "select user, result from events where type = 'port_forward.open' and result = 'denied'",
+    );
     assert_eq!(rows[0]["user"], "carol");
 }
 
 #[test]
 fn sighup_reloads_policy_without_dropping_sessions() {
     let env = Env::start();
-    let mut long = env
-        .alice()
-        .ssh(env.port, "alice:web01@127.0.0.1", &["sleep 3; echo survived"]);
+    let mut long = env.alice().ssh(
+        env.port,
+        "alice:web01@127.0.0.1",
+        &["sleep 3; echo survived"],
+    );
     long.stdout(std::process::Stdio::piped());
     let long = long.spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(env.ssh("bob:web01@127.0.0.1", &["true"]).code, Some(1));
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace("roles = []", "roles = [\"dev\"]");
+    let text = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("roles = []", "roles = [\"dev\"]");
     std::fs::write(&env.config_path, text).unwrap();
     env.signal("HUP");
-    let _ = env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
-    let out = kit::run(env.client(&env.bob).ssh(env.port, "bob:web01@127.0.0.1", &["echo bob-in"]), T).unwrap();
+    let _ =
+        env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+    let out = kit::run(
+        env.client(&env.bob)
+            .ssh(env.port, "bob:web01@127.0.0.1", &["echo bob-in"]),
+        T,
+    )
+    .unwrap();
     assert_eq!(stdout(&out), "bob-in\n", "{}", out.stderr);
     let done = long.wait_with_output().expect("wait");
     assert_eq!(String::from_utf8_lossy(&done.stdout), "survived\n");
@@ -392,15 +536,27 @@ fn sighup_reloads_policy_without_dropping_sessions() {
     // A broken config is refused and the old one stays in force.
     std::fs::write(&env.config_path, "[server]\nlisten = 5\n").unwrap();
     env.signal("HUP");
-    let rows = env.wait_rows("select reason from events where type = 'config.reload' and result = 'error'");
-    assert!(rows[0]["reason"].as_str().unwrap_or("").contains("gatehouse.toml"), "{rows:?}");
-    assert_eq!(stdout(&env.ssh("alice:web01@127.0.0.1", &["echo still"])), "still\n");
+    let rows = env
+        .wait_rows("select reason from events where type = 'config.reload' and result = 'error'");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gatehouse.toml"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        stdout(&env.ssh("alice:web01@127.0.0.1", &["echo still"])),
+        "still\n"
+    );
 }
 
 #[test]
 fn sigterm_tells_sessions_and_flushes_their_events() {
     let mut env = Env::start();
-    let mut long = env.alice().ssh(env.port, "alice:web01@127.0.0.1", &["sleep 30"]);
+    let mut long = env
+        .alice()
+        .ssh(env.port, "alice:web01@127.0.0.1", &["sleep 30"]);
     long.stderr(std::process::Stdio::piped());
     let long = long.spawn().expect("spawn");
     let _ = env.wait_rows("select id from events where type = 'session.start'");
@@ -409,15 +565,23 @@ fn sigterm_tells_sessions_and_flushes_their_events() {
     let done = long.wait_with_output().expect("client ended");
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert!(stderr.contains("shutting down"), "{stderr}");
-    let rows = env.query("select type from events where type in ('session.end', 'gateway.stop') order by seq");
-    let types: Vec<_> = rows.iter().map(|r| r["type"].as_str().unwrap_or("")).collect();
+    let rows = env.query(
+        "select type from events where type in ('session.end', 'gateway.stop') order by seq",
+    );
+    let types: Vec<_> = rows
+        .iter()
+        .map(|r| r["type"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(types, vec!["session.end", "gateway.stop"]);
 }
 
 #[test]
 fn when_the_audit_store_cannot_be_written_new_sessions_are_refused() {
     let env = Env::start();
-    assert_eq!(stdout(&env.ssh("alice:web01@127.0.0.1", &["echo before"])), "before\n");
+    assert_eq!(
+        stdout(&env.ssh("alice:web01@127.0.0.1", &["echo before"])),
+        "before\n"
+    );
     let db = env.dir.path().join("gatehouse.db");
     let status = std::process::Command::new("sqlite3")
         .arg(&db)
@@ -428,5 +592,120 @@ fn when_the_audit_store_cannot_be_written_new_sessions_are_refused() {
     let out = env.ssh("alice:web01@127.0.0.1", &["echo after"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert_eq!(stdout(&out), "");
-    assert!(out.stderr.contains("cannot write its audit trail"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot write its audit trail"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Starts a real ssh-agent holding `key`; returns (socket path, agent pid).
+fn start_agent(dir: &std::path::Path, key: &std::path::Path) -> (std::path::PathBuf, String) {
+    let sock = dir.join("agent.sock");
+    let out = std::process::Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&sock)
+        .output()
+        .expect("ssh-agent (install openssh-client)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let pid = text
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("agent pid")
+        .to_string();
+    let added = std::process::Command::new("ssh-add")
+        .arg(key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    (sock, pid)
+}
+
+#[test]
+fn agent_forwarding_is_refused_unless_the_role_allows_it() {
+    let env = Env::start_with(
+        r#"
+[[roles]]
+name = "agent-ok"
+allow = [{ targets = { env = "test" }, logins = ["*"] }]
+agent_forwarding = true
+"#,
+    );
+    let text = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("roles = []", "roles = [\"agent-ok\"]");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ =
+        env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+
+    let (sock, pid) = start_agent(env.dir.path(), &env.alice.private);
+    let probe = |key: &kit::KeyPair, user: &str| -> String {
+        let mut c = std::process::Command::new("ssh");
+        c.args(env.client(key).opts())
+            .args(["-A", "-p", &env.port.to_string()])
+            .arg(format!("{user}:web01@127.0.0.1"))
+            .arg("ssh-add -l >/dev/null 2>&1; echo agent=$?")
+            .env("SSH_AUTH_SOCK", &sock);
+        let out = kit::run(c, T).expect("ssh -A");
+        stdout(&out).trim().to_string()
+    };
+    // alice's role does not allow agent forwarding: no agent on the target
+    // (ssh-add exits 2 when it cannot reach an agent).
+    assert_eq!(probe(&env.alice, "alice"), "agent=2");
+    // bob's role allows it: the target reaches the user's agent (exit 0,
+    // one identity listed).
+    assert_eq!(probe(&env.bob, "bob"), "agent=0");
+    let _ = std::process::Command::new("kill").arg(&pid).status();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_slow_reader_does_not_make_the_gateway_buffer_without_bound() {
+    let env = Env::start();
+    let before = rss_kib(env.gateway_pid());
+    let total: u64 = 200 * 1024 * 1024;
+    let mut c = env.alice().ssh(
+        env.port,
+        "alice:web01@127.0.0.1",
+        &[&format!("head -c {total} /dev/zero")],
+    );
+    c.stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("ssh");
+    // Nobody reads the client's stdout for a while: the target keeps
+    // writing, so anything the gateway buffered would show up here.
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled = rss_kib(env.gateway_pid());
+    let mut out = child.stdout.take().expect("stdout");
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => n += k as u64,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(n, total);
+    let growth_mib = stalled.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 64,
+        "gateway grew by {growth_mib} MiB while the reader was stalled"
+    );
 }

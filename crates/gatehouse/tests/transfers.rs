@@ -9,7 +9,9 @@ use common::{Env, T};
 use gatehouse_testkit as kit;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -27,7 +29,9 @@ fn sftp_put_get_rename_remove() {
         r = remote_dir.display(),
         d = d.display()
     );
-    let (cmd, _batch_file) = env.alice().sftp_batch(env.port, "alice:web01@127.0.0.1", &batch);
+    let (cmd, _batch_file) = env
+        .alice()
+        .sftp_batch(env.port, "alice:web01@127.0.0.1", &batch);
     let out = kit::run(cmd, T).expect("sftp");
     assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, env.gateway_log());
     assert_eq!(std::fs::read(d.join("back.bin")).unwrap(), data);
@@ -52,7 +56,11 @@ fn scp_roundtrip(env: &Env, legacy: bool) {
     let up_refs: Vec<&str> = up.iter().map(String::as_str).collect();
     let out = kit::run(env.alice().scp(env.port, &up_refs), T).expect("scp up");
     assert_eq!(out.code, Some(0), "{tag} upload: {}", out.stderr);
-    assert_eq!(std::fs::read(&remote).unwrap(), data, "{tag} upload differs");
+    assert_eq!(
+        std::fs::read(&remote).unwrap(),
+        data,
+        "{tag} upload differs"
+    );
 
     let mut down: Vec<String> = Vec::new();
     if legacy {
@@ -63,7 +71,11 @@ fn scp_roundtrip(env: &Env, legacy: bool) {
     let down_refs: Vec<&str> = down.iter().map(String::as_str).collect();
     let out = kit::run(env.alice().scp(env.port, &down_refs), T).expect("scp down");
     assert_eq!(out.code, Some(0), "{tag} download: {}", out.stderr);
-    assert_eq!(std::fs::read(&back).unwrap(), data, "{tag} download differs");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        data,
+        "{tag} download differs"
+    );
 }
 
 #[test]
@@ -77,15 +89,30 @@ fn scp_in_legacy_mode_both_ways() {
     let env = Env::start();
     scp_roundtrip(&env, true);
     let rows = env.query("select command from commands");
-    assert!(rows.iter().any(|r| r["command"].as_str().unwrap_or("").starts_with("scp -t")), "{rows:?}");
-    assert!(rows.iter().any(|r| r["command"].as_str().unwrap_or("").starts_with("scp -f")), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r["command"].as_str().unwrap_or("").starts_with("scp -t")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["command"].as_str().unwrap_or("").starts_with("scp -f")),
+        "{rows:?}"
+    );
 }
 
 #[test]
 fn scp_of_a_missing_file_fails_like_openssh() {
     let env = Env::start();
     let out = kit::run(
-        env.alice().scp(env.port, &["-O", "alice:web01@127.0.0.1:/nonexistent/file", "/tmp/never"]),
+        env.alice().scp(
+            env.port,
+            &[
+                "-O",
+                "alice:web01@127.0.0.1:/nonexistent/file",
+                "/tmp/never",
+            ],
+        ),
         T,
     )
     .expect("scp");
@@ -110,24 +137,39 @@ fn rsync_copies_a_tree_both_ways() {
     let out = kit::run(
         env.alice().rsync(
             env.port,
-            &["-a", &format!("{}/", src.display()), &format!("alice:web01@127.0.0.1:{}/", dst.display())],
+            &[
+                "-a",
+                &format!("{}/", src.display()),
+                &format!("alice:web01@127.0.0.1:{}/", dst.display()),
+            ],
         ),
         T,
     )
     .expect("rsync");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     for f in ["top.txt", "a/one.bin", "a/b/two.bin"] {
-        assert_eq!(std::fs::read(src.join(f)).unwrap(), std::fs::read(dst.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(src.join(f)).unwrap(),
+            std::fs::read(dst.join(f)).unwrap(),
+            "{f}"
+        );
     }
     let back = d.join("back");
     let out = kit::run(
         env.alice().rsync(
             env.port,
-            &["-a", &format!("alice:web01@127.0.0.1:{}/", dst.display()), &format!("{}/", back.display())],
+            &[
+                "-a",
+                &format!("alice:web01@127.0.0.1:{}/", dst.display()),
+                &format!("{}/", back.display()),
+            ],
         ),
         T,
     )
     .expect("rsync back");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(std::fs::read(back.join("a/b/two.bin")).unwrap(), pattern(1_000_000, 5));
+    assert_eq!(
+        std::fs::read(back.join("a/b/two.bin")).unwrap(),
+        pattern(1_000_000, 5)
+    );
 }

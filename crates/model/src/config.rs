@@ -375,9 +375,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let span = e.span();
-            let (line, col) = span
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             let message = e.message().trim().to_string();
             ConfigError {
                 file: path.to_path_buf(),
@@ -405,7 +403,10 @@ impl Config {
         if parse_duration(&self.server.login_grace_time).is_err() {
             err(
                 "server.login_grace_time".into(),
-                format!("invalid duration {:?}; write e.g. \"60s\"", self.server.login_grace_time),
+                format!(
+                    "invalid duration {:?}; write e.g. \"60s\"",
+                    self.server.login_grace_time
+                ),
             );
         }
         if self.server.max_startups == 0 {
@@ -414,13 +415,22 @@ impl Config {
         if parse_duration(&self.upstream.connect_timeout).is_err() {
             err(
                 "upstream.connect_timeout".into(),
-                format!("invalid duration {:?}; write e.g. \"10s\"", self.upstream.connect_timeout),
+                format!(
+                    "invalid duration {:?}; write e.g. \"10s\"",
+                    self.upstream.connect_timeout
+                ),
             );
         }
-        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres://") || self.store.url.starts_with("postgresql://")) {
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
             err(
                 "store.url".into(),
-                format!("unsupported store URL {:?}; use sqlite://PATH or postgres://...", self.store.url),
+                format!(
+                    "unsupported store URL {:?}; use sqlite://PATH or postgres://...",
+                    self.store.url
+                ),
             );
         }
 
@@ -428,13 +438,28 @@ impl Config {
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("targets[{i}]");
             if !is_valid_name(&t.name) {
-                err(format!("{key}.name"), format!("invalid target name {:?}; use 1-64 letters, digits, '.', '_' or '-'", t.name));
+                err(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid target name {:?}; use 1-64 letters, digits, '.', '_' or '-'",
+                        t.name
+                    ),
+                );
             }
             if !seen.insert(t.name.as_str()) {
-                err(format!("{key}.name"), format!("duplicate target {:?}; each target name must be unique", t.name));
+                err(
+                    format!("{key}.name"),
+                    format!(
+                        "duplicate target {:?}; each target name must be unique",
+                        t.name
+                    ),
+                );
             }
             if t.address.trim().is_empty() {
-                err(format!("{key}.address"), "empty address; write host:port".into());
+                err(
+                    format!("{key}.address"),
+                    "empty address; write host:port".into(),
+                );
             }
             let pins = [t.host_key.is_some(), t.known_hosts.is_some(), t.tofu]
                 .iter()
@@ -442,7 +467,7 @@ impl Config {
                 .count();
             if pins == 0 {
                 err(
-                    format!("{key}"),
+                    key.clone(),
                     format!("target {:?} has no host key verification; set host_key = \"SHA256:...\", known_hosts = \"FILE\" or tofu = true", t.name),
                 );
             }
@@ -453,7 +478,10 @@ impl Config {
             }
             if let Some(l) = &t.default_login {
                 if !is_valid_name(l) {
-                    err(format!("{key}.default_login"), format!("invalid login {l:?}"));
+                    err(
+                        format!("{key}.default_login"),
+                        format!("invalid login {l:?}"),
+                    );
                 }
             }
         }
@@ -462,14 +490,23 @@ impl Config {
         for (i, r) in self.roles.iter().enumerate() {
             let key = format!("roles[{i}]");
             if !is_valid_name(&r.name) {
-                err(format!("{key}.name"), format!("invalid role name {:?}", r.name));
+                err(
+                    format!("{key}.name"),
+                    format!("invalid role name {:?}", r.name),
+                );
             }
             if !role_names.insert(r.name.as_str()) {
-                err(format!("{key}.name"), format!("duplicate role {:?}", r.name));
+                err(
+                    format!("{key}.name"),
+                    format!("duplicate role {:?}", r.name),
+                );
             }
             if let Some(d) = &r.max_session {
                 if parse_duration(d).is_err() {
-                    err(format!("{key}.max_session"), format!("invalid duration {d:?}; write e.g. \"8h\""));
+                    err(
+                        format!("{key}.max_session"),
+                        format!("invalid duration {d:?}; write e.g. \"8h\""),
+                    );
                 }
             }
             for (j, a) in r.allow.iter().enumerate() {
@@ -479,27 +516,42 @@ impl Config {
                 if let Some(ap) = &a.require_approval {
                     if let Some(ttl) = &ap.ttl {
                         if parse_duration(ttl).is_err() {
-                            err(format!("{key}.allow[{j}].require_approval.ttl"), format!("invalid duration {ttl:?}"));
+                            err(
+                                format!("{key}.allow[{j}].require_approval.ttl"),
+                                format!("invalid duration {ttl:?}"),
+                            );
                         }
                     }
                     if ap.approvers.is_empty() {
-                        err(format!("{key}.allow[{j}].require_approval.approvers"), "no approvers; name the roles whose members may approve".into());
+                        err(
+                            format!("{key}.allow[{j}].require_approval.approvers"),
+                            "no approvers; name the roles whose members may approve".into(),
+                        );
                     }
                 }
             }
             for (j, d) in r.deny.iter().enumerate() {
                 for (k, c) in d.commands.iter().enumerate() {
                     if let Err(e) = regex::Regex::new(c) {
-                        err(format!("{key}.deny[{j}].commands[{k}]"), format!("bad regex {c:?}: {}", first_line(&e.to_string())));
+                        err(
+                            format!("{key}.deny[{j}].commands[{k}]"),
+                            format!("bad regex {c:?}: {}", first_line(&e.to_string())),
+                        );
                     }
                 }
                 if d.commands.is_empty() && d.targets.is_none() && d.logins.is_none() {
-                    err(format!("{key}.deny[{j}]"), "empty deny rule; give targets, logins or commands".into());
+                    err(
+                        format!("{key}.deny[{j}]"),
+                        "empty deny rule; give targets, logins or commands".into(),
+                    );
                 }
             }
             for (k, c) in r.reauth_commands.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(c) {
-                    err(format!("{key}.reauth_commands[{k}]"), format!("bad regex {c:?}: {}", first_line(&e.to_string())));
+                    err(
+                        format!("{key}.reauth_commands[{k}]"),
+                        format!("bad regex {c:?}: {}", first_line(&e.to_string())),
+                    );
                 }
             }
         }
@@ -508,10 +560,19 @@ impl Config {
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
             if !is_valid_name(&u.name) {
-                err(format!("{key}.name"), format!("invalid user name {:?}; use 1-64 letters, digits, '.', '_' or '-'", u.name));
+                err(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid user name {:?}; use 1-64 letters, digits, '.', '_' or '-'",
+                        u.name
+                    ),
+                );
             }
             if !user_names.insert(u.name.as_str()) {
-                err(format!("{key}.name"), format!("duplicate user {:?}", u.name));
+                err(
+                    format!("{key}.name"),
+                    format!("duplicate user {:?}", u.name),
+                );
             }
             for (j, role) in u.roles.iter().enumerate() {
                 if !self.roles.iter().any(|r| &r.name == role) {
@@ -564,7 +625,10 @@ impl Config {
         if let Some(rest) = self.store.url.strip_prefix("sqlite://") {
             let p = Path::new(rest.split('?').next().unwrap_or(rest));
             if p.is_relative() && !rest.starts_with(':') {
-                let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+                let query = rest
+                    .split_once('?')
+                    .map(|(_, q)| format!("?{q}"))
+                    .unwrap_or_default();
                 self.store.url = format!("sqlite://{}{}", base.join(p).display(), query);
             }
         }
@@ -633,15 +697,31 @@ roles = ["web-dev"]
 
     #[test]
     fn cross_reference_errors_name_the_key_and_the_fix() {
-        let text = GOOD.replace("roles = [\"web-dev\"]", "roles = [\"web-dve\"]")
+        let text = GOOD
+            .replace("roles = [\"web-dev\"]", "roles = [\"web-dve\"]")
             .replace("\"^shutdown\"", "\"^(shutdown\"");
         let mut text = text;
         text.push_str("\n[[targets]]\nname = \"web01\"\naddress = \"10.0.0.6\"\ntofu = true\n");
         let c = Config::parse(&text, p()).unwrap();
         let errors: Vec<String> = c.validate(p()).iter().map(|e| e.to_string()).collect();
-        assert!(errors.iter().any(|e| e.contains("users[0].roles[0]") && e.contains("unknown role \"web-dve\"")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("roles[0].deny[0].commands[1]") && e.contains("bad regex")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("targets[1].name") && e.contains("duplicate target")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("users[0].roles[0]") && e.contains("unknown role \"web-dve\"")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("roles[0].deny[0].commands[1]") && e.contains("bad regex")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("targets[1].name") && e.contains("duplicate target")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -189,7 +189,12 @@ mod tests {
 
     #[test]
     fn time_is_rfc3339_utc_with_milliseconds() {
-        let e = NewEvent::new(EventType::AUTH_SUCCESS, Severity::Info, Outcome::Success, "n1");
+        let e = NewEvent::new(
+            EventType::AUTH_SUCCESS,
+            Severity::Info,
+            Outcome::Success,
+            "n1",
+        );
         assert_eq!(e.time.len(), "2026-11-24T19:07:00.123Z".len());
         assert!(e.time.ends_with('Z'));
         assert_eq!(e.id.len(), 26);
@@ -197,9 +202,14 @@ mod tests {
 
     #[test]
     fn serialises_with_schema_names() {
-        let e = NewEvent::new(EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, "n1")
-            .user("alice")
-            .target("web01");
+        let e = NewEvent::new(
+            EventType::ACCESS_DENIED,
+            Severity::Warn,
+            Outcome::Denied,
+            "n1",
+        )
+        .user("alice")
+        .target("web01");
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "access.denied");
         assert_eq!(v["severity"], "warn");

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn plain_user_means_menu() {
-        assert_eq!(ConnectRequest::parse("alice").unwrap(), req("alice", None, None));
+        assert_eq!(
+            ConnectRequest::parse("alice").unwrap(),
+            req("alice", None, None)
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn allowed_logins(cfg: &Config, user: &str, target: &Target) -> Vec<String> 
             for l in &rule.logins {
                 if l == "*" {
                     any = true;
-                } else if !out.contains(l) && !access_denied_by(cfg, user, target, l).is_some() {
+                } else if !out.contains(l) && access_denied_by(cfg, user, target, l).is_none() {
                     out.push(l.clone());
                 }
             }
@@ -311,14 +311,22 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
             Some(&login),
             format!(
                 "no role of user {user:?} allows login {login:?} on target {target:?} (roles: {})",
-                if u.roles.is_empty() { "none".to_string() } else { u.roles.join(", ") }
+                if u.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    u.roles.join(", ")
+                }
             ),
         );
     };
 
     let max_session = granting
         .iter()
-        .filter_map(|r| r.max_session.as_deref().and_then(|s| parse_duration(s).ok()))
+        .filter_map(|r| {
+            r.max_session
+                .as_deref()
+                .and_then(|s| parse_duration(s).ok())
+        })
         .min();
     Decision {
         allowed: true,
@@ -384,8 +392,16 @@ pub fn command_denied(
     let t = cfg.target(target)?;
     for role in user_roles(cfg, user) {
         for (i, rule) in role.deny.iter().enumerate() {
-            let t_ok = rule.targets.as_ref().map(|s| selector_matches(s, t)).unwrap_or(true);
-            let l_ok = rule.logins.as_ref().map(|ls| login_listed(ls, login)).unwrap_or(true);
+            let t_ok = rule
+                .targets
+                .as_ref()
+                .map(|s| selector_matches(s, t))
+                .unwrap_or(true);
+            let l_ok = rule
+                .logins
+                .as_ref()
+                .map(|ls| login_listed(ls, login))
+                .unwrap_or(true);
             if !t_ok || !l_ok {
                 continue;
             }

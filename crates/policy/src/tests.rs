@@ -82,8 +82,12 @@ fn deny_by_default_for_a_user_without_roles() {
 #[test]
 fn unknown_user_and_target_are_denied() {
     let c = cfg(BASE);
-    assert!(decide(&c, "mallory", "web01", None).reason.contains("unknown user"));
-    assert!(decide(&c, "alice", "nope", None).reason.contains("unknown target"));
+    assert!(decide(&c, "mallory", "web01", None)
+        .reason
+        .contains("unknown user"));
+    assert!(decide(&c, "alice", "nope", None)
+        .reason
+        .contains("unknown target"));
 }
 
 #[test]
@@ -106,7 +110,9 @@ fn default_login_and_explicit_login() {
     let d = decide(&c, "alice", "web01", Some("root"));
     assert!(d.allowed);
     assert!(d.approval.is_some(), "root needs approval");
-    assert!(decide(&c, "alice", "web01", Some("deploy")).approval.is_none());
+    assert!(decide(&c, "alice", "web01", Some("deploy"))
+        .approval
+        .is_none());
 }
 
 #[test]
@@ -167,5 +173,8 @@ fn explain_output_names_verdict_reason_and_rule() {
     assert!(text.contains("role no-root deny[0]"), "{text}");
     let text = decide(&c, "bob", "stg01", None).to_string();
     assert!(text.starts_with("ALLOW bob -> stg01 as deploy"), "{text}");
-    assert!(text.contains("role web-dev allow[0]: targets env=staging; logins deploy"), "{text}");
+    assert!(
+        text.contains("role web-dev allow[0]: targets env=staging; logins deploy"),
+        "{text}"
+    );
 }

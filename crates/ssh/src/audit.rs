@@ -28,7 +28,11 @@ pub struct Audit {
 impl Audit {
     /// Appends `event`. On failure, logs it and returns `Err` when
     /// `on_failure` is `refuse`.
-    pub async fn record(&self, event: NewEvent, on_failure: OnFailure) -> Result<(), AuditUnavailable> {
+    pub async fn record(
+        &self,
+        event: NewEvent,
+        on_failure: OnFailure,
+    ) -> Result<(), AuditUnavailable> {
         tracing::info!(
             target: "gatehouse::audit",
             kind = %event.kind,

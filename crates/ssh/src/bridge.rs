@@ -71,7 +71,9 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
     };
     let accept_env = ctx.auth.config.server.accept_env.clone();
     let request = loop {
-        let Some(msg) = channel.wait().await else { return };
+        let Some(msg) = channel.wait().await else {
+            return;
+        };
         match msg {
             ChannelMsg::Close | ChannelMsg::Eof => return,
             ChannelMsg::RequestPty {
@@ -106,10 +108,8 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
                 variable_name,
                 variable_value,
                 ..
-            } => {
-                if env_allowed(&accept_env, &variable_name) && setup.env.len() < 64 {
-                    setup.env.push((variable_name, variable_value));
-                }
+            } if env_allowed(&accept_env, &variable_name) && setup.env.len() < 64 => {
+                setup.env.push((variable_name, variable_value));
             }
             ChannelMsg::AgentForward { .. } => {
                 setup.agent = ctx
@@ -150,7 +150,12 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
 }
 
 /// Authorises `request` and runs it on the session's target.
-pub(crate) async fn run_on_target(ctx: ChannelCtx, channel: Channel<Msg>, setup: Setup, request: Request) {
+pub(crate) async fn run_on_target(
+    ctx: ChannelCtx,
+    channel: Channel<Msg>,
+    setup: Setup,
+    request: Request,
+) {
     let pty = setup.pty.is_some();
     let node = ctx.shared.node();
     let on_failure = ctx.auth.config.audit.on_failure;
@@ -160,21 +165,43 @@ pub(crate) async fn run_on_target(ctx: ChannelCtx, channel: Channel<Msg>, setup:
             ctx.auth.target.clone().unwrap_or_default(),
             ctx.auth.login.clone().unwrap_or_default(),
         );
-        if let Some(denial) =
-            gatehouse_policy::command_denied(&ctx.auth.config, &ctx.auth.user, &target, &login, &command)
-        {
+        if let Some(denial) = gatehouse_policy::command_denied(
+            &ctx.auth.config,
+            &ctx.auth.user,
+            &target,
+            &login,
+            &command,
+        ) {
             let ev = ctx
                 .state
-                .event(&ctx.auth, EventType::COMMAND_DENIED, Severity::Warn, Outcome::Denied, &node)
+                .event(
+                    &ctx.auth,
+                    EventType::COMMAND_DENIED,
+                    Severity::Warn,
+                    Outcome::Denied,
+                    &node,
+                )
                 .reason(format!("denied by {}", denial.rule))
                 .details(serde_json::json!({ "command": command, "source": "exec" }));
             let _ = ctx.shared.audit.record(ev, on_failure).await;
-            fail(&channel, pty, &format!("command denied by {}", denial.rule), 1).await;
+            fail(
+                &channel,
+                pty,
+                &format!("command denied by {}", denial.rule),
+                1,
+            )
+            .await;
             return;
         }
         let ev = ctx
             .state
-            .event(&ctx.auth, EventType::COMMAND, Severity::Info, Outcome::Success, &node)
+            .event(
+                &ctx.auth,
+                EventType::COMMAND,
+                Severity::Info,
+                Outcome::Success,
+                &node,
+            )
             .details(serde_json::json!({ "command": command, "source": "exec" }));
         if let Err(e) = ctx.shared.audit.record(ev, on_failure).await {
             fail(&channel, pty, &e.to_string(), 1).await;
@@ -191,7 +218,13 @@ pub(crate) async fn run_on_target(ctx: ChannelCtx, channel: Channel<Msg>, setup:
     let up = match upstream.handle.channel_open_session().await {
         Ok(c) => c,
         Err(e) => {
-            fail(&channel, pty, &format!("the target refused a session channel: {e}"), 255).await;
+            fail(
+                &channel,
+                pty,
+                &format!("the target refused a session channel: {e}"),
+                255,
+            )
+            .await;
             return;
         }
     };
@@ -215,7 +248,13 @@ pub(crate) async fn run_on_target(ctx: ChannelCtx, channel: Channel<Msg>, setup:
     }
     .await;
     if let Err(e) = sent {
-        fail(&channel, pty, &format!("the target connection failed: {e}"), 255).await;
+        fail(
+            &channel,
+            pty,
+            &format!("the target connection failed: {e}"),
+            255,
+        )
+        .await;
         return;
     }
     let outcome = pump(&ctx, channel, up, pty).await;
@@ -250,7 +289,12 @@ pub(crate) struct PumpOutcome {
 }
 
 /// Copies a session channel both ways until either side closes.
-async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pty: bool) -> PumpOutcome {
+async fn pump(
+    ctx: &ChannelCtx,
+    user: Channel<Msg>,
+    up: Channel<client::Msg>,
+    pty: bool,
+) -> PumpOutcome {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
     let (mut up_rx, up_tx) = up.split();
@@ -261,7 +305,9 @@ async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pt
             let r = match msg {
                 ChannelMsg::Data { data } => {
                     n += data.len() as u64;
-                    state.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    state
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     up_tx.data_bytes(data).await
                 }
                 ChannelMsg::Eof => up_tx.eof().await,
@@ -271,7 +317,11 @@ async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pt
                     row_height,
                     pix_width,
                     pix_height,
-                } => up_tx.window_change(col_width, row_height, pix_width, pix_height).await,
+                } => {
+                    up_tx
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await
+                }
                 ChannelMsg::Signal { signal } => up_tx.signal(signal).await,
                 _ => Ok(()),
             };
@@ -290,12 +340,16 @@ async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pt
             let r = match msg {
                 ChannelMsg::Data { data } => {
                     n += data.len() as u64;
-                    state.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    state
+                        .bytes_out
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     user_tx.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     n += data.len() as u64;
-                    state.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    state
+                        .bytes_out
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     user_tx.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => user_tx.eof().await,
@@ -311,7 +365,13 @@ async fn pump(ctx: &ChannelCtx, user: Channel<Msg>, up: Channel<client::Msg>, pt
                 } => {
                     exit = Some(128 + signal_number(&signal_name));
                     handle
-                        .exit_signal_request(user_id, signal_name, core_dumped, error_message, lang_tag)
+                        .exit_signal_request(
+                            user_id,
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
                         .await
                         .map_err(|_| russh::Error::SendError)
                 }
@@ -429,10 +489,20 @@ pub(crate) async fn forward_channel(
         Err(e) => {
             let ev = ctx
                 .state
-                .event(&ctx.auth, EventType::PORT_FORWARD_CLOSE, Severity::Info, Outcome::Failure, &node)
+                .event(
+                    &ctx.auth,
+                    EventType::PORT_FORWARD_CLOSE,
+                    Severity::Info,
+                    Outcome::Failure,
+                    &node,
+                )
                 .reason(format!("the target could not open {host}:{port}: {e}"))
                 .details(serde_json::json!({ "host": host, "port": port }));
-            let _ = ctx.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+            let _ = ctx
+                .shared
+                .audit
+                .record(ev, ctx.auth.config.audit.on_failure)
+                .await;
             let _ = channel.close().await;
             return;
         }
@@ -442,11 +512,21 @@ pub(crate) async fn forward_channel(
     ctx.state.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     let ev = ctx
         .state
-        .event(&ctx.auth, EventType::PORT_FORWARD_CLOSE, Severity::Info, Outcome::Success, &node)
+        .event(
+            &ctx.auth,
+            EventType::PORT_FORWARD_CLOSE,
+            Severity::Info,
+            Outcome::Success,
+            &node,
+        )
         .details(serde_json::json!({
             "host": host, "port": port, "bytes_in": bytes_in, "bytes_out": bytes_out,
         }));
-    let _ = ctx.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+    let _ = ctx
+        .shared
+        .audit
+        .record(ev, ctx.auth.config.audit.on_failure)
+        .await;
 }
 
 fn signal_number(sig: &Sig) -> u32 {

@@ -13,7 +13,9 @@ use crate::bridge::{fail, run_on_target, ChannelCtx, Request, Setup};
 pub fn render(user: &str, targets: &[Reachable], eol: &str) -> String {
     let mut out = format!("Gatehouse: targets for {user}{eol}");
     if targets.is_empty() {
-        out.push_str(&format!("  (none: no role of yours allows any target; ask an administrator){eol}"));
+        out.push_str(&format!(
+            "  (none: no role of yours allows any target; ask an administrator){eol}"
+        ));
         return out;
     }
     let width = targets.iter().map(|t| t.target.len()).max().unwrap_or(0);
@@ -70,8 +72,11 @@ pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: S
             None => {
                 let _ = channel
                     .data_bytes(
-                        format!("no such target {line:?}; choose a number from 1 to {}: ", targets.len())
-                            .into_bytes(),
+                        format!(
+                            "no such target {line:?}; choose a number from 1 to {}: ",
+                            targets.len()
+                        )
+                        .into_bytes(),
                     )
                     .await;
             }
@@ -88,14 +93,32 @@ pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: S
         let node = ctx.shared.node();
         let ev = ctx
             .state
-            .event(&ctx.auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+            .event(
+                &ctx.auth,
+                EventType::ACCESS_DENIED,
+                Severity::Warn,
+                Outcome::Denied,
+                &node,
+            )
             .reason(decision.reason.clone());
-        let _ = ctx.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
-        fail(&channel, true, &format!("access denied: {}", decision.reason), 1).await;
+        let _ = ctx
+            .shared
+            .audit
+            .record(ev, ctx.auth.config.audit.on_failure)
+            .await;
+        fail(
+            &channel,
+            true,
+            &format!("access denied: {}", decision.reason),
+            1,
+        )
+        .await;
         return;
     }
     let _ = channel
-        .data_bytes(format!("connecting to {} as {}...\r\n", chosen.target, chosen.login).into_bytes())
+        .data_bytes(
+            format!("connecting to {} as {}...\r\n", chosen.target, chosen.login).into_bytes(),
+        )
         .await;
     run_on_target(ctx, channel, setup, Request::Shell).await;
 }
@@ -113,10 +136,8 @@ async fn read_line(channel: &mut Channel<Msg>) -> Option<String> {
                             return Some(line.trim().to_string());
                         }
                         0x03 | 0x04 => return None,
-                        0x7f | 0x08 => {
-                            if line.pop().is_some() {
-                                let _ = channel.data_bytes(&b"\x08 \x08"[..]).await;
-                            }
+                        0x7f | 0x08 if line.pop().is_some() => {
+                            let _ = channel.data_bytes(&b"\x08 \x08"[..]).await;
                         }
                         0x20..=0x7e if line.len() < 128 => {
                             line.push(b as char);
@@ -151,7 +172,9 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
                 .map(|u| u.roles.join(","))
                 .unwrap_or_default();
             let _ = channel
-                .data_bytes(format!("{} roles={roles} mfa={}\n", ctx.auth.user, ctx.auth.mfa).into_bytes())
+                .data_bytes(
+                    format!("{} roles={roles} mfa={}\n", ctx.auth.user, ctx.auth.mfa).into_bytes(),
+                )
                 .await;
             end(&channel, 0).await;
         }
@@ -196,7 +219,10 @@ mod tests {
         assert!(text.contains(" 1) web01"), "{text}");
         assert!(text.contains(" 2) db01"), "{text}");
         assert_eq!(choose(&list, "2").map(|t| t.target.as_str()), Some("db01"));
-        assert_eq!(choose(&list, "web01").map(|t| t.target.as_str()), Some("web01"));
+        assert_eq!(
+            choose(&list, "web01").map(|t| t.target.as_str()),
+            Some("web01")
+        );
         assert!(choose(&list, "0").is_none());
         assert!(choose(&list, "3").is_none());
         assert!(choose(&list, "nope").is_none());

@@ -51,7 +51,10 @@ pub(crate) struct LiveConn {
 
 impl Shared {
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
     pub fn node(&self) -> String {
         self.config().server.node.clone()
@@ -199,15 +202,25 @@ impl Gateway {
         let live: Vec<(server::Handle, Vec<ChannelId>)> = shared
             .live
             .lock()
-            .map(|l| l.values().map(|c| (c.handle.clone(), c.channels.clone())).collect())
+            .map(|l| {
+                l.values()
+                    .map(|c| (c.handle.clone(), c.channels.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         for (handle, channels) in live {
-            let msg = format!("\r\ngatehouse: {reason}; your session is ending — reconnect in a moment\r\n");
+            let msg = format!(
+                "\r\ngatehouse: {reason}; your session is ending — reconnect in a moment\r\n"
+            );
             for ch in channels {
                 let _ = handle.extended_data(ch, 1, msg.clone().into_bytes()).await;
             }
             let _ = handle
-                .disconnect(Disconnect::ByApplication, format!("gatehouse: {reason}"), String::new())
+                .disconnect(
+                    Disconnect::ByApplication,
+                    format!("gatehouse: {reason}"),
+                    String::new(),
+                )
                 .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
@@ -230,7 +243,8 @@ async fn serve_connection(
         conn_id,
         permit: Some(permit),
     };
-    let grace = parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
+    let grace =
+        parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
     let running = match tokio::time::timeout(
         grace,
         server::run_stream(shared.server_config.clone(), socket, handler),
@@ -283,13 +297,11 @@ async fn serve_connection(
 }
 
 async fn finish_session(shared: &Shared, state: &ConnState) {
-    if let Some(up) = state.upstream.lock().await.take() {
-        if let Ok(up) = up {
-            let _ = up
-                .handle
-                .disconnect(Disconnect::ByApplication, "session ended", "")
-                .await;
-        }
+    if let Some(Ok(up)) = state.upstream.lock().await.take() {
+        let _ = up
+            .handle
+            .disconnect(Disconnect::ByApplication, "session ended", "")
+            .await;
     }
     if !state.started.load(Ordering::Acquire) {
         return;
@@ -306,7 +318,13 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
         "recording_sha256": serde_json::Value::Null,
     });
     let ev = state
-        .event(&auth, EventType::SESSION_END, Severity::Info, Outcome::Success, &shared.node())
+        .event(
+            &auth,
+            EventType::SESSION_END,
+            Severity::Info,
+            Outcome::Success,
+            &shared.node(),
+        )
         .details(details);
     let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
 }
@@ -363,7 +381,14 @@ impl ConnState {
     }
 
     /// An event pre-filled with this connection's who/where.
-    pub fn event(&self, auth: &Authed, kind: &str, sev: Severity, result: Outcome, node: &str) -> NewEvent {
+    pub fn event(
+        &self,
+        auth: &Authed,
+        kind: &str,
+        sev: Severity,
+        result: Outcome,
+        node: &str,
+    ) -> NewEvent {
         let mut ev = NewEvent::new(kind, sev, result, node)
             .user(auth.user.clone())
             .source_ip(self.peer.ip().to_string())
@@ -387,13 +412,16 @@ pub(crate) async fn upstream_for(
     if let Some(existing) = slot.as_ref() {
         return existing.clone().map_err(|e| e.to_string());
     }
-    let (Some(target_name), Some(login), Some(decision)) = (&auth.target, &auth.login, &auth.decision) else {
+    let (Some(target_name), Some(login), Some(decision)) =
+        (&auth.target, &auth.login, &auth.decision)
+    else {
         return Err("no target selected".into());
     };
     let Some(target) = auth.config.target(target_name).cloned() else {
         return Err(format!("unknown target {target_name:?}"));
     };
-    let timeout = parse_duration(&auth.config.upstream.connect_timeout).unwrap_or(Duration::from_secs(10));
+    let timeout =
+        parse_duration(&auth.config.upstream.connect_timeout).unwrap_or(Duration::from_secs(10));
     let node = shared.node();
     let result = upstream::connect(
         &target,
@@ -408,7 +436,13 @@ pub(crate) async fn upstream_for(
     match &result {
         Ok(_) => {
             let ev = state
-                .event(auth, EventType::SESSION_START, Severity::Info, Outcome::Success, &node)
+                .event(
+                    auth,
+                    EventType::SESSION_START,
+                    Severity::Info,
+                    Outcome::Success,
+                    &node,
+                )
                 .details(serde_json::json!({
                     "address": target.socket_address(),
                     "rule": decision.rule.as_ref().map(|r| r.to_string()),
@@ -421,7 +455,9 @@ pub(crate) async fn upstream_for(
         }
         Err(err) => {
             let (kind, sev) = match err {
-                UpstreamError::HostKeyMismatch { .. } => (EventType::HOST_KEY_MISMATCH, Severity::High),
+                UpstreamError::HostKeyMismatch { .. } => {
+                    (EventType::HOST_KEY_MISMATCH, Severity::High)
+                }
                 _ => (EventType::TARGET_UNREACHABLE, Severity::Warn),
             };
             let ev = state
@@ -450,10 +486,15 @@ impl Conn {
         let user = ConnectRequest::parse(raw_user)
             .map(|r| r.user)
             .unwrap_or_else(|_| truncate(raw_user, 64));
-        let mut ev = NewEvent::new(EventType::AUTH_FAILURE, Severity::Warn, Outcome::Failure, &config.server.node)
-            .user(user)
-            .source_ip(self.state.peer.ip().to_string())
-            .reason(reason);
+        let mut ev = NewEvent::new(
+            EventType::AUTH_FAILURE,
+            Severity::Warn,
+            Outcome::Failure,
+            &config.server.node,
+        )
+        .user(user)
+        .source_ip(self.state.peer.ip().to_string())
+        .reason(reason);
         if let Ok(r) = ConnectRequest::parse(raw_user) {
             ev.target = r.target;
             ev.login = r.login;
@@ -462,7 +503,11 @@ impl Conn {
     }
 
     /// Is `key` one of the keys configured for the user named in `raw_user`?
-    fn key_matches(config: &Config, raw_user: &str, key: &russh::keys::PublicKey) -> Result<String, String> {
+    fn key_matches(
+        config: &Config,
+        raw_user: &str,
+        key: &russh::keys::PublicKey,
+    ) -> Result<String, String> {
         let user_name = match ConnectRequest::parse(raw_user) {
             Ok(r) => r.user,
             Err(e) => {
@@ -486,7 +531,10 @@ impl Conn {
         if ok {
             Ok(user_name)
         } else {
-            Err(format!("key {} is not registered for user {user_name:?}", fingerprint(key)))
+            Err(format!(
+                "key {} is not registered for user {user_name:?}",
+                fingerprint(key)
+            ))
         }
     }
 
@@ -581,7 +629,13 @@ impl server::Handler for Conn {
         };
         let ok = self
             .state
-            .event(&auth, EventType::AUTH_SUCCESS, Severity::Info, Outcome::Success, &node)
+            .event(
+                &auth,
+                EventType::AUTH_SUCCESS,
+                Severity::Info,
+                Outcome::Success,
+                &node,
+            )
             .details(serde_json::json!({
                 "method": "publickey",
                 "key": fingerprint(key.public_key),
@@ -595,7 +649,13 @@ impl server::Handler for Conn {
                     refusal = Some(format!("access denied: {}", d.reason));
                     let ev = self
                         .state
-                        .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                        .event(
+                            &auth,
+                            EventType::ACCESS_DENIED,
+                            Severity::Warn,
+                            Outcome::Denied,
+                            &node,
+                        )
                         .reason(d.reason.clone())
                         .details(serde_json::json!({
                             "rule": d.rule.as_ref().map(|r| r.to_string()),
@@ -610,7 +670,13 @@ impl server::Handler for Conn {
                     );
                     let ev = self
                         .state
-                        .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                        .event(
+                            &auth,
+                            EventType::ACCESS_DENIED,
+                            Severity::Warn,
+                            Outcome::Denied,
+                            &node,
+                        )
                         .reason("approval required but not available".to_string());
                     let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
                 }
@@ -618,7 +684,13 @@ impl server::Handler for Conn {
         } else if request.target.is_none() && raw_user.contains(':') {
             let ev = self
                 .state
-                .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                .event(
+                    &auth,
+                    EventType::ACCESS_DENIED,
+                    Severity::Warn,
+                    Outcome::Denied,
+                    &node,
+                )
                 .reason(refusal.clone().unwrap_or_default());
             let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
         }
@@ -638,7 +710,8 @@ impl server::Handler for Conn {
         // opening its channel: set-up time is the slower of the two, not
         // their sum.
         if let Some(auth) = self.state.authed() {
-            let allowed = auth.refusal.is_none() && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
+            let allowed = auth.refusal.is_none()
+                && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
             if allowed {
                 let shared = self.shared.clone();
                 let state = self.state.clone();
@@ -657,7 +730,9 @@ impl server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(ctx) = self.channel_ctx() else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         self.track_channel(channel.id());
@@ -677,11 +752,18 @@ impl server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(ctx) = self.channel_ctx() else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         let allowed = ctx.auth.refusal.is_none()
-            && ctx.auth.decision.as_ref().map(|d| d.allowed && d.port_forwarding).unwrap_or(false);
+            && ctx
+                .auth
+                .decision
+                .as_ref()
+                .map(|d| d.allowed && d.port_forwarding)
+                .unwrap_or(false);
         let node = self.shared.node();
         let details = serde_json::json!({
             "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
@@ -694,19 +776,45 @@ impl server::Handler for Conn {
             };
             let ev = self
                 .state
-                .event(&ctx.auth, EventType::PORT_FORWARD_OPEN, Severity::Warn, Outcome::Denied, &node)
+                .event(
+                    &ctx.auth,
+                    EventType::PORT_FORWARD_OPEN,
+                    Severity::Warn,
+                    Outcome::Denied,
+                    &node,
+                )
                 .reason(reason)
                 .details(details);
-            let _ = self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            let _ = self
+                .shared
+                .audit
+                .record(ev, ctx.auth.config.audit.on_failure)
+                .await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let ev = self
             .state
-            .event(&ctx.auth, EventType::PORT_FORWARD_OPEN, Severity::Info, Outcome::Success, &node)
+            .event(
+                &ctx.auth,
+                EventType::PORT_FORWARD_OPEN,
+                Severity::Info,
+                Outcome::Success,
+                &node,
+            )
             .details(details);
-        if self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await.is_err() {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        if self
+            .shared
+            .audit
+            .record(ev, ctx.auth.config.audit.on_failure)
+            .await
+            .is_err()
+        {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         reply.accept().await;
@@ -749,7 +857,11 @@ impl server::Handler for Conn {
         }
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)
     }
 
@@ -771,7 +883,11 @@ impl server::Handler for Conn {
         session.channel_success(channel)
     }
 
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         let allowed = self
             .state
             .authed()
@@ -793,7 +909,12 @@ impl server::Handler for Conn {
         session.channel_failure(channel)
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }

@@ -20,7 +20,10 @@ pub enum UpstreamError {
     /// TCP connect failed or timed out.
     Unreachable(String),
     /// The target presented a host key other than the one trusted.
-    HostKeyMismatch { expected: String, got: String },
+    HostKeyMismatch {
+        expected: String,
+        got: String,
+    },
     /// The target refused the gateway's key for this login.
     AuthRefused(String),
     Other(String),
@@ -60,7 +63,10 @@ pub struct UpstreamClient {
 impl client::Handler for UpstreamClient {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let key = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(c) => c.public_key().clone().into(),
@@ -145,8 +151,12 @@ impl UpstreamClient {
                     .store
                     .remember_host_key(&t.name, got)
                     .await
-                    .map_err(|e| Verify::Error(format!("cannot remember the target's host key: {e}"))),
-                Err(e) => Err(Verify::Error(format!("cannot look up the target's host key: {e}"))),
+                    .map_err(|e| {
+                        Verify::Error(format!("cannot remember the target's host key: {e}"))
+                    }),
+                Err(e) => Err(Verify::Error(format!(
+                    "cannot look up the target's host key: {e}"
+                ))),
             };
         }
         Err(Verify::Error(format!(
@@ -171,7 +181,8 @@ fn split_host_port(addr: &str) -> (String, u16) {
 /// A live, authenticated connection to a target.
 pub struct Upstream {
     pub handle: client::Handle<UpstreamClient>,
-    pub agent_rx: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<russh::Channel<client::Msg>>>>,
+    pub agent_rx:
+        tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<russh::Channel<client::Msg>>>>,
 }
 
 pub fn client_config() -> Arc<client::Config> {
@@ -241,11 +252,21 @@ pub async fn connect(
             });
         }
     };
-    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten();
     let auth = handle
         .authenticate_publickey(login, PrivateKeyWithHashAlg::new(key, hash))
         .await
-        .map_err(|e| UpstreamError::Other(format!("authentication to target {:?} failed: {e}", target.name)))?;
+        .map_err(|e| {
+            UpstreamError::Other(format!(
+                "authentication to target {:?} failed: {e}",
+                target.name
+            ))
+        })?;
     if !auth.success() {
         return Err(UpstreamError::AuthRefused(format!(
             "target {:?} refused the gateway's key for login {login:?}; add the gateway's public key (upstream.key .pub) to ~{login}/.ssh/authorized_keys on the target",
@@ -264,7 +285,10 @@ mod tests {
 
     #[test]
     fn host_port_split() {
-        assert_eq!(split_host_port("127.0.0.1:2200"), ("127.0.0.1".into(), 2200));
+        assert_eq!(
+            split_host_port("127.0.0.1:2200"),
+            ("127.0.0.1".into(), 2200)
+        );
         assert_eq!(split_host_port("[::1]:22"), ("::1".into(), 22));
     }
 }

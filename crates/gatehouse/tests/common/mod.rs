@@ -27,7 +27,15 @@ pub fn gatehouse_bin() -> &'static str {
 
 /// The config every test starts from: targets on the real sshd (pinned,
 /// TOFU, down, wrong key), a `dev` role for alice, bob without roles.
-pub fn base_config(env_dir: &Path, port: u16, sshd: &Sshd, login: &str, alice: &str, bob: &str, extra: &str) -> String {
+pub fn base_config(
+    env_dir: &Path,
+    port: u16,
+    sshd: &Sshd,
+    login: &str,
+    alice: &str,
+    bob: &str,
+    extra: &str,
+) -> String {
     let closed = kit::free_port();
     format!(
         r#"
@@ -119,7 +127,15 @@ impl Env {
         let sshd = Sshd::start(std::slice::from_ref(&upstream.public_line)).expect("start sshd");
         let login = kit::current_login();
         let port = kit::free_port();
-        let config = base_config(dir.path(), port, &sshd, &login, &alice.public_line, &bob.public_line, extra);
+        let config = base_config(
+            dir.path(),
+            port,
+            &sshd,
+            &login,
+            &alice.public_line,
+            &bob.public_line,
+            extra,
+        );
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut env = Env {
@@ -211,7 +227,9 @@ impl Env {
 
     pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.gateway.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         for _ in 0..200 {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);

@@ -1,0 +1,640 @@
+//! The audit store: an append-only, hash-chained event log plus the little
+//! runtime state the gateway keeps (trust-on-first-use host keys), behind
+//! one [`Store`] type with SQLite and PostgreSQL backends.
+//!
+//! Callers never see which backend is in use. Both expose the same SQL
+//! views (`events`, `sessions`, `commands`) with the same columns, so the
+//! queries people write in `gatehouse audit query` and in runbooks are
+//! portable.
+
+mod format;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_model::event::Event;
+use gatehouse_model::{NewEvent, Outcome, Severity};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
+
+pub use format::QueryResult;
+
+/// The hash that the first event's `prev_hash` holds.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Most rows `query_readonly` returns.
+pub const MAX_ROWS: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {url}: {message}; check store.url and that the database is reachable and writable")]
+    Open { url: String, message: String },
+    #[error("unsupported store URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url(String),
+    #[error("audit query is read-only: the statement tried to change the database and was refused ({0})")]
+    ReadOnly(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("store error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored event {id} is unreadable: {message}")]
+    Corrupt { id: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent {
+    pub seq: i64,
+    pub id: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub events_checked: u64,
+    pub first_bad: Option<BadEvent>,
+}
+
+enum Pool {
+    Sqlite { rw: SqlitePool, ro: SqlitePool },
+    Postgres(PgPool),
+}
+
+struct Inner {
+    pool: Pool,
+    /// Serialises appends within this process so the chain never forks.
+    /// PostgreSQL additionally takes an advisory lock per append so that
+    /// several gateway nodes cannot fork it either.
+    append: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Lowercase hex SHA-256 of `ev` chained to `prev_hash`.
+pub fn chain_hash(ev: &NewEvent, prev_hash: &str) -> String {
+    let digest = Sha256::digest(ev.canonical(prev_hash).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const PG_APPEND_LOCK: i64 = 0x6761_7465_686f; // "gateho"
+
+impl Store {
+    /// Opens (creating when needed) the store at `url` and brings its
+    /// schema up to date.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            url: redact(url),
+            message: e.to_string(),
+        };
+        let pool = if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() {
+                return Err(StoreError::Url(url.to_string()));
+            }
+            let memory = path == ":memory:";
+            if !memory {
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent).map_err(|e| open_err(&e))?;
+                    }
+                }
+            }
+            let base = SqliteConnectOptions::new()
+                .filename(path)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let rw_opts = base
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+            let rw = SqlitePoolOptions::new()
+                .max_connections(if memory { 1 } else { 4 })
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(rw_opts)
+                .await
+                .map_err(|e| open_err(&e))?;
+            for stmt in schema::SQLITE {
+                sqlx::query(*stmt)
+                    .execute(&rw)
+                    .await
+                    .map_err(|e| open_err(&e))?;
+            }
+            let ro = if memory {
+                rw.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(base.read_only(true).pragma("query_only", "ON"))
+                    .await
+                    .map_err(|e| open_err(&e))?
+            };
+            Pool::Sqlite { rw, ro }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| open_err(&e))?;
+            let pg = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(|e| open_err(&e))?;
+            let mut tx = pg.begin().await.map_err(|e| open_err(&e))?;
+            // Two nodes starting at once must not race on CREATE.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PG_APPEND_LOCK + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| open_err(&e))?;
+            for stmt in schema::POSTGRES {
+                sqlx::query(*stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| open_err(&e))?;
+            }
+            tx.commit().await.map_err(|e| open_err(&e))?;
+            Pool::Postgres(pg)
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                append: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.inner.pool {
+            Pool::Sqlite { .. } => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Appends `ev` to the chain and commits before returning.
+    pub async fn append(&self, ev: &NewEvent) -> Result<Event, StoreError> {
+        let _guard = self.inner.append.lock().await;
+        let details =
+            serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
+        match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                let mut conn = rw.acquire().await?;
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                let result = async {
+                    let prev: Option<String> = sqlx::query_scalar(
+                        "SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                    )
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let prev = prev.unwrap_or_else(|| GENESIS.to_string());
+                    let hash = chain_hash(ev, &prev);
+                    sqlx::query(schema::SQLITE_INSERT)
+                        .bind(&ev.id)
+                        .bind(&ev.time)
+                        .bind(&ev.kind)
+                        .bind(ev.severity.as_str())
+                        .bind(&ev.user)
+                        .bind(&ev.source_ip)
+                        .bind(&ev.node)
+                        .bind(&ev.session_id)
+                        .bind(&ev.target)
+                        .bind(&ev.login)
+                        .bind(ev.mfa)
+                        .bind(ev.result.as_str())
+                        .bind(&ev.reason)
+                        .bind(&details)
+                        .bind(&prev)
+                        .bind(&hash)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok::<_, sqlx::Error>((prev, hash))
+                }
+                .await;
+                match result {
+                    Ok((prev_hash, hash)) => {
+                        sqlx::query("COMMIT").execute(&mut *conn).await?;
+                        Ok(Event {
+                            event: ev.clone(),
+                            prev_hash,
+                            hash,
+                        })
+                    }
+                    Err(e) => {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                        Err(e.into())
+                    }
+                }
+            }
+            Pool::Postgres(pg) => {
+                let mut tx = pg.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_APPEND_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                let prev: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let prev = prev.unwrap_or_else(|| GENESIS.to_string());
+                let hash = chain_hash(ev, &prev);
+                sqlx::query(schema::POSTGRES_INSERT)
+                    .bind(&ev.id)
+                    .bind(&ev.time)
+                    .bind(&ev.kind)
+                    .bind(ev.severity.as_str())
+                    .bind(&ev.user)
+                    .bind(&ev.source_ip)
+                    .bind(&ev.node)
+                    .bind(&ev.session_id)
+                    .bind(&ev.target)
+                    .bind(&ev.login)
+                    .bind(ev.mfa)
+                    .bind(ev.result.as_str())
+                    .bind(&ev.reason)
+                    .bind(&details)
+                    .bind(&prev)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Event {
+                    event: ev.clone(),
+                    prev_hash: prev,
+                    hash,
+                })
+            }
+        }
+    }
+
+    /// The latest `limit` events, oldest first.
+    pub async fn recent_events(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {} FROM audit_events ORDER BY seq DESC LIMIT {}) t ORDER BY seq",
+            self.select_columns(),
+            limit.max(0)
+        );
+        let rows = self.fetch_events(&sql).await?;
+        rows.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn select_columns(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => schema::SQLITE_SELECT,
+            Backend::Postgres => schema::POSTGRES_SELECT,
+        }
+    }
+
+    async fn fetch_events(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(i64, Result<Event, StoreError>)>, StoreError> {
+        let sql = sql.to_string();
+        let out = match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(rw)
+                .await?
+                .iter()
+                .map(|r| decode_event(r))
+                .collect(),
+            Pool::Postgres(pg) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pg)
+                .await?
+                .iter()
+                .map(|r| decode_event(r))
+                .collect(),
+        };
+        Ok(out)
+    }
+
+    /// Walks the chain in order and reports the first event that was
+    /// modified, removed, inserted or reordered.
+    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM audit_events ORDER BY seq",
+            self.select_columns()
+        );
+        let rows = self.fetch_events(&sql).await?;
+        let mut prev = GENESIS.to_string();
+        let mut checked = 0u64;
+        for (seq, row) in rows {
+            let ev = match row {
+                Ok(ev) => ev,
+                Err(e) => {
+                    return Ok(ChainReport {
+                        events_checked: checked,
+                        first_bad: Some(BadEvent {
+                            seq,
+                            id: String::new(),
+                            problem: format!("unreadable row: {e}"),
+                        }),
+                    })
+                }
+            };
+            let bad = |problem: String| BadEvent {
+                seq,
+                id: ev.event.id.clone(),
+                problem,
+            };
+            if ev.prev_hash != prev {
+                return Ok(ChainReport {
+                    events_checked: checked,
+                    first_bad: Some(bad(
+                        "its prev_hash does not match the previous event's hash: an event before it was removed, inserted or reordered".into(),
+                    )),
+                });
+            }
+            let expected = chain_hash(&ev.event, &prev);
+            if expected != ev.hash {
+                return Ok(ChainReport {
+                    events_checked: checked,
+                    first_bad: Some(bad(
+                        "its contents do not match its hash: the event was modified".into(),
+                    )),
+                });
+            }
+            prev = ev.hash.clone();
+            checked += 1;
+        }
+        Ok(ChainReport {
+            events_checked: checked,
+            first_bad: None,
+        })
+    }
+
+    /// Runs `sql` read-only; the database refuses any write.
+    pub async fn query_readonly(&self, sql: &str) -> Result<QueryResult, StoreError> {
+        let sql = sql.trim().trim_end_matches(';').to_string();
+        match &self.inner.pool {
+            Pool::Sqlite { ro, .. } => {
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(ro)
+                    .await
+                    .map_err(classify)?;
+                Ok(to_result(&rows, sqlite_value))
+            }
+            Pool::Postgres(pg) => {
+                let mut tx = pg.begin().await?;
+                sqlx::query("SET TRANSACTION READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify);
+                let _ = tx.rollback().await;
+                Ok(to_result(&rows?, pg_value))
+            }
+        }
+    }
+
+    pub async fn known_host_key(&self, target: &str) -> Result<Option<String>, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT fingerprint FROM host_keys WHERE target = ?1",
+            Backend::Postgres => "SELECT fingerprint FROM host_keys WHERE target = $1",
+        };
+        Ok(match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                sqlx::query_scalar(sql)
+                    .bind(target)
+                    .fetch_optional(rw)
+                    .await?
+            }
+            Pool::Postgres(pg) => {
+                sqlx::query_scalar(sql)
+                    .bind(target)
+                    .fetch_optional(pg)
+                    .await?
+            }
+        })
+    }
+
+    /// Remembers a target's host key the first time it is seen; an
+    /// existing entry is never replaced.
+    pub async fn remember_host_key(
+        &self,
+        target: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let now = gatehouse_model::event::format_time(chrono::Utc::now());
+        match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                sqlx::query("INSERT OR IGNORE INTO host_keys (target, fingerprint, first_seen) VALUES (?1, ?2, ?3)")
+                    .bind(target)
+                    .bind(fingerprint)
+                    .bind(now)
+                    .execute(rw)
+                    .await?;
+            }
+            Pool::Postgres(pg) => {
+                sqlx::query(
+                    "INSERT INTO host_keys (target, fingerprint, first_seen) VALUES ($1, $2, $3) ON CONFLICT (target) DO NOTHING",
+                )
+                .bind(target)
+                .bind(fingerprint)
+                .bind(now)
+                .execute(pg)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.inner.pool {
+            Pool::Sqlite { rw, ro } => {
+                ro.close().await;
+                rw.close().await;
+            }
+            Pool::Postgres(pg) => pg.close().await,
+        }
+    }
+}
+
+/// Hides a password in a URL before it goes into a message.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("readonly") || lower.contains("read-only") || lower.contains("read only") {
+        StoreError::ReadOnly(text)
+    } else {
+        StoreError::Query(text)
+    }
+}
+
+fn decode_event<R>(row: &R) -> (i64, Result<Event, StoreError>)
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = row.try_get("seq").unwrap_or(-1);
+    let id: String = row.try_get("id").unwrap_or_default();
+    let result = (|| -> Result<Event, StoreError> {
+        let corrupt = |m: String| StoreError::Corrupt {
+            id: id.clone(),
+            message: m,
+        };
+        let text = |c: &str| -> Result<String, StoreError> {
+            row.try_get::<String, _>(c)
+                .map_err(|e| corrupt(e.to_string()))
+        };
+        let opt = |c: &str| -> Result<Option<String>, StoreError> {
+            row.try_get::<Option<String>, _>(c)
+                .map_err(|e| corrupt(e.to_string()))
+        };
+        let severity: Severity =
+            serde_json::from_value(serde_json::Value::String(text("severity")?))
+                .map_err(|e| corrupt(format!("severity: {e}")))?;
+        let result: Outcome = serde_json::from_value(serde_json::Value::String(text("result")?))
+            .map_err(|e| corrupt(format!("result: {e}")))?;
+        let details: serde_json::Value = serde_json::from_str(&text("details")?)
+            .map_err(|e| corrupt(format!("details: {e}")))?;
+        let event = NewEvent {
+            id: id.clone(),
+            time: text("time")?,
+            kind: text("type")?,
+            severity,
+            user: opt("user_name")?,
+            source_ip: opt("source_ip")?,
+            node: text("node")?,
+            session_id: opt("session_id")?,
+            target: opt("target")?,
+            login: opt("login")?,
+            mfa: row
+                .try_get::<bool, _>("mfa")
+                .map_err(|e| corrupt(e.to_string()))?,
+            result,
+            reason: opt("reason")?,
+            details,
+        };
+        Ok(Event {
+            event,
+            prev_hash: text("prev_hash")?,
+            hash: text("hash")?,
+        })
+    })();
+    (seq, result)
+}
+
+fn to_result<R: Row>(rows: &[R], value: fn(&R, usize) -> serde_json::Value) -> QueryResult {
+    let columns = rows
+        .first()
+        .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
+        .unwrap_or_default();
+    let rows = rows
+        .iter()
+        .take(MAX_ROWS)
+        .map(|r| (0..r.columns().len()).map(|i| value(r, i)).collect())
+        .collect();
+    QueryResult { columns, rows }
+}
+
+fn sqlite_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> serde_json::Value {
+    use serde_json::Value;
+    let Ok(raw) = row.try_get_raw(i) else {
+        return Value::Null;
+    };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    match raw.type_info().name() {
+        "INTEGER" | "BOOLEAN" | "INT" | "BIGINT" => row
+            .try_get::<i64, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "REAL" => row
+            .try_get::<f64, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "BLOB" => row
+            .try_get::<Vec<u8>, _>(i)
+            .map(|b| Value::String(b.iter().map(|x| format!("{x:02x}")).collect()))
+            .unwrap_or(Value::Null),
+        _ => row
+            .try_get::<String, _>(i)
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+    }
+}
+
+fn pg_value(row: &sqlx::postgres::PgRow, i: usize) -> serde_json::Value {
+    use serde_json::Value;
+    let Ok(raw) = row.try_get_raw(i) else {
+        return Value::Null;
+    };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    let name = raw.type_info().name().to_string();
+    match name.as_str() {
+        "INT8" => row
+            .try_get::<i64, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "INT4" => row
+            .try_get::<i32, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "INT2" => row
+            .try_get::<i16, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "FLOAT8" => row
+            .try_get::<f64, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "FLOAT4" => row
+            .try_get::<f32, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "BOOL" => row
+            .try_get::<bool, _>(i)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        "JSON" | "JSONB" => row
+            .try_get::<Value, _>(i)
+            .map(|v| Value::String(v.to_string()))
+            .unwrap_or(Value::Null),
+        _ => row
+            .try_get::<String, _>(i)
+            .map(Value::String)
+            .unwrap_or_else(|_| Value::String(format!("<{name}: cast to text to display>"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! Every test runs against SQLite and against the PostgreSQL server on
+//! this machine (127.0.0.1:5432, user postgres), each in a database of its
+//! own.
+
+use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
+use serde_json::json;
+
+use super::*;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+struct Db {
+    store: Store,
+    url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/sub/audit.db", dir.path().display());
+    Db {
+        store: Store::open(&url).await.unwrap(),
+        url,
+        pg_name: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Db {
+    let admin = PgPool::connect(PG_ADMIN).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth) for the store tests: {e}")
+    });
+    let name = format!("gh_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    Db {
+        store: Store::open(&url).await.unwrap(),
+        url,
+        pg_name: Some(name),
+        _dir: None,
+    }
+}
+
+impl Db {
+    /// Runs SQL behind the store's back, as an attacker with file or
+    /// database access would.
+    async fn tamper(&self, sql: &str) {
+        match self.store.backend() {
+            Backend::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+                    .await
+                    .unwrap();
+                for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    sqlx::query(AssertSqlSafe(stmt.to_string()))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = PgPool::connect(&self.url).await.unwrap();
+                for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    sqlx::query(AssertSqlSafe(stmt.to_string()))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool.close().await;
+            }
+        }
+    }
+
+    async fn done(self) {
+        self.store.close().await;
+        if let Some(name) = self.pg_name {
+            let admin = PgPool::connect(PG_ADMIN).await.unwrap();
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+    }
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::sqlite().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::postgres().await).await
+            }
+        }
+    };
+}
+
+fn ev(kind: &str) -> NewEvent {
+    NewEvent::new(kind, Severity::Info, Outcome::Success, "node-1")
+        .user("alice")
+        .source_ip("127.0.0.1")
+        .target("web01")
+        .login("deploy")
+}
+
+async fn appends_build_a_valid_chain(db: Db) {
+    let a = db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let b = db
+        .store
+        .append(&ev(EventType::SESSION_START))
+        .await
+        .unwrap();
+    assert_eq!(a.prev_hash, GENESIS);
+    assert_eq!(b.prev_hash, a.hash);
+    assert_eq!(b.hash, chain_hash(&b.event, &a.hash));
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!(report.events_checked, 2);
+    assert_eq!(report.first_bad, None);
+    let recent = db.store.recent_events(10).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0], a);
+    assert_eq!(recent[1], b);
+    db.done().await;
+}
+both!(appends_build_a_valid_chain);
+
+async fn concurrent_appends_never_fork_the_chain(db: Db) {
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(&ev(EventType::COMMAND).details(json!({"command": format!("cmd {i}")})))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!(report.events_checked, 50);
+    assert_eq!(report.first_bad, None);
+    db.done().await;
+}
+both!(concurrent_appends_never_fork_the_chain);
+
+async fn seed(db: &Db) -> Vec<Event> {
+    let mut out = Vec::new();
+    for kind in [
+        EventType::AUTH_SUCCESS,
+        EventType::SESSION_START,
+        EventType::COMMAND,
+        EventType::SESSION_END,
+    ] {
+        out.push(db.store.append(&ev(kind)).await.unwrap());
+    }
+    out
+}
+
+async fn verify_detects_an_edited_event(db: Db) {
+    let events = seed(&db).await;
+    db.tamper(&format!(
+        "UPDATE audit_events SET user_name = 'mallory' WHERE id = '{}'",
+        events[2].event.id
+    ))
+    .await;
+    let bad = db
+        .store
+        .verify_chain()
+        .await
+        .unwrap()
+        .first_bad
+        .expect("tampering detected");
+    assert_eq!(bad.id, events[2].event.id);
+    assert!(bad.problem.contains("modified"), "{}", bad.problem);
+    db.done().await;
+}
+both!(verify_detects_an_edited_event);
+
+async fn verify_detects_a_deleted_event(db: Db) {
+    let events = seed(&db).await;
+    db.tamper(&format!(
+        "DELETE FROM audit_events WHERE id = '{}'",
+        events[1].event.id
+    ))
+    .await;
+    let bad = db
+        .store
+        .verify_chain()
+        .await
+        .unwrap()
+        .first_bad
+        .expect("deletion detected");
+    assert_eq!(bad.id, events[2].event.id);
+    assert!(bad.problem.contains("removed"), "{}", bad.problem);
+    db.done().await;
+}
+both!(verify_detects_a_deleted_event);
+
+async fn verify_detects_reordering(db: Db) {
+    let events = seed(&db).await;
+    let (a, b) = (&events[1].event.id, &events[2].event.id);
+    db.tamper(&format!(
+        "UPDATE audit_events SET seq = -1 WHERE id = '{a}'; UPDATE audit_events SET seq = -2 WHERE id = '{b}';
+         UPDATE audit_events SET seq = 3 WHERE id = '{a}'; UPDATE audit_events SET seq = 2 WHERE id = '{b}'"
+    ))
+    .await;
+    let bad = db
+        .store
+        .verify_chain()
+        .await
+        .unwrap()
+        .first_bad
+        .expect("reordering detected");
+    assert_eq!(bad.id, *b);
+    db.done().await;
+}
+both!(verify_detects_reordering);
+
+async fn views_describe_sessions_and_commands(db: Db) {
+    let sid = "01SESSION";
+    db.store
+        .append(&ev(EventType::SESSION_START).session(sid))
+        .await
+        .unwrap();
+    db.store
+        .append(
+            &ev(EventType::COMMAND)
+                .session(sid)
+                .details(json!({"command": "uptime", "source": "exec"})),
+        )
+        .await
+        .unwrap();
+    let active = db
+        .store
+        .query_readonly("SELECT session_id, active, end_time FROM sessions")
+        .await
+        .unwrap();
+    assert_eq!(active.rows.len(), 1);
+    assert!(
+        active.rows[0][1] == json!(1) || active.rows[0][1] == json!(true),
+        "{:?}",
+        active.rows
+    );
+    db.store
+        .append(&ev(EventType::SESSION_END).session(sid).details(json!({
+            "duration_ms": 1500, "bytes_in": 10, "bytes_out": 20, "exit_status": 3,
+            "recording_id": null, "recording_sha256": null
+        })))
+        .await
+        .unwrap();
+    let r = db
+        .store
+        .query_readonly("SELECT session_id, \"user\", target, login, duration_ms, bytes_in, bytes_out, exit_status, active FROM sessions")
+        .await
+        .unwrap();
+    assert_eq!(r.columns[1], "user");
+    assert_eq!(r.rows[0][0], json!(sid));
+    assert_eq!(r.rows[0][1], json!("alice"));
+    assert_eq!(r.rows[0][4], json!(1500));
+    assert_eq!(r.rows[0][7], json!(3));
+    assert!(r.rows[0][8] == json!(0) || r.rows[0][8] == json!(false));
+    let c = db
+        .store
+        .query_readonly("SELECT \"user\", command, source FROM commands")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.rows,
+        vec![vec![json!("alice"), json!("uptime"), json!("exec")]]
+    );
+    let e = db
+        .store
+        .query_readonly("SELECT id, time, type, severity, \"user\", source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash FROM events")
+        .await
+        .unwrap();
+    assert_eq!(e.rows.len(), 3);
+    db.done().await;
+}
+both!(views_describe_sessions_and_commands);
+
+async fn writes_through_audit_query_are_refused(db: Db) {
+    seed(&db).await;
+    for sql in [
+        "DELETE FROM audit_events",
+        "DROP VIEW events",
+        "INSERT INTO host_keys (target, fingerprint, first_seen) VALUES ('a', 'b', 'c')",
+        "UPDATE audit_events SET user_name = 'x'",
+        "CREATE TABLE evil (x INTEGER)",
+    ] {
+        match db.store.query_readonly(sql).await {
+            Err(StoreError::ReadOnly(_)) => {}
+            other => panic!("{sql}: expected a read-only refusal, got {other:?}"),
+        }
+    }
+    let n = db
+        .store
+        .query_readonly("SELECT count(*) AS n FROM events")
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], json!(4));
+    assert_eq!(db.store.verify_chain().await.unwrap().first_bad, None);
+    db.done().await;
+}
+both!(writes_through_audit_query_are_refused);
+
+async fn trust_on_first_use_keeps_the_first_key(db: Db) {
+    assert_eq!(db.store.known_host_key("web01").await.unwrap(), None);
+    db.store
+        .remember_host_key("web01", "SHA256:first")
+        .await
+        .unwrap();
+    db.store
+        .remember_host_key("web01", "SHA256:second")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.known_host_key("web01").await.unwrap().as_deref(),
+        Some("SHA256:first")
+    );
+    db.done().await;
+}
+both!(trust_on_first_use_keeps_the_first_key);
+
+async fn reopening_continues_the_chain(db: Db) {
+    let first = db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    db.store.close().await;
+    let reopened = Store::open(&db.url).await.unwrap();
+    let second = reopened
+        .append(&ev(EventType::SESSION_START))
+        .await
+        .unwrap();
+    assert_eq!(second.prev_hash, first.hash);
+    assert_eq!(reopened.verify_chain().await.unwrap().events_checked, 2);
+    reopened.close().await;
+    db.done().await;
+}
+both!(reopening_continues_the_chain);
+
+#[tokio::test]
+async fn an_unreachable_store_says_so() {
+    let err = Store::open("postgres://postgres@127.0.0.1:1/nothing")
+        .await
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("check store.url"), "{err}");
+    let err = Store::open("mysql://x").await.err().expect("must fail");
+    assert!(matches!(err, StoreError::Url(_)));
+}
+
+#[test]
+fn passwords_are_redacted_from_messages() {
+    assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+}
