@@ -239,7 +239,12 @@ fn without_a_terminal_the_menu_is_a_list_and_gateway_commands_answer() {
 #[test]
 fn policy_denials_get_one_clear_line_and_an_event() {
     let env = Env::start();
-    let out = env.ssh("bob:web01@127.0.0.1", &["true"]);
+    let out = kit::run(
+        env.client(&env.bob)
+            .ssh(env.port, "bob:web01@127.0.0.1", &["true"]),
+        T,
+    )
+    .unwrap();
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr
@@ -515,7 +520,15 @@ fn sighup_reloads_policy_without_dropping_sessions() {
     long.stdout(std::process::Stdio::piped());
     let long = long.spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(env.ssh("bob:web01@127.0.0.1", &["true"]).code, Some(1));
+    let bob = |cmd: &str| {
+        kit::run(
+            env.client(&env.bob)
+                .ssh(env.port, "bob:web01@127.0.0.1", &[cmd]),
+            T,
+        )
+        .unwrap()
+    };
+    assert_eq!(bob("true").code, Some(1));
     let text = std::fs::read_to_string(&env.config_path)
         .unwrap()
         .replace("roles = []", "roles = [\"dev\"]");

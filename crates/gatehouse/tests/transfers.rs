@@ -1,5 +1,9 @@
 //! File transfers with the real clients: sftp, scp in SFTP and legacy
 //! (`-O`) modes, and rsync, all through the gateway to a real sshd.
+//!
+//! These programs read `alice:web01@gw:path` as host `alice`, so the
+//! Gatehouse username goes in `-o User=alice:web01` (or `User` in
+//! ~/.ssh/config), exactly as a user would write it.
 
 mod common;
 
@@ -29,9 +33,10 @@ fn sftp_put_get_rename_remove() {
         r = remote_dir.display(),
         d = d.display()
     );
-    let (cmd, _batch_file) = env
-        .alice()
-        .sftp_batch(env.port, "alice:web01@127.0.0.1", &batch);
+    let (cmd, _batch_file) =
+        env.alice()
+            .with_user("alice:web01")
+            .sftp_batch(env.port, "127.0.0.1", &batch);
     let out = kit::run(cmd, T).expect("sftp");
     assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, env.gateway_log());
     assert_eq!(std::fs::read(d.join("back.bin")).unwrap(), data);
@@ -52,9 +57,13 @@ fn scp_roundtrip(env: &Env, legacy: bool) {
         up.push("-O".into());
     }
     up.push(local.display().to_string());
-    up.push(format!("alice:web01@127.0.0.1:{}", remote.display()));
+    up.push(format!("127.0.0.1:{}", remote.display()));
     let up_refs: Vec<&str> = up.iter().map(String::as_str).collect();
-    let out = kit::run(env.alice().scp(env.port, &up_refs), T).expect("scp up");
+    let out = kit::run(
+        env.alice().with_user("alice:web01").scp(env.port, &up_refs),
+        T,
+    )
+    .expect("scp up");
     assert_eq!(out.code, Some(0), "{tag} upload: {}", out.stderr);
     assert_eq!(
         std::fs::read(&remote).unwrap(),
@@ -66,10 +75,16 @@ fn scp_roundtrip(env: &Env, legacy: bool) {
     if legacy {
         down.push("-O".into());
     }
-    down.push(format!("alice:web01@127.0.0.1:{}", remote.display()));
+    down.push(format!("127.0.0.1:{}", remote.display()));
     down.push(back.display().to_string());
     let down_refs: Vec<&str> = down.iter().map(String::as_str).collect();
-    let out = kit::run(env.alice().scp(env.port, &down_refs), T).expect("scp down");
+    let out = kit::run(
+        env.alice()
+            .with_user("alice:web01")
+            .scp(env.port, &down_refs),
+        T,
+    )
+    .expect("scp down");
     assert_eq!(out.code, Some(0), "{tag} download: {}", out.stderr);
     assert_eq!(
         std::fs::read(&back).unwrap(),
@@ -105,13 +120,9 @@ fn scp_in_legacy_mode_both_ways() {
 fn scp_of_a_missing_file_fails_like_openssh() {
     let env = Env::start();
     let out = kit::run(
-        env.alice().scp(
+        env.alice().with_user("alice:web01").scp(
             env.port,
-            &[
-                "-O",
-                "alice:web01@127.0.0.1:/nonexistent/file",
-                "/tmp/never",
-            ],
+            &["-O", "127.0.0.1:/nonexistent/file", "/tmp/never"],
         ),
         T,
     )
@@ -135,12 +146,12 @@ fn rsync_copies_a_tree_both_ways() {
     write_tree(&src);
     let dst = d.join("dst");
     let out = kit::run(
-        env.alice().rsync(
+        env.alice().with_user("alice:web01").rsync(
             env.port,
             &[
                 "-a",
                 &format!("{}/", src.display()),
-                &format!("alice:web01@127.0.0.1:{}/", dst.display()),
+                &format!("127.0.0.1:{}/", dst.display()),
             ],
         ),
         T,
@@ -156,11 +167,11 @@ fn rsync_copies_a_tree_both_ways() {
     }
     let back = d.join("back");
     let out = kit::run(
-        env.alice().rsync(
+        env.alice().with_user("alice:web01").rsync(
             env.port,
             &[
                 "-a",
-                &format!("alice:web01@127.0.0.1:{}/", dst.display()),
+                &format!("127.0.0.1:{}/", dst.display()),
                 &format!("{}/", back.display()),
             ],
         ),

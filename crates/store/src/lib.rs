@@ -312,13 +312,13 @@ impl Store {
                 .fetch_all(rw)
                 .await?
                 .iter()
-                .map(|r| decode_event(r))
+                .map(decode_event)
                 .collect(),
             Pool::Postgres(pg) => sqlx::query(AssertSqlSafe(sql))
                 .fetch_all(pg)
                 .await?
                 .iter()
-                .map(|r| decode_event(r))
+                .map(decode_event)
                 .collect(),
         };
         Ok(out)

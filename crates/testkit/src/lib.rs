@@ -238,12 +238,25 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub key: PathBuf,
+    /// `-o User=...`: how scp, sftp and rsync name a Gatehouse target,
+    /// since they would read the `:` of `alice:web01@gw:path` as the
+    /// host/path separator.
+    pub user: Option<String>,
 }
 
 impl Client {
     pub fn new(key: &Path) -> Client {
         Client {
             key: key.to_path_buf(),
+            user: None,
+        }
+    }
+
+    /// The same client with `-o User=USER`.
+    pub fn with_user(&self, user: &str) -> Client {
+        Client {
+            key: self.key.clone(),
+            user: Some(user.to_string()),
         }
     }
 
@@ -269,6 +282,10 @@ impl Client {
         .map(|s| s.to_string())
         .collect();
         v.push(self.key.display().to_string());
+        if let Some(user) = &self.user {
+            v.push("-o".into());
+            v.push(format!("User={user}"));
+        }
         v
     }
 

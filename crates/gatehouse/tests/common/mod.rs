@@ -206,7 +206,21 @@ impl Env {
 
     /// `audit query` as JSON rows.
     pub fn query(&self, sql: &str) -> Vec<serde_json::Value> {
-        let out = self.gatehouse(&["--format", "json", "audit", "query", sql]);
+        // A config of its own, so that tests can break the gateway's.
+        let query_config = self.dir.path().join("query.toml");
+        if !query_config.exists() {
+            let url = format!(
+                "sqlite://{}",
+                self.dir.path().join("gatehouse.db").display()
+            );
+            std::fs::write(&query_config, format!("[store]\nurl = \"{url}\"\n"))
+                .expect("write query.toml");
+        }
+        let mut cmd = Command::new(gatehouse_bin());
+        cmd.arg("--config")
+            .arg(&query_config)
+            .args(["--format", "json", "audit", "query", sql]);
+        let out = kit::run(cmd, T).expect("run gatehouse audit query");
         assert_eq!(out.code, Some(0), "query failed: {}", out.stderr);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         v.as_array().cloned().unwrap_or_default()
