@@ -187,7 +187,7 @@ impl Gateway {
                     let shared = shared.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        serve_connection(shared, socket, peer, permit).await;
+                        serve_connection(shared, socket, peer, Some(permit), None).await;
                         drop(done);
                     });
                 }
@@ -228,20 +228,36 @@ impl Gateway {
     }
 }
 
+/// A connection that arrived inside another one: `ssh -J alice@gw
+/// login@web01` opens a `direct-tcpip` channel to `web01`, and the gateway
+/// serves the inner SSH connection itself instead of relaying bytes, so
+/// that it can still enforce policy and record.
+#[derive(Clone, Debug)]
+pub(crate) struct Jump {
+    /// The Gatehouse user authenticated on the outer connection.
+    pub user: String,
+    /// The target named in the `direct-tcpip` request.
+    pub target: String,
+}
+
 /// Runs one user connection to its end, then writes `session.end`.
-async fn serve_connection(
+pub(crate) async fn serve_connection<S>(
     shared: Arc<Shared>,
-    socket: tokio::net::TcpStream,
+    socket: S,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+    permit: Option<OwnedSemaphorePermit>,
+    jump: Option<Jump>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(ConnState::new(peer));
     let handler = Conn {
         shared: shared.clone(),
         state: state.clone(),
         conn_id,
-        permit: Some(permit),
+        permit,
+        jump,
     };
     let grace =
         parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
@@ -478,12 +494,15 @@ pub(crate) struct Conn {
     /// Held until authentication succeeds: bounds unauthenticated
     /// connections (MaxStartups).
     permit: Option<OwnedSemaphorePermit>,
+    /// Set for a connection served inside a ProxyJump channel.
+    jump: Option<Jump>,
 }
 
 impl Conn {
     fn failure_event(&self, raw_user: &str, reason: String) -> NewEvent {
         let config = self.shared.config();
-        let user = ConnectRequest::parse(raw_user)
+        let user = self
+            .request(raw_user)
             .map(|r| r.user)
             .unwrap_or_else(|_| truncate(raw_user, 64));
         let mut ev = NewEvent::new(
@@ -495,19 +514,62 @@ impl Conn {
         .user(user)
         .source_ip(self.state.peer.ip().to_string())
         .reason(reason);
-        if let Ok(r) = ConnectRequest::parse(raw_user) {
+        if let Ok(r) = self.request(raw_user) {
             ev.target = r.target;
             ev.login = r.login;
         }
         ev
     }
 
+    /// The connection request a username stands for. Inside a ProxyJump
+    /// channel the user and target are already known and the username is
+    /// the login on the target (or the user's own name for the default
+    /// login).
+    fn request(&self, raw_user: &str) -> Result<ConnectRequest, gatehouse_model::UsernameError> {
+        match &self.jump {
+            Some(j) => {
+                if !gatehouse_model::username::is_valid_name(raw_user) {
+                    return Err(gatehouse_model::UsernameError::BadName {
+                        what: "login",
+                        value: truncate(raw_user, 64),
+                    });
+                }
+                Ok(ConnectRequest {
+                    user: j.user.clone(),
+                    target: Some(j.target.clone()),
+                    login: (raw_user != j.user).then(|| raw_user.to_string()),
+                })
+            }
+            None => ConnectRequest::parse(raw_user),
+        }
+    }
+
     /// Is `key` one of the keys configured for the user named in `raw_user`?
     fn key_matches(
+        &self,
         config: &Config,
         raw_user: &str,
         key: &russh::keys::PublicKey,
     ) -> Result<String, String> {
+        if let Some(j) = &self.jump {
+            let user = config
+                .user(&j.user)
+                .ok_or_else(|| format!("unknown user {:?}", j.user))?;
+            let ok = user
+                .keys
+                .iter()
+                .filter_map(|line| parse_public_line(line))
+                .any(|k| k.key_data() == key.key_data());
+            return if ok {
+                Ok(j.user.clone())
+            } else {
+                Err(format!(
+                    "key {} is not registered for user {:?}",
+                    fingerprint(key),
+                    j.user
+                ))
+            };
+        }
         let user_name = match ConnectRequest::parse(raw_user) {
             Ok(r) => r.user,
             Err(e) => {
@@ -549,6 +611,48 @@ impl Conn {
         })
     }
 
+    /// `ssh -J user@gw login@TARGET`: serve the inner connection for a
+    /// configured target. Any other host is refused: the gateway is not an
+    /// open proxy.
+    async fn proxy_jump(
+        &mut self,
+        ctx: crate::bridge::ChannelCtx,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        reply: server::ChannelOpenHandle,
+    ) -> Result<(), russh::Error> {
+        if ctx.auth.config.target(host).is_none() {
+            let node = self.shared.node();
+            let mut auth = ctx.auth.clone();
+            auth.target = Some(truncate(host, 64));
+            let ev = self
+                .state
+                .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
+                .reason(format!("ProxyJump to {host}:{port}, which is not a configured target"))
+                .details(serde_json::json!({ "via": "proxyjump", "port": port }));
+            let _ = self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: format!("gatehouse: unknown target {host:?}"),
+                })
+                .await;
+            return Ok(());
+        }
+        reply.accept().await;
+        let jump = Jump {
+            user: ctx.auth.user.clone(),
+            target: host.to_string(),
+        };
+        let shared = self.shared.clone();
+        let peer = self.state.peer;
+        tokio::spawn(async move {
+            serve_connection(shared, channel.into_stream(), peer, None, Some(jump)).await;
+        });
+        Ok(())
+    }
+
     fn track_channel(&self, id: ChannelId) {
         if let Ok(mut live) = self.shared.live.lock() {
             if let Some(c) = live.get_mut(&self.conn_id) {
@@ -575,7 +679,7 @@ impl server::Handler for Conn {
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         let config = self.shared.config();
-        match Self::key_matches(&config, user, offer.public_key) {
+        match self.key_matches(&config, user, offer.public_key) {
             Ok(_) => Ok(Auth::Accept),
             Err(reason) => {
                 let ev = self.failure_event(user, reason);
@@ -591,7 +695,7 @@ impl server::Handler for Conn {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let config = self.shared.config();
-        let user = match Self::key_matches(&config, raw_user, key.public_key) {
+        let user = match self.key_matches(&config, raw_user, key.public_key) {
             Ok(u) => u,
             Err(reason) => {
                 let ev = self.failure_event(raw_user, reason);
@@ -600,7 +704,7 @@ impl server::Handler for Conn {
             }
         };
         let node = config.server.node.clone();
-        let (request, mut refusal) = match ConnectRequest::parse(raw_user) {
+        let (request, mut refusal) = match self.request(raw_user) {
             Ok(r) => (r, None),
             Err(e) => (
                 ConnectRequest {
@@ -639,6 +743,7 @@ impl server::Handler for Conn {
             .details(serde_json::json!({
                 "method": "publickey",
                 "key": fingerprint(key.public_key),
+                "via": if self.jump.is_some() { "proxyjump" } else { "direct" },
             }));
         if let Err(e) = self.shared.audit.record(ok, config.audit.on_failure).await {
             refusal = Some(e.to_string());
@@ -757,6 +862,9 @@ impl server::Handler for Conn {
                 .await;
             return Ok(());
         };
+        if ctx.auth.target.is_none() && self.jump.is_none() && ctx.auth.refusal.is_none() {
+            return self.proxy_jump(ctx, channel, host, port, reply).await;
+        }
         let allowed = ctx.auth.refusal.is_none()
             && ctx
                 .auth
