@@ -34,6 +34,7 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
         .admin_user
         .clone()
         .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
         .filter(|u| gatehouse_model::username::is_valid_name(u))
         .unwrap_or_else(|| "admin".to_string());
     let admin_key = admin_key_line(args.admin_key.as_deref())?;

@@ -17,9 +17,15 @@ fn ssh_config(env: &Env) -> PathBuf {
     let common = format!(
         "    IdentityFile {key}\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n"
     );
-    let mut text = format!("Host gw\n    HostName 127.0.0.1\n    Port {}\n    User alice\n{common}", env.port);
+    let mut text = format!(
+        "Host gw\n    HostName 127.0.0.1\n    Port {}\n    User alice\n{common}",
+        env.port
+    );
     for host in ["web01", "prod01", "nosuch"] {
-        text.push_str(&format!("Host {host}\n    ProxyJump gw\n    User {}\n{common}", env.login));
+        text.push_str(&format!(
+            "Host {host}\n    ProxyJump gw\n    User {}\n{common}",
+            env.login
+        ));
     }
     let path = env.dir.path().join("ssh_config");
     std::fs::write(&path, text).unwrap();
@@ -39,7 +45,9 @@ fn ssh_through_proxyjump_is_authorised_and_audited() {
     let out = ssh(&config, "web01", "echo jumped; exit 5");
     assert_eq!(out.code, Some(5), "{}\n{}", out.stderr, env.gateway_log());
     assert_eq!(stdout(&out), "jumped\n");
-    let rows = env.wait_rows("select user, target, login from commands where command = 'echo jumped; exit 5'");
+    let rows = env.wait_rows(
+        "select user, target, login from commands where command = 'echo jumped; exit 5'",
+    );
     assert_eq!(rows[0]["user"], "alice");
     assert_eq!(rows[0]["target"], "web01");
     assert_eq!(rows[0]["login"], env.login.as_str());
@@ -54,8 +62,12 @@ fn ssh_through_proxyjump_is_authorised_and_audited() {
     assert_eq!(out.code, Some(255));
     // OpenSSH reports a refused -W channel as "stdio forwarding failed".
     assert!(out.stderr.contains("forwarding failed"), "{}", out.stderr);
-    let rows = env.wait_rows("select reason from events where type = 'access.denied' and target = 'nosuch'");
-    assert!(rows[0]["reason"].as_str().unwrap_or("").contains("ProxyJump"));
+    let rows = env
+        .wait_rows("select reason from events where type = 'access.denied' and target = 'nosuch'");
+    assert!(rows[0]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ProxyJump"));
 }
 
 #[test]
@@ -96,5 +108,8 @@ fn scp_and_rsync_work_transparently_through_proxyjump() {
     )
     .expect("rsync");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(std::fs::read(d.join("tree-copy/sub/f.txt")).unwrap(), b"rsynced\n");
+    assert_eq!(
+        std::fs::read(d.join("tree-copy/sub/f.txt")).unwrap(),
+        b"rsynced\n"
+    );
 }

@@ -327,6 +327,23 @@ fn unknown_users_and_bad_usernames_are_refused_and_audited() {
     .unwrap();
     assert_eq!(out.code, Some(255));
 
+    // A client that offers no key at all.
+    let mut c = std::process::Command::new("ssh");
+    c.args(env.alice().opts())
+        .args(["-o", "PubkeyAuthentication=no", "-p", &env.port.to_string()])
+        .args(["keyless:web01@127.0.0.1", "true"]);
+    assert_eq!(kit::run(c, T).unwrap().code, Some(255));
+    let rows = env.wait_rows(
+        "select user, reason from events where type = 'auth.failure' and user = 'keyless'",
+    );
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("without authenticating"),
+        "{rows:?}"
+    );
+
     let rows =
         env.wait_rows("select user, reason from events where type = 'auth.failure' order by seq");
     assert!(

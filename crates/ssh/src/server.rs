@@ -313,6 +313,25 @@ pub(crate) async fn serve_connection<S>(
 }
 
 async fn finish_session(shared: &Shared, state: &ConnState) {
+    let attempted = state.attempted_user.lock().ok().and_then(|u| u.clone());
+    if let (None, Some(raw_user)) = (state.authed(), attempted) {
+        if !state.failure_recorded.load(Ordering::Acquire) {
+            let config = shared.config();
+            let user = ConnectRequest::parse(&raw_user)
+                .map(|r| r.user)
+                .unwrap_or_else(|_| truncate(&raw_user, 64));
+            let ev = NewEvent::new(
+                EventType::AUTH_FAILURE,
+                Severity::Warn,
+                Outcome::Failure,
+                &config.server.node,
+            )
+            .user(user)
+            .source_ip(state.peer.ip().to_string())
+            .reason("disconnected without authenticating: no acceptable key was offered");
+            let _ = shared.audit.record(ev, config.audit.on_failure).await;
+        }
+    }
     if let Some(Ok(up)) = state.upstream.lock().await.take() {
         let _ = up
             .handle
@@ -373,6 +392,11 @@ pub(crate) struct ConnState {
     pub bytes_out: AtomicU64,
     pub exit_status: AtomicI64,
     pub server_handle: Mutex<Option<server::Handle>>,
+    /// The username of the first authentication attempt, and whether a
+    /// failure was already audited: a client that leaves without offering
+    /// an acceptable key still leaves an `auth.failure` behind.
+    pub attempted_user: Mutex<Option<String>>,
+    pub failure_recorded: AtomicBool,
 }
 
 impl ConnState {
@@ -389,6 +413,8 @@ impl ConnState {
             bytes_out: AtomicU64::new(0),
             exit_status: AtomicI64::new(-1),
             server_handle: Mutex::new(None),
+            attempted_user: Mutex::new(None),
+            failure_recorded: AtomicBool::new(false),
         }
     }
 
@@ -499,7 +525,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    fn note_attempt(&self, raw_user: &str) {
+        if let Ok(mut u) = self.state.attempted_user.lock() {
+            if u.is_none() {
+                *u = Some(truncate(raw_user, 300));
+            }
+        }
+    }
+
     fn failure_event(&self, raw_user: &str, reason: String) -> NewEvent {
+        self.note_attempt(raw_user);
+        self.state.failure_recorded.store(true, Ordering::Release);
         let config = self.shared.config();
         let user = self
             .request(raw_user)
@@ -628,10 +664,22 @@ impl Conn {
             auth.target = Some(truncate(host, 64));
             let ev = self
                 .state
-                .event(&auth, EventType::ACCESS_DENIED, Severity::Warn, Outcome::Denied, &node)
-                .reason(format!("ProxyJump to {host}:{port}, which is not a configured target"))
+                .event(
+                    &auth,
+                    EventType::ACCESS_DENIED,
+                    Severity::Warn,
+                    Outcome::Denied,
+                    &node,
+                )
+                .reason(format!(
+                    "ProxyJump to {host}:{port}, which is not a configured target"
+                ))
                 .details(serde_json::json!({ "via": "proxyjump", "port": port }));
-            let _ = self.shared.audit.record(ev, ctx.auth.config.audit.on_failure).await;
+            let _ = self
+                .shared
+                .audit
+                .record(ev, ctx.auth.config.audit.on_failure)
+                .await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -672,6 +720,11 @@ fn truncate(s: &str, max: usize) -> String {
 
 impl server::Handler for Conn {
     type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.note_attempt(user);
+        Ok(Auth::reject())
+    }
 
     async fn auth_publickey_offered(
         &mut self,
