@@ -739,3 +739,83 @@ fn a_slow_reader_does_not_make_the_gateway_buffer_without_bound() {
         "gateway grew by {growth_mib} MiB while the reader was stalled"
     );
 }
+
+#[test]
+fn max_session_ends_the_session_with_the_reason() {
+    let env = Env::start_with(
+        r#"
+[[roles]]
+name = "short"
+allow = [{ targets = { env = "test" }, logins = ["*"] }]
+max_session = "2s"
+"#,
+    );
+    let text = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("roles = []", "roles = [\"short\"]");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ =
+        env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+    let out = kit::run(
+        env.client(&env.bob).ssh(
+            env.port,
+            "bob:web01@127.0.0.1",
+            &["sleep 50; echo not-reached"],
+        ),
+        T,
+    )
+    .unwrap();
+    assert_ne!(out.code, Some(0));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        out.stderr.contains("maximum session length"),
+        "{}",
+        out.stderr
+    );
+    let rows = env.wait_rows("select user, reason from events where type = 'session.killed'");
+    assert_eq!(rows[0]["user"], "bob");
+    let _ = env.wait_rows("select id from events where type = 'session.end' and user = 'bob'");
+}
+
+#[test]
+fn a_known_hosts_file_verifies_the_target() {
+    let known = tempfile::NamedTempFile::new().unwrap();
+    let other = tempfile::NamedTempFile::new().unwrap();
+    let env = Env::start_with(&format!(
+        r#"
+[[roles]]
+name = "kh"
+allow = [{{ targets = {{ env = "kh" }}, logins = ["*"] }}]
+"#
+    ));
+    std::fs::write(known.path(), format!("{}\n", env.sshd.known_hosts_line())).unwrap();
+    // The same host entry with a different key.
+    let stranger = kit::keygen(env.dir.path(), "stranger").unwrap();
+    std::fs::write(
+        other.path(),
+        format!("[127.0.0.1]:{} {}\n", env.sshd.port, stranger.public_line),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&env.config_path).unwrap();
+    for (name, file) in [("kh-good", known.path()), ("kh-bad", other.path())] {
+        text.push_str(&format!(
+            "\n[[targets]]\nname = \"{name}\"\naddress = \"{}\"\nlabels = {{ env = \"kh\" }}\nknown_hosts = \"{}\"\ndefault_login = \"{}\"\n",
+            env.sshd.address(),
+            file.display(),
+            env.login
+        ));
+    }
+    text = text.replace("roles = []", "roles = [\"kh\"]");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ =
+        env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+    let bob =
+        |dest: &str| kit::run(env.client(&env.bob).ssh(env.port, dest, &["echo kh"]), T).unwrap();
+    let out = bob("bob:kh-good@127.0.0.1");
+    assert_eq!(stdout(&out), "kh\n", "{}", out.stderr);
+    let out = bob("bob:kh-bad@127.0.0.1");
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("host key changed"), "{}", out.stderr);
+}

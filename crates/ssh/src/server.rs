@@ -208,20 +208,9 @@ impl Gateway {
                     .collect()
             })
             .unwrap_or_default();
+        let message = format!("{reason}; your session is ending — reconnect in a moment");
         for (handle, channels) in live {
-            let msg = format!(
-                "\r\ngatehouse: {reason}; your session is ending — reconnect in a moment\r\n"
-            );
-            for ch in channels {
-                let _ = handle.extended_data(ch, 1, msg.clone().into_bytes()).await;
-            }
-            let _ = handle
-                .disconnect(
-                    Disconnect::ByApplication,
-                    format!("gatehouse: {reason}"),
-                    String::new(),
-                )
-                .await;
+            end_connection(&handle, &channels, &message).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
         Ok(())
@@ -240,6 +229,54 @@ pub(crate) struct Jump {
     pub target: String,
 }
 
+/// Tells every session channel of a connection why it ends (one line on
+/// stderr), then disconnects it.
+pub(crate) async fn end_connection(handle: &server::Handle, channels: &[ChannelId], message: &str) {
+    let line = format!("\r\ngatehouse: {message}\r\n");
+    for ch in channels {
+        let _ = handle
+            .extended_data(*ch, 1, line.clone().into_bytes())
+            .await;
+    }
+    let _ = handle
+        .disconnect(
+            Disconnect::ByApplication,
+            format!("gatehouse: {message}"),
+            String::new(),
+        )
+        .await;
+}
+
+/// Ends the connection when the role's `max_session` is reached.
+fn enforce_max_session(shared: Arc<Shared>, state: Arc<ConnState>, auth: Authed, max: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(max).await;
+        let live = shared.live.lock().ok().and_then(|l| {
+            l.get(&state.conn_id)
+                .map(|c| (c.handle.clone(), c.channels.clone()))
+        });
+        let Some((handle, channels)) = live else {
+            return;
+        };
+        let reason = format!(
+            "the maximum session length of your role ({}s) was reached",
+            max.as_secs()
+        );
+        let ev = state
+            .event(
+                &auth,
+                EventType::SESSION_KILLED,
+                Severity::Info,
+                Outcome::Success,
+                &shared.node(),
+            )
+            .reason(reason.clone())
+            .details(serde_json::json!({ "by": "max_session" }));
+        let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+        end_connection(&handle, &channels, &reason).await;
+    });
+}
+
 /// Runs one user connection to its end, then writes `session.end`.
 pub(crate) async fn serve_connection<S>(
     shared: Arc<Shared>,
@@ -251,7 +288,7 @@ pub(crate) async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let state = Arc::new(ConnState::new(peer));
+    let state = Arc::new(ConnState::new(conn_id, peer));
     let handler = Conn {
         shared: shared.clone(),
         state: state.clone(),
@@ -381,6 +418,7 @@ pub(crate) struct Authed {
 /// Per-connection state shared between the handler, channel tasks and the
 /// task that writes `session.end`.
 pub(crate) struct ConnState {
+    pub conn_id: u64,
     pub session_id: String,
     pub peer: SocketAddr,
     pub start: Instant,
@@ -400,8 +438,9 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> ConnState {
+    fn new(conn_id: u64, peer: SocketAddr) -> ConnState {
         ConnState {
+            conn_id,
             session_id: ulid::Ulid::new().to_string(),
             peer,
             start: Instant::now(),
@@ -446,8 +485,8 @@ impl ConnState {
 /// Writes `session.start` on success and a high-severity event on a host
 /// key mismatch.
 pub(crate) async fn upstream_for(
-    shared: &Shared,
-    state: &ConnState,
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
     auth: &Authed,
 ) -> Result<Arc<Upstream>, String> {
     let mut slot = state.upstream.lock().await;
@@ -494,6 +533,9 @@ pub(crate) async fn upstream_for(
                 return Err(e.to_string());
             }
             state.started.store(true, Ordering::Release);
+            if let Some(max) = decision.max_session {
+                enforce_max_session(shared.clone(), state.clone(), auth.clone(), max);
+            }
         }
         Err(err) => {
             let (kind, sev) = match err {
