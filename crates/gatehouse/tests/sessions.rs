@@ -782,13 +782,13 @@ max_session = "2s"
 fn a_known_hosts_file_verifies_the_target() {
     let known = tempfile::NamedTempFile::new().unwrap();
     let other = tempfile::NamedTempFile::new().unwrap();
-    let env = Env::start_with(&format!(
+    let env = Env::start_with(
         r#"
 [[roles]]
 name = "kh"
-allow = [{{ targets = {{ env = "kh" }}, logins = ["*"] }}]
-"#
-    ));
+allow = [{ targets = { env = "kh" }, logins = ["*"] }]
+"#,
+    );
     std::fs::write(known.path(), format!("{}\n", env.sshd.known_hosts_line())).unwrap();
     // The same host entry with a different key.
     let stranger = kit::keygen(env.dir.path(), "stranger").unwrap();
