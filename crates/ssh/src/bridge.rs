@@ -18,7 +18,8 @@ use gatehouse_model::{EventType, Outcome, Severity};
 use russh::server::{self, Msg};
 use russh::{client, Channel, ChannelMsg, Pty, Sig};
 
-use crate::server::{env_allowed, upstream_for, Authed, ConnState, Shared};
+use crate::recorder::{self, Recorder, RecordingSpec};
+use crate::server::{env_allowed, upstream_for, Authed, ChannelGuard, ConnState, Shared};
 
 /// What a channel task needs from its connection.
 pub(crate) struct ChannelCtx {
@@ -64,6 +65,7 @@ pub(crate) async fn fail(channel: &Channel<Msg>, pty: bool, message: &str, code:
 }
 
 pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) {
+    let _guard = ChannelGuard::new(ctx.state.clone());
     let mut setup = Setup {
         pty: None,
         env: Vec::new(),
@@ -257,9 +259,34 @@ pub(crate) async fn run_on_target(
         .await;
         return;
     }
-    let outcome = pump(&ctx, channel, up, pty).await;
+    let recorder = match &request {
+        Request::Subsystem(_) => None,
+        Request::Shell | Request::Exec(_) => recorder::start(
+            ctx.shared.clone(),
+            ctx.state.clone(),
+            ctx.auth.clone(),
+            RecordingSpec {
+                cols: setup.pty.as_ref().map(|p| p.cols).unwrap_or(80),
+                rows: setup.pty.as_ref().map(|p| p.rows).unwrap_or(24),
+                command: match &request {
+                    Request::Exec(cmd) => Some(String::from_utf8_lossy(cmd).to_string()),
+                    _ => None,
+                },
+                term: setup.pty.as_ref().map(|p| p.term.clone()),
+                pty,
+            },
+        ),
+    };
+    let outcome = pump(&ctx, channel, up, pty, recorder.as_ref()).await;
     if let Some(code) = outcome.exit_status {
         ctx.state.exit_status.store(code as i64, Ordering::Release);
+    }
+    if let Some(r) = recorder {
+        if let Some(summary) = r.finish().await {
+            if let Ok(mut list) = ctx.state.recordings.lock() {
+                list.push(summary);
+            }
+        }
     }
 }
 
@@ -294,6 +321,7 @@ async fn pump(
     user: Channel<Msg>,
     up: Channel<client::Msg>,
     pty: bool,
+    rec: Option<&Recorder>,
 ) -> PumpOutcome {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
@@ -308,6 +336,9 @@ async fn pump(
                     state
                         .bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = rec {
+                        r.input(&data).await;
+                    }
                     up_tx.data_bytes(data).await
                 }
                 ChannelMsg::Eof => up_tx.eof().await,
@@ -318,6 +349,9 @@ async fn pump(
                     pix_width,
                     pix_height,
                 } => {
+                    if let Some(r) = rec {
+                        r.resize(col_width, row_height).await;
+                    }
                     up_tx
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await
@@ -343,6 +377,9 @@ async fn pump(
                     state
                         .bytes_out
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = rec {
+                        r.output(&data).await;
+                    }
                     user_tx.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
@@ -350,6 +387,9 @@ async fn pump(
                     state
                         .bytes_out
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = rec {
+                        r.output(&data).await;
+                    }
                     user_tx.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => user_tx.eof().await,

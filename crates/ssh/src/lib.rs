@@ -16,6 +16,7 @@ pub mod audit;
 pub mod bridge;
 pub mod keys;
 pub mod menu;
+pub mod recorder;
 pub mod server;
 pub mod upstream;
 

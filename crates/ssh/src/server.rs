@@ -379,6 +379,20 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
         return;
     }
     let Some(auth) = state.authed() else { return };
+    // Let channel tasks finish their recordings (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let notified = state.channels_done.notified();
+        if state.channels_open.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            tracing::warn!(session = %state.session_id, "channels still open at session end");
+            break;
+        }
+    }
+    let recordings = state.recordings.lock().map(|r| r.clone()).unwrap_or_default();
+    let first = recordings.first();
     let exit = state.exit_status.load(Ordering::Acquire);
     let details = serde_json::json!({
         "duration_ms": state.start.elapsed().as_millis() as u64,
@@ -386,8 +400,12 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
         "bytes_out": state.bytes_out.load(Ordering::Relaxed),
         "exit_status": if exit >= 0 { serde_json::json!(exit) } else { serde_json::Value::Null },
         "start_time": state.start_time,
-        "recording_id": serde_json::Value::Null,
-        "recording_sha256": serde_json::Value::Null,
+        "recording_id": first.map(|r| r.id.clone()),
+        "recording_sha256": first.map(|r| r.sha256.clone()),
+        "recordings": recordings
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "sha256": r.sha256, "bytes": r.bytes}))
+            .collect::<Vec<_>>(),
     });
     let ev = state
         .event(
@@ -435,6 +453,30 @@ pub(crate) struct ConnState {
     /// an acceptable key still leaves an `auth.failure` behind.
     pub attempted_user: Mutex<Option<String>>,
     pub failure_recorded: AtomicBool,
+    /// Recordings of this session, in the order they finished.
+    pub recording_seq: AtomicU64,
+    pub recordings: Mutex<Vec<crate::recorder::RecordingSummary>>,
+    /// Channel tasks still running; `session.end` waits for them so that
+    /// their recordings are complete and in the event.
+    pub channels_open: std::sync::atomic::AtomicUsize,
+    pub channels_done: tokio::sync::Notify,
+}
+
+/// Counts a running channel task; dropping it signals the end.
+pub(crate) struct ChannelGuard(pub Arc<ConnState>);
+
+impl ChannelGuard {
+    pub fn new(state: Arc<ConnState>) -> ChannelGuard {
+        state.channels_open.fetch_add(1, Ordering::AcqRel);
+        ChannelGuard(state)
+    }
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.0.channels_open.fetch_sub(1, Ordering::AcqRel);
+        self.0.channels_done.notify_waiters();
+    }
 }
 
 impl ConnState {
@@ -454,6 +496,10 @@ impl ConnState {
             server_handle: Mutex::new(None),
             attempted_user: Mutex::new(None),
             failure_recorded: AtomicBool::new(false),
+            recording_seq: AtomicU64::new(0),
+            recordings: Mutex::new(Vec::new()),
+            channels_open: std::sync::atomic::AtomicUsize::new(0),
+            channels_done: tokio::sync::Notify::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! portable.
 
 mod format;
+pub mod recordings;
 mod schema;
 
 use std::str::FromStr;

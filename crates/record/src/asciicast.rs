@@ -1,0 +1,194 @@
+//! asciicast v2 (the format every asciinema player reads): a JSON header
+//! line, then one JSON array per event: `[time, code, data]` with code
+//! `o` (output), `i` (input), `r` (resize, data "COLSxROWS") or `m`
+//! (marker). Writes go straight to the underlying writer so a recording
+//! streams to disk; memory does not grow with session length.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+/// The `gatehouse` object in the header: who, where, as whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Header {
+    pub version: u8,
+    pub width: u32,
+    pub height: u32,
+    /// Unix time in seconds of the start of the recording.
+    pub timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub title: String,
+    pub env: serde_json::Map<String, serde_json::Value>,
+    pub gatehouse: SessionInfo,
+}
+
+/// Writes events, keeping UTF-8 intact across chunk boundaries: a
+/// multi-byte character split between two packets is held back until its
+/// end arrives, and invalid bytes become U+FFFD.
+pub struct CastWriter<W: Write> {
+    out: W,
+    pending_o: Vec<u8>,
+    pending_i: Vec<u8>,
+    bytes_written: u64,
+}
+
+impl<W: Write> CastWriter<W> {
+    pub fn new(mut out: W, header: &Header) -> io::Result<CastWriter<W>> {
+        let line = serde_json::to_string(header).map_err(io::Error::other)?;
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        Ok(CastWriter {
+            out,
+            pending_o: Vec::new(),
+            pending_i: Vec::new(),
+            bytes_written: line.len() as u64 + 1,
+        })
+    }
+
+    pub fn output(&mut self, t: f64, data: &[u8]) -> io::Result<()> {
+        let text = take_utf8(&mut self.pending_o, data);
+        self.event(t, "o", &text)
+    }
+
+    pub fn input(&mut self, t: f64, data: &[u8]) -> io::Result<()> {
+        let text = take_utf8(&mut self.pending_i, data);
+        self.event(t, "i", &text)
+    }
+
+    pub fn resize(&mut self, t: f64, cols: u32, rows: u32) -> io::Result<()> {
+        self.event(t, "r", &format!("{cols}x{rows}"))
+    }
+
+    pub fn marker(&mut self, t: f64, label: &str) -> io::Result<()> {
+        self.event(t, "m", label)
+    }
+
+    fn event(&mut self, t: f64, code: &str, data: &str) -> io::Result<()> {
+        if data.is_empty() && code != "m" {
+            return Ok(());
+        }
+        let line = serde_json::to_string(&(round_time(t), code, data)).map_err(io::Error::other)?;
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.bytes_written += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Bytes of cast text written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+fn round_time(t: f64) -> f64 {
+    (t * 1_000_000.0).round() / 1_000_000.0
+}
+
+/// Appends `data` to `pending` and returns the longest valid UTF-8 prefix
+/// as text (invalid sequences replaced), keeping an incomplete trailing
+/// character for the next call.
+fn take_utf8(pending: &mut Vec<u8>, data: &[u8]) -> String {
+    pending.extend_from_slice(data);
+    let mut out = String::new();
+    let mut rest: &[u8] = pending;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                rest = &[];
+                break;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match e.error_len() {
+                    Some(n) => {
+                        out.push('\u{FFFD}');
+                        rest = &after[n..];
+                    }
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let keep = rest.to_vec();
+    *pending = keep;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            version: 2,
+            width: 80,
+            height: 24,
+            timestamp: 1_700_000_000,
+            command: None,
+            title: "alice@web01".into(),
+            env: serde_json::Map::new(),
+            gatehouse: SessionInfo {
+                session_id: "S1".into(),
+                user: "alice".into(),
+                target: "web01".into(),
+                login: "deploy".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn writes_a_v2_header_and_events() {
+        let mut w = CastWriter::new(Vec::new(), &header()).unwrap();
+        w.output(0.5, b"hello\r\n").unwrap();
+        w.input(0.75, b"ls\r").unwrap();
+        w.resize(1.0, 100, 30).unwrap();
+        w.marker(1.25, "ls").unwrap();
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let h: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(h["version"], 2);
+        assert_eq!(h["width"], 80);
+        assert_eq!(h["gatehouse"]["user"], "alice");
+        assert_eq!(lines[1], r#"[0.5,"o","hello\r\n"]"#);
+        assert_eq!(lines[2], r#"[0.75,"i","ls\r"]"#);
+        assert_eq!(lines[3], r#"[1.0,"r","100x30"]"#);
+        assert_eq!(lines[4], r#"[1.25,"m","ls"]"#);
+    }
+
+    #[test]
+    fn utf8_split_across_chunks_is_kept_whole() {
+        let mut w = CastWriter::new(Vec::new(), &header()).unwrap();
+        let snow = "é☃".as_bytes();
+        w.output(0.1, &snow[..2]).unwrap();
+        w.output(0.2, &snow[2..4]).unwrap();
+        w.output(0.3, &snow[4..]).unwrap();
+        w.output(0.4, &[0xff, b'a']).unwrap();
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        let events: Vec<serde_json::Value> =
+            text.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let joined: String = events.iter().map(|e| e[2].as_str().unwrap()).collect();
+        assert_eq!(joined, "é☃\u{FFFD}a");
+    }
+}

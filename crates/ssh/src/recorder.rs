@@ -1,0 +1,247 @@
+//! The recorder: one task per recorded channel, fed by the bridge through
+//! a bounded queue so that the data path never writes files or parses
+//! terminals itself. It writes the asciicast file incrementally (flushed
+//! at least every [`FLUSH_INTERVAL`], so a crash loses at most that much),
+//! hashes what it writes, and turns accepted command lines into `command`
+//! events with `m` markers in the recording.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_record::asciicast::{CastWriter, Header, SessionInfo};
+use gatehouse_record::capture::LineCapture;
+use gatehouse_store::recordings::{LocalDir, RecordingStorage};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::server::{Authed, ConnState, Shared};
+
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Exec output kept per channel before the recording keeps metadata only.
+pub const EXEC_OUTPUT_CAP: u64 = 10 * 1024 * 1024;
+const QUEUE: usize = 256;
+
+pub(crate) enum RecEvent {
+    Output(Bytes),
+    Input(Bytes),
+    Resize(u32, u32),
+}
+
+/// What a finished recording is: its id and the SHA-256 of its bytes.
+#[derive(Debug, Clone)]
+pub struct RecordingSummary {
+    pub id: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+pub(crate) struct Recorder {
+    tx: mpsc::Sender<RecEvent>,
+    done: oneshot::Receiver<Option<RecordingSummary>>,
+}
+
+impl Recorder {
+    pub async fn output(&self, data: &Bytes) {
+        let _ = self.tx.send(RecEvent::Output(data.clone())).await;
+    }
+    pub async fn input(&self, data: &Bytes) {
+        let _ = self.tx.send(RecEvent::Input(data.clone())).await;
+    }
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        let _ = self.tx.send(RecEvent::Resize(cols, rows)).await;
+    }
+    /// Ends the recording and returns its summary once it is on disk.
+    pub async fn finish(self) -> Option<RecordingSummary> {
+        drop(self.tx);
+        self.done.await.ok().flatten()
+    }
+}
+
+/// What is being recorded.
+pub(crate) struct RecordingSpec {
+    pub cols: u32,
+    pub rows: u32,
+    pub command: Option<String>,
+    pub term: Option<String>,
+    /// A terminal session: parse the screen for command lines.
+    pub pty: bool,
+}
+
+/// A `Write` that hashes everything that reaches the file.
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Starts recording a channel of this session. Returns None (and logs)
+/// when the recording cannot be created; the session goes on, since
+/// refusing it would not make the missing recording appear.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+    auth: Authed,
+    spec: RecordingSpec,
+) -> Option<Recorder> {
+    let n = state.recording_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = if n == 0 {
+        state.session_id.clone()
+    } else {
+        format!("{}-{n}", state.session_id)
+    };
+    let storage = LocalDir::new(auth.config.recording.dir.clone());
+    let file = match storage.create(&id) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, path = %storage.locate(&id), "cannot create the recording");
+            return None;
+        }
+    };
+    let mut env = serde_json::Map::new();
+    if let Some(term) = &spec.term {
+        env.insert("TERM".into(), serde_json::Value::String(term.clone()));
+    }
+    env.insert("SHELL".into(), serde_json::Value::String("/bin/sh".into()));
+    let header = Header {
+        version: 2,
+        width: spec.cols.max(1),
+        height: spec.rows.max(1),
+        timestamp: chrono::Utc::now().timestamp(),
+        command: spec.command.clone(),
+        title: format!(
+            "{}@{} as {}",
+            auth.user,
+            auth.target.clone().unwrap_or_default(),
+            auth.login.clone().unwrap_or_default()
+        ),
+        env,
+        gatehouse: SessionInfo {
+            session_id: state.session_id.clone(),
+            user: auth.user.clone(),
+            target: auth.target.clone().unwrap_or_default(),
+            login: auth.login.clone().unwrap_or_default(),
+        },
+    };
+    let hashing = Hashing {
+        inner: std::io::BufWriter::with_capacity(64 * 1024, file),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let cast = match CastWriter::new(hashing, &header) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the recording header");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (done_tx, done) = oneshot::channel();
+    tokio::spawn(async move {
+        let summary = run(shared, state, auth, spec, id, cast, rx).await;
+        let _ = done_tx.send(summary);
+    });
+    Some(Recorder { tx, done })
+}
+
+async fn run<W: Write>(
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+    auth: Authed,
+    spec: RecordingSpec,
+    id: String,
+    mut cast: CastWriter<Hashing<W>>,
+    mut rx: mpsc::Receiver<RecEvent>,
+) -> Option<RecordingSummary> {
+    let start = Instant::now();
+    let record_input = auth.config.recording.input;
+    let cap = if spec.pty { u64::MAX } else if auth.config.recording.exec_output { EXEC_OUTPUT_CAP } else { 0 };
+    let mut output_seen: u64 = 0;
+    let mut capped = false;
+    let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    let node = shared.node();
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = tick.tick() => {
+                if let Err(e) = cast.flush() {
+                    tracing::error!(error = %e, "recording flush failed");
+                }
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
+        let t = start.elapsed().as_secs_f64();
+        let result = match ev {
+            RecEvent::Output(data) => {
+                let mut r = Ok(());
+                if output_seen < cap {
+                    r = cast.output(t, &data);
+                } else if !capped && !spec.pty {
+                    capped = true;
+                    r = cast.marker(t, "output not recorded beyond the size cap");
+                }
+                output_seen = output_seen.saturating_add(data.len() as u64);
+                if let Some(c) = capture.as_mut() {
+                    for command in c.output(&data) {
+                        let _ = cast.marker(t, &command);
+                        let ev = state
+                            .event(&auth, EventType::COMMAND, Severity::Info, Outcome::Success, &node)
+                            .details(serde_json::json!({
+                                "command": command,
+                                "source": "interactive",
+                                "recording_id": id,
+                                "offset": (t * 1000.0).round() / 1000.0,
+                            }));
+                        let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+                    }
+                }
+                r
+            }
+            RecEvent::Input(data) => {
+                if let Some(c) = capture.as_mut() {
+                    c.input(&data);
+                }
+                if record_input && spec.pty {
+                    cast.input(t, &data)
+                } else {
+                    Ok(())
+                }
+            }
+            RecEvent::Resize(cols, rows) => {
+                if let Some(c) = capture.as_mut() {
+                    c.resize(cols, rows);
+                }
+                cast.resize(t, cols, rows)
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "recording write failed");
+        }
+    }
+    if let Err(e) = cast.flush() {
+        tracing::error!(error = %e, "recording flush failed");
+    }
+    let hashing = cast.into_inner();
+    let sha256 = hashing.hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Some(RecordingSummary {
+        id,
+        sha256,
+        bytes: hashing.bytes,
+    })
+}
