@@ -26,6 +26,8 @@ pub enum Format {
     Table,
     Json,
     Csv,
+    /// asciicast v2, for `sessions export`.
+    Cast,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +44,52 @@ pub enum Command {
     /// Query and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Sessions: list, inspect, replay, export, watch, kill.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCmd {
+    /// List sessions, newest first.
+    List {
+        /// Only sessions still running.
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions started within this long, e.g. 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Metadata, commands and transfers of one session.
+    Show { id: String },
+    /// Replay the terminal recording (space: pause, f: skip ahead 10s, q: quit).
+    Play {
+        id: String,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap pauses at this many seconds.
+        #[arg(long)]
+        idle_limit: Option<f64>,
+    },
+    /// Write the recording as asciicast (cast) or JSON.
+    /// `--format cast` (default) or `--format json`.
+    Export {
+        id: String,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Follow a running session's terminal live.
+    Watch { id: String },
+    /// End a running session; the user sees the reason.
+    Kill {
+        id: String,
+        #[arg(long, default_value = "ended by an administrator")]
+        reason: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]

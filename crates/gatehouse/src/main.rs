@@ -3,6 +3,7 @@
 
 mod cli;
 mod init;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -99,7 +100,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let store = open_store(&config).await?;
             let result = store.query_readonly(sql).await?;
             let out = match cli.format {
-                Format::Table => result.to_table(),
+                Format::Table | Format::Cast => result.to_table(),
                 Format::Json => result.to_json(),
                 Format::Csv => result.to_csv(),
             };
@@ -140,6 +141,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Sessions(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            sessions::run(cmd, &config, &store, cli.format).await
         }
         Command::Audit(AuditCmd::Tail { lines }) => {
             let config = load_config(&path)?;

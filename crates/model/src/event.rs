@@ -63,6 +63,7 @@ impl EventType {
     pub const HOST_KEY_MISMATCH: &'static str = "target.host_key_mismatch";
     pub const TARGET_UNREACHABLE: &'static str = "target.unreachable";
     pub const CONFIG_RELOAD: &'static str = "config.reload";
+    pub const RECORDING_ACCESS: &'static str = "recording.access";
     pub const GATEWAY_START: &'static str = "gateway.start";
     pub const GATEWAY_STOP: &'static str = "gateway.stop";
 }

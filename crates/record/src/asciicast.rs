@@ -186,8 +186,11 @@ mod tests {
         w.output(0.3, &snow[4..]).unwrap();
         w.output(0.4, &[0xff, b'a']).unwrap();
         let text = String::from_utf8(w.into_inner()).unwrap();
-        let events: Vec<serde_json::Value> =
-            text.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let joined: String = events.iter().map(|e| e[2].as_str().unwrap()).collect();
         assert_eq!(joined, "é☃\u{FFFD}a");
     }

@@ -175,7 +175,10 @@ mod tests {
 
     #[test]
     fn a_typed_line_without_the_prompt() {
-        let cmds = run(&[("", "user@host:~$ "), ("ls -la\r", "ls -la\r\nfile\r\nuser@host:~$ ")]);
+        let cmds = run(&[
+            ("", "user@host:~$ "),
+            ("ls -la\r", "ls -la\r\nfile\r\nuser@host:~$ "),
+        ]);
         assert_eq!(cmds, vec!["ls -la"]);
     }
 
@@ -204,7 +207,11 @@ mod tests {
 
     #[test]
     fn tab_completion_takes_the_completed_name() {
-        let cmds = run(&[("", "$ "), ("cat some\t", "cat somefile.txt "), ("\r", "\r\n$ ")]);
+        let cmds = run(&[
+            ("", "$ "),
+            ("cat some\t", "cat somefile.txt "),
+            ("\r", "\r\n$ "),
+        ]);
         assert_eq!(cmds, vec!["cat somefile.txt"]);
     }
 
@@ -236,7 +243,11 @@ mod tests {
 
     #[test]
     fn ctrl_c_abandons_the_line() {
-        let cmds = run(&[("", "$ "), ("rm -rf x\x03", "rm -rf x^C\r\n$ "), ("pwd\r", "pwd\r\n/\r\n$ ")]);
+        let cmds = run(&[
+            ("", "$ "),
+            ("rm -rf x\x03", "rm -rf x^C\r\n$ "),
+            ("pwd\r", "pwd\r\n/\r\n$ "),
+        ]);
         assert_eq!(cmds, vec!["pwd"]);
     }
 
@@ -244,7 +255,11 @@ mod tests {
     fn enter_and_echo_in_one_packet_still_capture_the_whole_line() {
         // tmux and fast typists send the line and Enter together, before
         // the shell has echoed anything.
-        let cmds = run(&[("", "$ "), ("uname -a\r", ""), ("", "uname -a\r\nLinux\r\n$ ")]);
+        let cmds = run(&[
+            ("", "$ "),
+            ("uname -a\r", ""),
+            ("", "uname -a\r\nLinux\r\n$ "),
+        ]);
         assert_eq!(cmds, vec!["uname -a"]);
     }
 }

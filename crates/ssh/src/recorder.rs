@@ -98,7 +98,9 @@ pub(crate) fn start(
     auth: Authed,
     spec: RecordingSpec,
 ) -> Option<Recorder> {
-    let n = state.recording_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = state
+        .recording_seq
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = if n == 0 {
         state.session_id.clone()
     } else {
@@ -169,7 +171,13 @@ async fn run<W: Write>(
 ) -> Option<RecordingSummary> {
     let start = Instant::now();
     let record_input = auth.config.recording.input;
-    let cap = if spec.pty { u64::MAX } else if auth.config.recording.exec_output { EXEC_OUTPUT_CAP } else { 0 };
+    let cap = if spec.pty {
+        u64::MAX
+    } else if auth.config.recording.exec_output {
+        EXEC_OUTPUT_CAP
+    } else {
+        0
+    };
     let mut output_seen: u64 = 0;
     let mut capped = false;
     let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
@@ -201,7 +209,13 @@ async fn run<W: Write>(
                     for command in c.output(&data) {
                         let _ = cast.marker(t, &command);
                         let ev = state
-                            .event(&auth, EventType::COMMAND, Severity::Info, Outcome::Success, &node)
+                            .event(
+                                &auth,
+                                EventType::COMMAND,
+                                Severity::Info,
+                                Outcome::Success,
+                                &node,
+                            )
                             .details(serde_json::json!({
                                 "command": command,
                                 "source": "interactive",
@@ -238,7 +252,12 @@ async fn run<W: Write>(
         tracing::error!(error = %e, "recording flush failed");
     }
     let hashing = cast.into_inner();
-    let sha256 = hashing.hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hashing
+        .hash
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Some(RecordingSummary {
         id,
         sha256,

@@ -47,6 +47,7 @@ pub(crate) struct Shared {
 pub(crate) struct LiveConn {
     pub handle: server::Handle,
     pub channels: Vec<ChannelId>,
+    pub state: Arc<ConnState>,
 }
 
 impl Shared {
@@ -168,6 +169,7 @@ impl Gateway {
         // Each connection task holds a clone; when all are gone, `recv`
         // returns None (the mini-redis shutdown pattern).
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let killer = tokio::spawn(carry_out_kills(shared.clone()));
         let reason = loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
@@ -199,6 +201,7 @@ impl Gateway {
         };
         drop(self.listener);
         drop(done_tx);
+        killer.abort();
         let live: Vec<(server::Handle, Vec<ChannelId>)> = shared
             .live
             .lock()
@@ -245,6 +248,52 @@ pub(crate) async fn end_connection(handle: &server::Handle, channels: &[ChannelI
             String::new(),
         )
         .await;
+}
+
+/// How often the gateway looks for `gatehouse sessions kill` requests.
+pub const KILL_POLL: Duration = Duration::from_millis(200);
+
+/// Carries out kill requests for the sessions this node runs.
+async fn carry_out_kills(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(KILL_POLL);
+    loop {
+        tick.tick().await;
+        let pending = match shared.store.pending_kills().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read kill requests");
+                continue;
+            }
+        };
+        for req in pending {
+            let live = shared.live.lock().ok().and_then(|l| {
+                l.values()
+                    .find(|c| c.state.session_id == req.session_id)
+                    .map(|c| (c.handle.clone(), c.channels.clone(), c.state.clone()))
+            });
+            let Some((handle, channels, state)) = live else {
+                continue;
+            };
+            let reason = format!("session killed by {}: {}", req.requested_by, req.reason);
+            if let Some(auth) = state.authed() {
+                let ev = state
+                    .event(
+                        &auth,
+                        EventType::SESSION_KILLED,
+                        Severity::Warn,
+                        Outcome::Success,
+                        &shared.node(),
+                    )
+                    .reason(req.reason.clone())
+                    .details(serde_json::json!({ "by": req.requested_by }));
+                let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+            }
+            end_connection(&handle, &channels, &reason).await;
+            if let Err(e) = shared.store.kill_done(req.id).await {
+                tracing::warn!(error = %e, "cannot mark a kill request done");
+            }
+        }
+    }
 }
 
 /// Ends the connection when the role's `max_session` is reached.
@@ -337,6 +386,7 @@ pub(crate) async fn serve_connection<S>(
             LiveConn {
                 handle,
                 channels: Vec::new(),
+                state: state.clone(),
             },
         );
     }
@@ -391,7 +441,11 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
             break;
         }
     }
-    let recordings = state.recordings.lock().map(|r| r.clone()).unwrap_or_default();
+    let recordings = state
+        .recordings
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
     let first = recordings.first();
     let exit = state.exit_status.load(Ordering::Acquire);
     let details = serde_json::json!({

@@ -67,6 +67,15 @@ pub struct ChainReport {
     pub first_bad: Option<BadEvent>,
 }
 
+/// A request to end a live session (`gatehouse sessions kill`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillRequest {
+    pub id: i64,
+    pub session_id: String,
+    pub reason: String,
+    pub requested_by: String,
+}
+
 enum Pool {
     Sqlite { rw: SqlitePool, ro: SqlitePool },
     Postgres(PgPool),
@@ -453,6 +462,82 @@ impl Store {
                 .bind(now)
                 .execute(pg)
                 .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks whichever gateway node runs `session_id` to end it. The
+    /// request is in the store so that it works across processes and
+    /// nodes; gateways poll for it.
+    pub async fn request_kill(
+        &self,
+        session_id: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        let now = gatehouse_model::event::format_time(chrono::Utc::now());
+        let sql = match self.backend() {
+            Backend::Sqlite => "INSERT INTO session_kills (session_id, reason, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4)",
+            Backend::Postgres => "INSERT INTO session_kills (session_id, reason, requested_by, requested_at) VALUES ($1, $2, $3, $4)",
+        };
+        match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                sqlx::query(sql)
+                    .bind(session_id)
+                    .bind(reason)
+                    .bind(by)
+                    .bind(now)
+                    .execute(rw)
+                    .await?;
+            }
+            Pool::Postgres(pg) => {
+                sqlx::query(sql)
+                    .bind(session_id)
+                    .bind(reason)
+                    .bind(by)
+                    .bind(now)
+                    .execute(pg)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kill requests not yet carried out.
+    pub async fn pending_kills(&self) -> Result<Vec<KillRequest>, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT id, session_id, reason, requested_by FROM session_kills WHERE done = 0 ORDER BY id",
+            Backend::Postgres => "SELECT id, session_id, reason, requested_by FROM session_kills WHERE NOT done ORDER BY id",
+        };
+        let rows: Vec<(i64, String, String, String)> = match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => sqlx::query_as(sql).fetch_all(rw).await?,
+            Pool::Postgres(pg) => sqlx::query_as(sql).fetch_all(pg).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(id, session_id, reason, requested_by)| KillRequest {
+                id,
+                session_id,
+                reason,
+                requested_by,
+            })
+            .collect())
+    }
+
+    pub async fn kill_done(&self, id: i64) -> Result<(), StoreError> {
+        match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                sqlx::query("UPDATE session_kills SET done = 1 WHERE id = ?1")
+                    .bind(id)
+                    .execute(rw)
+                    .await?;
+            }
+            Pool::Postgres(pg) => {
+                sqlx::query("UPDATE session_kills SET done = TRUE WHERE id = $1")
+                    .bind(id)
+                    .execute(pg)
+                    .await?;
             }
         }
         Ok(())

@@ -77,7 +77,10 @@ mod tests {
         w.write_all(b"x").unwrap();
         drop(w);
         let mut text = String::new();
-        s.open("01ABC-2").unwrap().read_to_string(&mut text).unwrap();
+        s.open("01ABC-2")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         assert_eq!(text, "x");
         assert!(s.create("01ABC-2").is_err(), "never overwrites a recording");
     }

@@ -30,6 +30,14 @@ pub const SQLITE: &[&str] = &[
         fingerprint TEXT NOT NULL,
         first_seen TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS session_kills (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -85,6 +93,14 @@ pub const POSTGRES: &[&str] = &[
         target TEXT PRIMARY KEY,
         fingerprint TEXT NOT NULL,
         first_seen TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS session_kills (
+        id BIGSERIAL PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT FALSE
     )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,

@@ -365,3 +365,18 @@ fn passwords_are_redacted_from_messages() {
     assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
     assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
 }
+
+async fn kill_requests_round_trip(db: Db) {
+    db.store
+        .request_kill("S1", "suspicious", "admin")
+        .await
+        .unwrap();
+    let pending = db.store.pending_kills().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].session_id, "S1");
+    assert_eq!(pending[0].requested_by, "admin");
+    db.store.kill_done(pending[0].id).await.unwrap();
+    assert!(db.store.pending_kills().await.unwrap().is_empty());
+    db.done().await;
+}
+both!(kill_requests_round_trip);

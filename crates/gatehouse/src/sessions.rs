@@ -1,0 +1,436 @@
+//! `gatehouse sessions ...`: list, show, play, export, watch, kill.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use gatehouse_model::{parse_duration, Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_store::recordings::{valid_recording_id, LocalDir, RecordingStorage};
+use gatehouse_store::{QueryResult, Store};
+
+use crate::cli::{Format, SessionsCmd};
+
+/// SQL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Who runs the CLI, for `recording.access` and kill requests.
+fn operator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn print(result: &QueryResult, format: Format) {
+    let out = match format {
+        Format::Json => result.to_json(),
+        Format::Csv => result.to_csv(),
+        Format::Table | Format::Cast => result.to_table(),
+    };
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+}
+
+pub async fn run(
+    cmd: &SessionsCmd,
+    config: &Config,
+    store: &Store,
+    format: Format,
+) -> Result<ExitCode> {
+    match cmd {
+        SessionsCmd::List {
+            active,
+            user,
+            target,
+            since,
+        } => {
+            let mut filters = Vec::new();
+            if *active {
+                filters.push(match store.backend() {
+                    gatehouse_store::Backend::Sqlite => "active = 1".to_string(),
+                    gatehouse_store::Backend::Postgres => "active".to_string(),
+                });
+            }
+            if let Some(u) = user {
+                filters.push(format!("\"user\" = {}", lit(u)));
+            }
+            if let Some(t) = target {
+                filters.push(format!("target = {}", lit(t)));
+            }
+            if let Some(s) = since {
+                let d = parse_duration(s)?;
+                let from = chrono::Utc::now() - chrono::Duration::from_std(d)?;
+                filters.push(format!(
+                    "start_time >= {}",
+                    lit(&gatehouse_model::event::format_time(from))
+                ));
+            }
+            let where_ = if filters.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", filters.join(" AND "))
+            };
+            let sql = format!(
+                "SELECT session_id, \"user\", target, login, source_ip, start_time, end_time, duration_ms, exit_status, active FROM sessions {where_} ORDER BY start_time DESC"
+            );
+            print(&store.query_readonly(&sql).await?, format);
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCmd::Show { id } => show(store, id, format).await,
+        SessionsCmd::Export { id, output } => {
+            let rec = recording_id(store, id).await?;
+            let storage = LocalDir::new(config.recording.dir.clone());
+            let mut text = String::new();
+            storage
+                .open(&rec)
+                .with_context(|| format!("cannot open recording {}", storage.locate(&rec)))?
+                .read_to_string(&mut text)?;
+            let out = match format {
+                Format::Json => cast_to_json(&text)?,
+                _ => text,
+            };
+            audit_access(store, config, id, &rec, "export").await?;
+            match output {
+                Some(path) => std::fs::write(path, out)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{out}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCmd::Play {
+            id,
+            speed,
+            idle_limit,
+        } => {
+            let rec = recording_id(store, id).await?;
+            let storage = LocalDir::new(config.recording.dir.clone());
+            let file = storage
+                .open(&rec)
+                .with_context(|| format!("cannot open recording {}", storage.locate(&rec)))?;
+            audit_access(store, config, id, &rec, "play").await?;
+            if *speed <= 0.0 {
+                bail!("--speed must be greater than 0");
+            }
+            play(file, *speed, *idle_limit)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCmd::Watch { id } => {
+            let rec = recording_id(store, id).await?;
+            let storage = LocalDir::new(config.recording.dir.clone());
+            audit_access(store, config, id, &rec, "watch").await?;
+            watch(store, &storage, id, &rec).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCmd::Kill { id, reason } => {
+            let active = store
+                .query_readonly(&format!(
+                    "SELECT session_id FROM sessions WHERE session_id = {} AND end_time IS NULL",
+                    lit(id)
+                ))
+                .await?;
+            if active.rows.is_empty() {
+                bail!("no running session {id}; see `gatehouse sessions list --active`");
+            }
+            store.request_kill(id, reason, &operator()).await?;
+            // Wait (bounded) for the gateway to carry it out.
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if store
+                    .pending_kills()
+                    .await?
+                    .iter()
+                    .all(|k| k.session_id != *id)
+                {
+                    println!("killed session {id}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            bail!("the kill request for {id} is queued but no gateway has carried it out yet; is the gateway running?")
+        }
+    }
+}
+
+async fn show(store: &Store, id: &str, format: Format) -> Result<ExitCode> {
+    let meta = store
+        .query_readonly(&format!(
+            "SELECT * FROM sessions WHERE session_id = {}",
+            lit(id)
+        ))
+        .await?;
+    if meta.rows.is_empty() {
+        bail!("no session {id}; see `gatehouse sessions list`");
+    }
+    let commands = store
+        .query_readonly(&format!(
+            "SELECT time, source, command FROM commands WHERE session_id = {} ORDER BY time",
+            lit(id)
+        ))
+        .await?;
+    let transfers = store
+        .query_readonly(&format!(
+            "SELECT time, type, details FROM events WHERE session_id = {} AND (type LIKE 'sftp.%' OR type = 'scp' OR type LIKE 'port_forward.%') ORDER BY seq",
+            lit(id)
+        ))
+        .await?;
+    if format == Format::Json {
+        let obj = |r: &QueryResult| {
+            serde_json::from_str::<serde_json::Value>(&r.to_json()).unwrap_or_default()
+        };
+        let session = obj(&meta).get(0).cloned().unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({"session": session, "commands": obj(&commands), "transfers": obj(&transfers)})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, col) in meta.columns.iter().enumerate() {
+        let v = meta.rows[0].get(i).cloned().unwrap_or_default();
+        let text = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("{col:>16}: {text}");
+    }
+    println!("\ncommands:");
+    print(&commands, Format::Table);
+    println!("\ntransfers and forwards:");
+    print(&transfers, Format::Table);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The recording of a session: from its `session.end` event, or, while
+/// it runs, the session id itself.
+async fn recording_id(store: &Store, session: &str) -> Result<String> {
+    let r = store
+        .query_readonly(&format!(
+            "SELECT recording_id, end_time FROM sessions WHERE session_id = {}",
+            lit(session)
+        ))
+        .await?;
+    let Some(row) = r.rows.first() else {
+        bail!("no session {session}; see `gatehouse sessions list`");
+    };
+    let rec = match (row.first(), row.get(1)) {
+        (Some(serde_json::Value::String(id)), _) => id.clone(),
+        (_, Some(serde_json::Value::Null)) => session.to_string(),
+        _ => bail!("session {session} has no recording (it ran no shell or command)"),
+    };
+    if !valid_recording_id(&rec) {
+        bail!("session {session} names an invalid recording id {rec:?}");
+    }
+    Ok(rec)
+}
+
+async fn audit_access(
+    store: &Store,
+    config: &Config,
+    session: &str,
+    rec: &str,
+    action: &str,
+) -> Result<()> {
+    let ev = NewEvent::new(
+        EventType::RECORDING_ACCESS,
+        Severity::Info,
+        Outcome::Success,
+        &config.server.node,
+    )
+    .user(operator())
+    .session(session)
+    .details(serde_json::json!({"recording_id": rec, "action": action, "via": "cli"}));
+    store
+        .append(&ev)
+        .await
+        .context("cannot audit the recording access, so it is refused")?;
+    Ok(())
+}
+
+/// `{"header": {...}, "events": [[t, code, data], ...]}`.
+fn cast_to_json(text: &str) -> Result<String> {
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("{}"))
+        .context("the recording's header is not JSON: the file is corrupt")?;
+    let mut events = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => events.push(v),
+            // A crash can leave a partial last line: keep what is whole.
+            Err(_) => eprintln!(
+                "gatehouse: skipping unreadable line {} of the recording",
+                n + 2
+            ),
+        }
+    }
+    Ok(serde_json::json!({"header": header, "events": events}).to_string())
+}
+
+/// Replays `o` events with their timing. Space pauses, f skips 10 s
+/// ahead, q quits (when stdin is a terminal).
+fn play(file: Box<dyn Read + Send>, speed: f64, idle_limit: Option<f64>) -> Result<()> {
+    let keys = Keys::start();
+    let mut out = std::io::stdout();
+    let mut reader = BufReader::new(file);
+    let mut header = String::new();
+    reader.read_line(&mut header)?;
+    serde_json::from_str::<serde_json::Value>(&header)
+        .context("the recording's header is not JSON: the file is corrupt")?;
+    let mut last = 0.0f64;
+    let mut skip_until = 0.0f64;
+    let mut paused = false;
+    for line in reader.lines() {
+        let line = line?;
+        let Ok(ev) = serde_json::from_str::<(f64, String, String)>(&line) else {
+            continue;
+        };
+        let (t, code, data) = ev;
+        let mut gap = (t - last).max(0.0);
+        if let Some(limit) = idle_limit {
+            gap = gap.min(limit);
+        }
+        last = t;
+        if t > skip_until {
+            let mut remaining = gap / speed;
+            while remaining > 0.0 || paused {
+                match keys.poll() {
+                    Some(b' ') => paused = !paused,
+                    Some(b'f') => {
+                        skip_until = t + 10.0;
+                        paused = false;
+                        break;
+                    }
+                    Some(b'q') | Some(3) => return Ok(()),
+                    _ => {}
+                }
+                let step = remaining.clamp(0.0, 0.05);
+                std::thread::sleep(Duration::from_secs_f64(if paused { 0.05 } else { step }));
+                if !paused {
+                    remaining -= step;
+                }
+            }
+        }
+        if code == "o" {
+            out.write_all(data.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Follows a live recording until its session ends.
+async fn watch(store: &Store, storage: &LocalDir, session: &str, rec: &str) -> Result<()> {
+    let mut file = None;
+    for _ in 0..50 {
+        match storage.open(rec) {
+            Ok(f) => {
+                file = Some(f);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let Some(file) = file else {
+        bail!("recording {} does not exist (yet)", storage.locate(rec));
+    };
+    let mut reader = BufReader::new(file);
+    let mut out = std::io::stdout();
+    let mut partial = String::new();
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            let ended = store
+                .query_readonly(&format!(
+                    "SELECT end_time FROM sessions WHERE session_id = {} AND end_time IS NOT NULL",
+                    lit(session)
+                ))
+                .await?;
+            if !ended.rows.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        partial.push_str(&line);
+        if !partial.ends_with('\n') {
+            continue;
+        }
+        let whole = std::mem::take(&mut partial);
+        if first {
+            first = false;
+            continue;
+        }
+        if let Ok((_, code, data)) = serde_json::from_str::<(f64, String, String)>(whole.trim_end())
+        {
+            if code == "o" {
+                out.write_all(data.as_bytes())?;
+                out.flush()?;
+            }
+        }
+    }
+}
+
+/// Single keystrokes from a terminal stdin, read in the background.
+struct Keys {
+    rx: Option<std::sync::mpsc::Receiver<u8>>,
+    restore: Option<String>,
+}
+
+impl Keys {
+    fn start() -> Keys {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Keys {
+                rx: None,
+                restore: None,
+            };
+        }
+        let saved = std::process::Command::new("stty")
+            .arg("-g")
+            .stdin(std::process::Stdio::inherit())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let _ = std::process::Command::new("stty")
+            .args(["-icanon", "-echo", "min", "1"])
+            .stdin(std::process::Stdio::inherit())
+            .status();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            let mut stdin = std::io::stdin();
+            while let Ok(1) = stdin.read(&mut b) {
+                if tx.send(b[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        Keys {
+            rx: Some(rx),
+            restore: saved,
+        }
+    }
+
+    fn poll(&self) -> Option<u8> {
+        self.rx.as_ref().and_then(|r| r.try_recv().ok())
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.restore {
+            let _ = std::process::Command::new("stty")
+                .arg(saved)
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+    }
+}
