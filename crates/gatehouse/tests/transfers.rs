@@ -184,3 +184,88 @@ fn rsync_copies_a_tree_both_ways() {
         pattern(1_000_000, 5)
     );
 }
+
+#[test]
+fn sftp_and_scp_transfers_are_audited_per_file() {
+    let env = Env::start();
+    let d = env.dir.path();
+    let local = d.join("audit-src.bin");
+    std::fs::write(&local, pattern(100_000, 4)).unwrap();
+    let r = d.join("audit-remote");
+    std::fs::create_dir(&r).unwrap();
+    let batch = format!(
+        "put {l} {r}/a.bin\nrename {r}/a.bin {r}/b.bin\nmkdir {r}/sub\nrmdir {r}/sub\nrm {r}/b.bin\n-rm {r}/missing\n",
+        l = local.display(),
+        r = r.display()
+    );
+    let (cmd, _f) = env
+        .alice()
+        .with_user("alice:web01")
+        .sftp_batch(env.port, "127.0.0.1", &batch);
+    let out = kit::run(cmd, T).expect("sftp");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows = env.wait_rows(
+        "select type, result, details from events where type like 'sftp.%' and type <> 'sftp.open' order by seq",
+    );
+    let got: Vec<(String, String, serde_json::Value)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap_or("").to_string(),
+                r["result"].as_str().unwrap_or("").to_string(),
+                serde_json::from_str(r["details"].as_str().unwrap_or("{}")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    // `put` may add a setstat depending on the client's options.
+    let types: Vec<&str> = got
+        .iter()
+        .map(|g| g.0.as_str())
+        .filter(|t| *t != "sftp.setstat")
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "sftp.close",
+            "sftp.rename",
+            "sftp.mkdir",
+            "sftp.rmdir",
+            "sftp.remove",
+            "sftp.remove"
+        ]
+    );
+    let close = got
+        .iter()
+        .find(|g| g.0 == "sftp.close")
+        .expect("close event");
+    assert_eq!(close.2["bytes_written"], 100_000);
+    assert_eq!(close.2["path"], format!("{}/a.bin", r.display()));
+    let rename = got.iter().find(|g| g.0 == "sftp.rename").expect("rename");
+    assert_eq!(rename.2["target_path"], format!("{}/b.bin", r.display()));
+    let removes: Vec<&str> = got
+        .iter()
+        .filter(|g| g.0 == "sftp.remove")
+        .map(|g| g.1.as_str())
+        .collect();
+    assert_eq!(removes, vec!["success", "failure"]);
+
+    // Legacy scp both ways.
+    let out = kit::run(
+        env.alice().with_user("alice:web01").scp(
+            env.port,
+            &[
+                "-O",
+                local.to_str().unwrap(),
+                &format!("127.0.0.1:{}/", r.display()),
+            ],
+        ),
+        T,
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows = env.wait_rows("select details from events where type = 'scp'");
+    let v: serde_json::Value = serde_json::from_str(rows[0]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(v["direction"], "upload");
+    assert_eq!(v["size"], 100_000);
+    assert_eq!(v["path"], format!("{}/audit-src.bin", r.display()));
+}

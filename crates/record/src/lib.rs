@@ -6,3 +6,5 @@
 
 pub mod asciicast;
 pub mod capture;
+pub mod scp_ops;
+pub mod sftp_ops;

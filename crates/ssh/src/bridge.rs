@@ -259,8 +259,19 @@ pub(crate) async fn run_on_target(
         .await;
         return;
     }
+    // File-transfer protocols are audited per file, not recorded as bytes:
+    // bulk transfers must not balloon recordings.
+    let transfer_command = match &request {
+        Request::Exec(cmd) => {
+            let c = String::from_utf8_lossy(cmd);
+            gatehouse_record::scp_ops::ScpTracker::from_command(&c).is_some()
+                || c.trim_start().starts_with("rsync --server")
+        }
+        _ => false,
+    };
     let recorder = match &request {
         Request::Subsystem(_) => None,
+        Request::Exec(_) if transfer_command => None,
         Request::Shell | Request::Exec(_) => recorder::start(
             ctx.shared.clone(),
             ctx.state.clone(),
@@ -277,7 +288,36 @@ pub(crate) async fn run_on_target(
             },
         ),
     };
-    let outcome = pump(&ctx, channel, up, pty, recorder.as_ref()).await;
+    let transfers =
+        match &request {
+            Request::Subsystem(name) if name == "sftp" => Some(
+                crate::transfers::TransferAudit::sftp(&ctx.shared, &ctx.state, &ctx.auth),
+            ),
+            Request::Exec(cmd) => crate::transfers::TransferAudit::scp(
+                &String::from_utf8_lossy(cmd),
+                &ctx.shared,
+                &ctx.state,
+                &ctx.auth,
+            ),
+            _ => None,
+        };
+    let (transfers, transfer_writer) = match transfers {
+        Some((t, w)) => (Some(t), Some(w)),
+        None => (None, None),
+    };
+    let outcome = pump(
+        &ctx,
+        channel,
+        up,
+        pty,
+        recorder.as_ref(),
+        transfers.as_ref(),
+    )
+    .await;
+    drop(transfers);
+    if let Some(w) = transfer_writer {
+        let _ = w.await;
+    }
     if let Some(code) = outcome.exit_status {
         ctx.state.exit_status.store(code as i64, Ordering::Release);
     }
@@ -322,6 +362,7 @@ async fn pump(
     up: Channel<client::Msg>,
     pty: bool,
     rec: Option<&Recorder>,
+    transfers: Option<&crate::transfers::TransferAudit>,
 ) -> PumpOutcome {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
@@ -338,6 +379,9 @@ async fn pump(
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = rec {
                         r.input(&data).await;
+                    }
+                    if let Some(t) = transfers {
+                        t.client(&data).await;
                     }
                     up_tx.data_bytes(data).await
                 }
@@ -379,6 +423,9 @@ async fn pump(
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = rec {
                         r.output(&data).await;
+                    }
+                    if let Some(t) = transfers {
+                        t.server(&data).await;
                     }
                     user_tx.data_bytes(data).await
                 }

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod menu;
 pub mod recorder;
 pub mod server;
+mod transfers;
 pub mod upstream;
 
 use std::path::PathBuf;
