@@ -47,6 +47,38 @@ pub enum Command {
     /// Sessions: list, inspect, replay, export, watch, kill.
     #[command(subcommand)]
     Sessions(SessionsCmd),
+    /// Users: list, show, lock, unlock, second factors.
+    #[command(subcommand)]
+    Users(UsersCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// Users from the config, with their roles, MFA enrolment and locks.
+    List,
+    Show {
+        user: String,
+    },
+    /// Refuse new sessions and end the user's live ones.
+    Lock {
+        user: String,
+        #[arg(long, default_value = "locked by an administrator")]
+        reason: String,
+        /// Lift the lock automatically after this long (e.g. 1h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    Unlock {
+        user: String,
+    },
+    /// Create a TOTP secret: prints an otpauth:// URI and a QR code.
+    TotpEnroll {
+        user: String,
+    },
+    /// Remove the user's TOTP secret (they must enrol again).
+    TotpReset {
+        user: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

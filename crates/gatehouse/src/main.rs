@@ -4,6 +4,7 @@
 mod cli;
 mod init;
 mod sessions;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -141,6 +142,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Users(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            users::run(cmd, &config, &store, cli.format).await
         }
         Command::Sessions(cmd) => {
             let config = load_config(&path)?;

@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub targets: Vec<Target>,
     #[serde(default)]
     pub roles: Vec<Role>,
@@ -155,6 +157,11 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingConfig {
+    /// Record terminal and exec sessions at all. Exec commands, transfers
+    /// and session metadata are audited either way; interactive command
+    /// lines come from the recorder's terminal emulator and need it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     #[serde(default = "default_recording_dir")]
     pub dir: PathBuf,
     #[serde(default)]
@@ -175,6 +182,7 @@ fn default_true() -> bool {
 impl Default for RecordingConfig {
     fn default() -> Self {
         RecordingConfig {
+            enabled: true,
             dir: default_recording_dir(),
             url: None,
             input: true,
@@ -196,6 +204,27 @@ pub enum OnFailure {
 pub struct AuditConfig {
     #[serde(default)]
     pub on_failure: OnFailure,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key that seals TOTP secrets in the store (created when missing).
+    #[serde(default = "default_secrets_key")]
+    pub secrets_key: PathBuf,
+}
+
+fn default_secrets_key() -> PathBuf {
+    "data/secrets.key".into()
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secrets_key: default_secrets_key(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -617,6 +646,7 @@ impl Config {
             fix(ca);
         }
         fix(&mut self.recording.dir);
+        fix(&mut self.auth.secrets_key);
         for t in &mut self.targets {
             if let Some(k) = t.known_hosts.as_mut() {
                 fix(k);

@@ -64,6 +64,10 @@ impl EventType {
     pub const TARGET_UNREACHABLE: &'static str = "target.unreachable";
     pub const CONFIG_RELOAD: &'static str = "config.reload";
     pub const RECORDING_ACCESS: &'static str = "recording.access";
+    pub const USER_LOCKED: &'static str = "user.locked";
+    pub const USER_UNLOCKED: &'static str = "user.unlocked";
+    pub const MFA_ENROLLED: &'static str = "mfa.enrolled";
+    pub const MFA_RESET: &'static str = "mfa.reset";
     pub const GATEWAY_START: &'static str = "gateway.start";
     pub const GATEWAY_STOP: &'static str = "gateway.stop";
 }

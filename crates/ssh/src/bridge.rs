@@ -270,6 +270,7 @@ pub(crate) async fn run_on_target(
         _ => false,
     };
     let recorder = match &request {
+        _ if !ctx.auth.config.recording.enabled => None,
         Request::Subsystem(_) => None,
         Request::Exec(_) if transfer_command => None,
         Request::Shell | Request::Exec(_) => recorder::start(

@@ -112,6 +112,7 @@ impl Gateway {
         let upstream_key = load_private_key(&config.upstream.key, "upstream.key")?;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
+        methods.push(MethodKind::KeyboardInteractive);
         let server_config = server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-Gatehouse".into()),
             methods,
@@ -344,6 +345,7 @@ pub(crate) async fn serve_connection<S>(
         conn_id,
         permit,
         jump,
+        pending_mfa: None,
     };
     let grace =
         parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
@@ -664,6 +666,8 @@ pub(crate) struct Conn {
     permit: Option<OwnedSemaphorePermit>,
     /// Set for a connection served inside a ProxyJump channel.
     jump: Option<Jump>,
+    /// The user whose key was accepted, waiting for the second factor.
+    pending_mfa: Option<(String, String)>,
 }
 
 impl Conn {
@@ -843,61 +847,16 @@ impl Conn {
         Ok(())
     }
 
-    fn track_channel(&self, id: ChannelId) {
-        if let Ok(mut live) = self.shared.live.lock() {
-            if let Some(c) = live.get_mut(&self.conn_id) {
-                c.channels.push(id);
-            }
-        }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
-
-impl server::Handler for Conn {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        self.note_attempt(user);
-        Ok(Auth::reject())
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        let config = self.shared.config();
-        match self.key_matches(&config, user, offer.public_key) {
-            Ok(_) => Ok(Auth::Accept),
-            Err(reason) => {
-                let ev = self.failure_event(user, reason);
-                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
-                Ok(Auth::reject())
-            }
-        }
-    }
-
-    async fn auth_publickey(
+    /// Authentication is complete (key, and second factor when required):
+    /// decide, audit, and remember who this is.
+    async fn complete_auth(
         &mut self,
         raw_user: &str,
-        key: server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+        user: String,
+        key_fp: String,
+        mfa: bool,
+    ) -> Result<Auth, russh::Error> {
         let config = self.shared.config();
-        let user = match self.key_matches(&config, raw_user, key.public_key) {
-            Ok(u) => u,
-            Err(reason) => {
-                let ev = self.failure_event(raw_user, reason);
-                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
-                return Ok(Auth::reject());
-            }
-        };
         let node = config.server.node.clone();
         let (request, mut refusal) = match self.request(raw_user) {
             Ok(r) => (r, None),
@@ -923,7 +882,7 @@ impl server::Handler for Conn {
                 .or(request.login.clone()),
             decision: decision.clone(),
             refusal: None,
-            mfa: false,
+            mfa,
             config: config.clone(),
         };
         let ok = self
@@ -936,8 +895,8 @@ impl server::Handler for Conn {
                 &node,
             )
             .details(serde_json::json!({
-                "method": "publickey",
-                "key": fingerprint(key.public_key),
+                "method": if mfa { "publickey+totp" } else { "publickey" },
+                "key": key_fp,
                 "via": if self.jump.is_some() { "proxyjump" } else { "direct" },
             }));
         if let Err(e) = self.shared.audit.record(ok, config.audit.on_failure).await {
@@ -999,6 +958,179 @@ impl server::Handler for Conn {
             *slot = Some(auth);
         }
         Ok(Auth::Accept)
+    }
+
+    /// Refuses a locked user (with an `auth.failure` naming the lock).
+    async fn locked(&self, config: &Config, raw_user: &str, user: &str) -> Option<Auth> {
+        let lock = match self.shared.store.user_lock(user).await {
+            Ok(l) => l?,
+            Err(e) => {
+                let ev = self.failure_event(raw_user, format!("cannot check user locks: {e}"));
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                return Some(Auth::reject());
+            }
+        };
+        let ev = self.failure_event(raw_user, format!("user is locked: {}", lock.reason));
+        let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+        Some(Auth::reject())
+    }
+
+    fn track_channel(&self, id: ChannelId) {
+        if let Ok(mut live) = self.shared.live.lock() {
+            if let Some(c) = live.get_mut(&self.conn_id) {
+                c.channels.push(id);
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+impl server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.note_attempt(user);
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        match self.key_matches(&config, user, offer.public_key) {
+            Ok(_) => Ok(Auth::Accept),
+            Err(reason) => {
+                let ev = self.failure_event(user, reason);
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        raw_user: &str,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        let user = match self.key_matches(&config, raw_user, key.public_key) {
+            Ok(u) => u,
+            Err(reason) => {
+                let ev = self.failure_event(raw_user, reason);
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                return Ok(Auth::reject());
+            }
+        };
+        if let Some(refused) = self.locked(&config, raw_user, &user).await {
+            return Ok(refused);
+        }
+        let key_fp = fingerprint(key.public_key);
+        if mfa_required(&config, &user) {
+            // Partial success: the key is right, now the second factor
+            // (OpenSSH's AuthenticationMethods publickey,keyboard-interactive).
+            self.pending_mfa = Some((user, key_fp));
+            let mut next = MethodSet::empty();
+            next.push(MethodKind::KeyboardInteractive);
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(next),
+                partial_success: true,
+            });
+        }
+        self.complete_auth(raw_user, user, key_fp, false).await
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        raw_user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        let Some((user, key_fp)) = self.pending_mfa.clone() else {
+            // The second factor never stands alone.
+            return Ok(Auth::reject());
+        };
+        let kbd_only = || {
+            let mut m = MethodSet::empty();
+            m.push(MethodKind::KeyboardInteractive);
+            Some(m)
+        };
+        let enrolled = match self.shared.store.totp(&user).await {
+            Ok(t) => t,
+            Err(e) => {
+                let ev = self.failure_event(raw_user, format!("cannot read the TOTP secret: {e}"));
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                return Ok(Auth::reject());
+            }
+        };
+        let Some((sealed, _)) = enrolled else {
+            if response.is_none() {
+                return Ok(Auth::Partial {
+                    name: "Gatehouse".into(),
+                    instructions: format!(
+                        "Your role requires a second factor, but no authenticator is enrolled for {user}. Ask an administrator to run: gatehouse users totp-enroll {user}"
+                    )
+                    .into(),
+                    prompts: Vec::new().into(),
+                });
+            }
+            let ev = self.failure_event(
+                raw_user,
+                "MFA required but no TOTP authenticator is enrolled".into(),
+            );
+            let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+            return Ok(Auth::reject());
+        };
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: "Gatehouse".into(),
+                instructions: "".into(),
+                prompts: vec![("Verification code: ".into(), false)].into(),
+            });
+        };
+        let answer = response
+            .next()
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        let secret = match gatehouse_auth::SecretBox::load_or_create(&config.auth.secrets_key)
+            .and_then(|b| b.open(&sealed))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let ev = self.failure_event(raw_user, format!("cannot open the TOTP secret: {e}"));
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                return Ok(Auth::reject());
+            }
+        };
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let fresh = match gatehouse_auth::totp::verify(&secret, &answer, now) {
+            Some(step) => self
+                .shared
+                .store
+                .use_totp_step(&user, step as i64)
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        if !fresh {
+            let ev = self.failure_event(raw_user, "wrong or already used verification code".into());
+            let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+            return Ok(Auth::Reject {
+                proceed_with_methods: kbd_only(),
+                partial_success: false,
+            });
+        }
+        self.pending_mfa = None;
+        self.complete_auth(raw_user, user, key_fp, true).await
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -1220,6 +1352,19 @@ impl server::Handler for Conn {
     ) -> Result<bool, Self::Error> {
         Ok(false)
     }
+}
+
+/// Does any of the user's roles demand a second factor?
+fn mfa_required(config: &Config, user: &str) -> bool {
+    config
+        .user(user)
+        .map(|u| {
+            u.roles
+                .iter()
+                .filter_map(|r| config.role(r))
+                .any(|r| r.require_mfa)
+        })
+        .unwrap_or(false)
 }
 
 /// sshd's `AcceptEnv` matching: exact names, or a prefix ending in `*`.

@@ -8,6 +8,7 @@
 //! portable.
 
 mod format;
+mod identity;
 pub mod recordings;
 mod schema;
 
@@ -25,6 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
 
 pub use format::QueryResult;
+pub use identity::UserLock;
 
 /// The hash that the first event's `prev_hash` holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -38,6 +38,19 @@ pub const SQLITE: &[&str] = &[
         requested_at TEXT NOT NULL,
         done INTEGER NOT NULL DEFAULT 0
     )",
+    "CREATE TABLE IF NOT EXISTS totp_secrets (
+        user_name TEXT PRIMARY KEY,
+        sealed TEXT NOT NULL,
+        last_step INTEGER NOT NULL DEFAULT 0,
+        enrolled_at TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS user_locks (
+        user_name TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        locked_until TEXT,
+        locked_by TEXT NOT NULL,
+        locked_at TEXT NOT NULL
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -101,6 +114,19 @@ pub const POSTGRES: &[&str] = &[
         requested_by TEXT NOT NULL,
         requested_at TEXT NOT NULL,
         done BOOLEAN NOT NULL DEFAULT FALSE
+    )",
+    "CREATE TABLE IF NOT EXISTS totp_secrets (
+        user_name TEXT PRIMARY KEY,
+        sealed TEXT NOT NULL,
+        last_step BIGINT NOT NULL DEFAULT 0,
+        enrolled_at TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS user_locks (
+        user_name TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        locked_until TEXT,
+        locked_by TEXT NOT NULL,
+        locked_at TEXT NOT NULL
     )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,

@@ -380,3 +380,54 @@ async fn kill_requests_round_trip(db: Db) {
     db.done().await;
 }
 both!(kill_requests_round_trip);
+
+async fn totp_steps_are_single_use_and_locks_expire(db: Db) {
+    assert!(db.store.enroll_totp("alice", "sealed").await.unwrap());
+    assert!(
+        !db.store.enroll_totp("alice", "again").await.unwrap(),
+        "no silent re-enrolment"
+    );
+    assert_eq!(
+        db.store.totp("alice").await.unwrap(),
+        Some(("sealed".to_string(), 0))
+    );
+    assert!(db.store.use_totp_step("alice", 100).await.unwrap());
+    assert!(
+        !db.store.use_totp_step("alice", 100).await.unwrap(),
+        "replay"
+    );
+    assert!(
+        !db.store.use_totp_step("alice", 99).await.unwrap(),
+        "older step"
+    );
+    assert!(db.store.use_totp_step("alice", 101).await.unwrap());
+    assert!(db.store.reset_totp("alice").await.unwrap());
+    assert_eq!(db.store.totp("alice").await.unwrap(), None);
+
+    db.store
+        .lock_user("bob", "incident", None, "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.user_lock("bob").await.unwrap().map(|l| l.reason),
+        Some("incident".into())
+    );
+    db.store
+        .lock_user("bob", "expired", Some("2000-01-01T00:00:00.000Z"), "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.user_lock("bob").await.unwrap(),
+        None,
+        "an expired lock is not in force"
+    );
+    db.store
+        .lock_user("bob", "again", Some("2999-01-01T00:00:00.000Z"), "admin")
+        .await
+        .unwrap();
+    assert!(db.store.user_lock("bob").await.unwrap().is_some());
+    assert!(db.store.unlock_user("bob").await.unwrap());
+    assert_eq!(db.store.user_lock("bob").await.unwrap(), None);
+    db.done().await;
+}
+both!(totp_steps_are_single_use_and_locks_expire);

@@ -1,0 +1,523 @@
+//! `cargo run --release -p gatehouse-bench` (or `bench/run.sh`): measures,
+//! in one run on this machine, three paths to the same real sshd target:
+//! direct OpenSSH, OpenSSH ProxyJump through a second sshd, and OpenSSH
+//! through Gatehouse (recording on). Prints a table and one JSON line.
+//!
+//! Sizes are environment variables so that a quick run and a full run use
+//! the same code: GH_BENCH_BYTES (bulk bytes per run, default 1 GiB),
+//! GH_BENCH_RUNS (default 3), GH_BENCH_IDLE (idle sessions, default 200),
+//! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gatehouse_testkit::{self as kit, Sshd};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    target: Sshd,
+    _bastion: Sshd,
+    gateways: Vec<std::process::Child>,
+    gw_pid: u32,
+    gw_db: PathBuf,
+}
+
+const HOSTS: [&str; 3] = ["direct", "jump", "gatehouse"];
+
+fn gatehouse_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.with_file_name("gatehouse")
+}
+
+fn write_gateway_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    target: &Sshd,
+    login: &str,
+    user_pub: &str,
+    recording: bool,
+) -> PathBuf {
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+host_key = "host_ed25519"
+max_startups = 2000
+[upstream]
+key = "client_ed25519"
+[store]
+url = "sqlite://{name}.db"
+[recording]
+dir = "{name}-recordings"
+enabled = {recording}
+[[targets]]
+name = "web01"
+address = "{addr}"
+host_key = "{fp}"
+default_login = "{login}"
+[[roles]]
+name = "all"
+allow = [{{ targets = {{}}, logins = ["*"] }}]
+[[users]]
+name = "alice"
+keys = ["{user_pub}"]
+roles = ["all"]
+"#,
+        addr = target.address(),
+        fp = target.host_key_fingerprint,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).expect("write gateway config");
+    path
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let user = kit::keygen(d, "user").expect("keygen");
+    let upstream = kit::keygen(d, "client_ed25519").expect("keygen");
+    kit::keygen(d, "host_ed25519").expect("keygen");
+    let login = kit::current_login();
+    let target = Sshd::start(&[user.public_line.clone(), upstream.public_line.clone()])
+        .expect("target sshd");
+    let bastion = Sshd::start(std::slice::from_ref(&user.public_line)).expect("bastion sshd");
+    let mut gateways = Vec::new();
+    let mut ports = Vec::new();
+    for (name, recording) in [("gw", true), ("gwnorec", false)] {
+        let port = kit::free_port();
+        let cfg =
+            write_gateway_config(d, name, port, &target, &login, &user.public_line, recording);
+        let log = std::fs::File::create(d.join(format!("{name}.log"))).expect("log");
+        let child = Command::new(gatehouse_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("GATEHOUSE_LOG", "warn")
+            .stderr(log)
+            .spawn()
+            .expect("start gatehouse (build it: cargo build --release -p gatehouse)");
+        kit::wait_for_port(port, Duration::from_secs(20)).expect("gateway listening");
+        gateways.push(child);
+        ports.push(port);
+    }
+    let gw_pid = gateways[0].id();
+    let common = format!(
+        "    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n",
+        user.private.display()
+    );
+    for cipher in ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"] {
+        let c = format!("{common}    Ciphers {cipher}\n");
+        let text = format!(
+            "Host direct\n    HostName 127.0.0.1\n    Port {tp}\n    User {login}\n{c}\
+             Host bastion\n    HostName 127.0.0.1\n    Port {bp}\n    User {login}\n{c}\
+             Host jump\n    HostName 127.0.0.1\n    Port {tp}\n    User {login}\n    ProxyJump bastion\n{c}\
+             Host gatehouse\n    HostName 127.0.0.1\n    Port {gp}\n    User alice:web01\n{c}\
+             Host gatehouse-norec\n    HostName 127.0.0.1\n    Port {np}\n    User alice:web01\n{c}",
+            tp = target.port,
+            bp = bastion.port,
+            gp = ports[0],
+            np = ports[1],
+        );
+        std::fs::write(d.join(format!("ssh_config.{}", cipher_tag(cipher))), text)
+            .expect("ssh config");
+    }
+    Setup {
+        gw_db: d.join("gw.db"),
+        dir,
+        target,
+        _bastion: bastion,
+        gateways,
+        gw_pid,
+    }
+}
+
+fn cipher_tag(c: &str) -> &'static str {
+    if c.starts_with("chacha") {
+        "chacha20"
+    } else {
+        "aes256gcm"
+    }
+}
+
+impl Setup {
+    fn cfg(&self, cipher: &str) -> PathBuf {
+        self.dir.path().join(format!("ssh_config.{cipher}"))
+    }
+
+    fn ssh(&self, cipher: &str, host: &str, cmd: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-F").arg(self.cfg(cipher)).arg(host).arg(cmd);
+        c
+    }
+
+    /// Seconds to run `sh -c script` once.
+    fn time_sh(&self, script: &str) -> f64 {
+        let t = Instant::now();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .expect("sh");
+        assert!(status.success(), "benchmark step failed: {script}");
+        t.elapsed().as_secs_f64()
+    }
+
+    fn bulk(&self, cipher: &str, host: &str, bytes: u64, upload: bool, runs: u64) -> f64 {
+        let cfg = self.cfg(cipher);
+        let script = if upload {
+            format!(
+                "head -c {bytes} /dev/zero | ssh -F {} {host} 'cat > /dev/null'",
+                cfg.display()
+            )
+        } else {
+            format!(
+                "ssh -F {} {host} 'head -c {bytes} /dev/zero' > /dev/null",
+                cfg.display()
+            )
+        };
+        let mut rates: Vec<f64> = (0..runs)
+            .map(|_| bytes as f64 / self.time_sh(&script) / 1e6)
+            .collect();
+        median(&mut rates)
+    }
+
+    fn setup_ms(&self, host: &str) -> f64 {
+        let mut v: Vec<f64> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                let out = self.ssh("chacha20", host, "true").output().expect("ssh");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        median(&mut v)
+    }
+
+    /// Keystroke round trip through a remote pty running `cat` in raw
+    /// mode: write one byte, wait for it to come back.
+    fn keystroke(&self, host: &str, n: usize) -> (f64, f64) {
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(self.cfg("chacha20"))
+            .args(["-tt", host, "stty raw -echo; echo ready; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh -tt");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            let k = stdout.read(&mut b).expect("read");
+            assert!(k > 0, "pty closed");
+            seen.extend_from_slice(&b[..k]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let byte = b'a' + (i % 26) as u8;
+            let t = Instant::now();
+            stdin.write_all(&[byte]).expect("write");
+            stdin.flush().ok();
+            loop {
+                let k = stdout.read(&mut b).expect("read");
+                assert!(k > 0, "pty closed");
+                if b[..k].contains(&byte) {
+                    break;
+                }
+            }
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (median(&mut samples.clone()), percentile(&mut samples, 0.99))
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Idle interactive sessions through the gateway: RSS per session and CPU
+/// while idle.
+fn idle_sessions(s: &Setup, n: u64) -> (f64, f64) {
+    let before = rss_kib(s.gw_pid);
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let child = Command::new("ssh")
+            .arg("-F")
+            .arg(s.cfg("chacha20"))
+            .args(["-tt", "gatehouse", "exec sleep 600"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh");
+        clients.push(child);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let rss = rss_kib(s.gw_pid);
+    let t0 = cpu_ticks(s.gw_pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = cpu_ticks(s.gw_pid);
+    for mut c in clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let per = rss.saturating_sub(before) as f64 / n as f64;
+    // Clock ticks are 1/100 s: percent of one core over 10 s.
+    let cpu = (t1 - t0) as f64 / 10.0;
+    (per, cpu)
+}
+
+/// Appends to the audit chain through the store, as the gateway does.
+async fn ingest(events: u64) -> (f64, f64) {
+    use gatehouse_model::{NewEvent, Outcome, Severity};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = gatehouse_store::Store::open(&format!("sqlite://{}/i.db", dir.path().display()))
+        .await
+        .expect("store");
+    let t = Instant::now();
+    for i in 0..events {
+        let ev = NewEvent::new("command", Severity::Info, Outcome::Success, "bench")
+            .user(format!("user{}", i % 100))
+            .details(serde_json::json!({"command": "ls"}));
+        store.append(&ev).await.expect("append");
+    }
+    let sequential = events as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..events / 16 {
+                let ev = NewEvent::new("command", Severity::Info, Outcome::Success, "bench")
+                    .user(format!("user{}", (i + w) % 100));
+                store.append(&ev).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let concurrent = (events / 16 * 16) as f64 / t.elapsed().as_secs_f64();
+    (sequential, concurrent)
+}
+
+/// A user-and-time-range query over `rows` events (bulk-loaded).
+async fn query_bench(rows: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("q.db");
+    let store = gatehouse_store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("store");
+    store.close().await;
+    let load = format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows})
+         INSERT INTO audit_events (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash)
+         SELECT printf('%026d', x), strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + x / 10, 'unixepoch'), 'command', 'info',
+                'user' || (x % 1000), '10.0.0.1', 'n1', 's' || (x / 50), 'web01', 'deploy', 0, 'success', NULL,
+                '{{\"command\":\"ls\"}}', '', '' FROM c;"
+    );
+    let status = Command::new("sqlite3")
+        .arg(&db)
+        .arg(load)
+        .status()
+        .expect("sqlite3");
+    assert!(status.success());
+    let store = gatehouse_store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("store");
+    let sql = "SELECT time, type, target FROM events WHERE \"user\" = 'user42' AND time >= '2023-11-15T00:00:00Z' AND time < '2023-11-16T00:00:00Z' ORDER BY time";
+    let mut v: Vec<f64> = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = store.query_readonly(sql).await.expect("query");
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(!r.rows.is_empty() || rows < 1_000_000);
+    }
+    median(&mut v)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let bytes = env_u64("GH_BENCH_BYTES", 1 << 30);
+    let runs = env_u64("GH_BENCH_RUNS", 3);
+    let idle = env_u64("GH_BENCH_IDLE", 200);
+    let events = env_u64("GH_BENCH_EVENTS", 10_000_000);
+    let s = setup();
+    let mut json = serde_json::Map::new();
+    let mut table = String::new();
+    let row = |table: &mut String, name: &str, d: f64, j: f64, g: f64, unit: &str| {
+        table.push_str(&format!(
+            "{name:<34} {d:>10.1} {j:>10.1} {g:>10.1} {unit:<6} {:>7.2} {:>7.2}\n",
+            g / d,
+            g / j
+        ));
+    };
+    table.push_str(&format!(
+        "{:<34} {:>10} {:>10} {:>10} {:<6} {:>7} {:>7}\n",
+        "measure", "direct", "proxyjump", "gatehouse", "unit", "gh/dir", "gh/pj"
+    ));
+    for cipher in ["chacha20", "aes256gcm"] {
+        for upload in [false, true] {
+            let dir = if upload { "upload" } else { "download" };
+            let r: Vec<f64> = HOSTS
+                .iter()
+                .map(|h| s.bulk(cipher, h, bytes, upload, runs))
+                .collect();
+            let name = format!("bulk {dir} {cipher}");
+            row(&mut table, &name, r[0], r[1], r[2], "MB/s");
+            json.insert(
+                name.replace(' ', "_"),
+                serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
+            );
+        }
+    }
+    let r: Vec<f64> = HOSTS.iter().map(|h| s.setup_ms(h)).collect();
+    row(
+        &mut table,
+        "connection setup (median of 9)",
+        r[0],
+        r[1],
+        r[2],
+        "ms",
+    );
+    json.insert(
+        "setup_ms".into(),
+        serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
+    );
+    let k: Vec<(f64, f64)> = HOSTS.iter().map(|h| s.keystroke(h, 300)).collect();
+    row(
+        &mut table,
+        "keystroke round trip median",
+        k[0].0,
+        k[1].0,
+        k[2].0,
+        "ms",
+    );
+    row(
+        &mut table,
+        "keystroke round trip p99",
+        k[0].1,
+        k[1].1,
+        k[2].1,
+        "ms",
+    );
+    json.insert(
+        "keystroke_ms".into(),
+        serde_json::json!({"direct": k[0], "proxyjump": k[1], "gatehouse": k[2]}),
+    );
+
+    // Recording on vs off, same gateway build, same target.
+    let on = s.bulk("chacha20", "gatehouse", bytes, false, runs);
+    let off = s.bulk("chacha20", "gatehouse-norec", bytes, false, runs);
+    let pty_bytes = (bytes / 16).max(16 << 20);
+    let pty = |host: &str| {
+        let script = format!(
+            "ssh -F {} -tt {host} 'head -c {pty_bytes} /dev/urandom | base64 -w 200' > /dev/null",
+            s.cfg("chacha20").display()
+        );
+        let mut v: Vec<f64> = (0..runs)
+            .map(|_| pty_bytes as f64 * 1.35 / s.time_sh(&script) / 1e6)
+            .collect();
+        median(&mut v)
+    };
+    let pty_on = pty("gatehouse");
+    let pty_off = pty("gatehouse-norec");
+    table.push_str(&format!(
+        "recording on/off, exec stream       {on:>10.1} MB/s vs {off:>8.1} MB/s  ratio {:.3}\n",
+        on / off
+    ));
+    table.push_str(&format!(
+        "recording on/off, pty stream        {pty_on:>10.1} MB/s vs {pty_off:>8.1} MB/s  ratio {:.3}\n",
+        pty_on / pty_off
+    ));
+    json.insert("recording_ratio_exec".into(), serde_json::json!(on / off));
+    json.insert(
+        "recording_ratio_pty".into(),
+        serde_json::json!(pty_on / pty_off),
+    );
+
+    let (per_session, cpu) = idle_sessions(&s, idle);
+    table.push_str(&format!(
+        "{idle} idle sessions: gateway RSS {per_session:.0} KiB/session, CPU while idle {cpu:.1}% of a core\n"
+    ));
+    json.insert(
+        "idle_rss_kib_per_session".into(),
+        serde_json::json!(per_session),
+    );
+    json.insert("idle_cpu_percent".into(), serde_json::json!(cpu));
+
+    let (seq, conc) = ingest(2000).await;
+    table.push_str(&format!(
+        "audit ingest (SQLite, one commit per event): {seq:.0} events/s sequential, {conc:.0} events/s from 16 writers\n"
+    ));
+    json.insert(
+        "ingest_events_per_s".into(),
+        serde_json::json!({"sequential": seq, "concurrent16": conc}),
+    );
+    let q = query_bench(events).await;
+    table.push_str(&format!(
+        "query by user and day over {events} events: {q:.1} ms\n"
+    ));
+    json.insert(
+        "query_ms".into(),
+        serde_json::json!({"rows": events, "ms": q}),
+    );
+
+    let _ = s.gw_db.exists();
+    let _ = s.target.port;
+    println!("{table}");
+    println!("{}", serde_json::Value::Object(json));
+    for mut g in s.gateways {
+        let _ = g.kill();
+        let _ = g.wait();
+    }
+}

@@ -1,0 +1,130 @@
+//! Identity state kept in the store: TOTP secrets (sealed by the caller)
+//! with the last accepted time step, and user locks.
+
+use crate::{Backend, Pool, Store, StoreError};
+
+/// An active lock on a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLock {
+    pub reason: String,
+    /// RFC 3339; None = until unlocked.
+    pub until: Option<String>,
+    pub by: String,
+}
+
+/// `?N` for SQLite, `$N` for PostgreSQL.
+fn sql(backend: Backend, text: &str) -> String {
+    match backend {
+        Backend::Sqlite => text.to_string(),
+        Backend::Postgres => text.replace('?', "$"),
+    }
+}
+
+macro_rules! exec {
+    ($store:expr, $sql:expr $(, $arg:expr)*) => {{
+        let q = sql($store.backend(), $sql);
+        match &$store.inner.pool {
+            Pool::Sqlite { rw, .. } => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(rw).await?.rows_affected(),
+            Pool::Postgres(pg) => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(pg).await?.rows_affected(),
+        }
+    }};
+}
+
+macro_rules! fetch_opt {
+    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
+        let q = sql($store.backend(), $sql);
+        let r: Option<$ty> = match &$store.inner.pool {
+            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_optional(rw).await?,
+            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_optional(pg).await?,
+        };
+        r
+    }};
+}
+
+fn now() -> String {
+    gatehouse_model::event::format_time(chrono::Utc::now())
+}
+
+impl Store {
+    /// Stores a new sealed TOTP secret; false when the user already has one.
+    pub async fn enroll_totp(&self, user: &str, sealed: &str) -> Result<bool, StoreError> {
+        let n = exec!(
+            self,
+            "INSERT INTO totp_secrets (user_name, sealed, last_step, enrolled_at) VALUES (?1, ?2, 0, ?3) ON CONFLICT (user_name) DO NOTHING",
+            user,
+            sealed,
+            now()
+        );
+        Ok(n == 1)
+    }
+
+    /// The sealed secret and the last accepted step.
+    pub async fn totp(&self, user: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(fetch_opt!(
+            self,
+            (String, i64),
+            "SELECT sealed, last_step FROM totp_secrets WHERE user_name = ?1",
+            user
+        ))
+    }
+
+    /// Marks `step` used; false when it (or a later one) was used already,
+    /// which makes every code single-use even across gateway nodes.
+    pub async fn use_totp_step(&self, user: &str, step: i64) -> Result<bool, StoreError> {
+        let n = exec!(
+            self,
+            "UPDATE totp_secrets SET last_step = ?1 WHERE user_name = ?2 AND last_step < ?1",
+            step,
+            user
+        );
+        Ok(n == 1)
+    }
+
+    pub async fn reset_totp(&self, user: &str) -> Result<bool, StoreError> {
+        let n = exec!(self, "DELETE FROM totp_secrets WHERE user_name = ?1", user);
+        Ok(n == 1)
+    }
+
+    pub async fn lock_user(
+        &self,
+        user: &str,
+        reason: &str,
+        until: Option<&str>,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        exec!(
+            self,
+            "INSERT INTO user_locks (user_name, reason, locked_until, locked_by, locked_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (user_name) DO UPDATE SET reason = excluded.reason, locked_until = excluded.locked_until,
+             locked_by = excluded.locked_by, locked_at = excluded.locked_at",
+            user,
+            reason,
+            until,
+            by,
+            now()
+        );
+        Ok(())
+    }
+
+    pub async fn unlock_user(&self, user: &str) -> Result<bool, StoreError> {
+        let n = exec!(self, "DELETE FROM user_locks WHERE user_name = ?1", user);
+        Ok(n == 1)
+    }
+
+    /// The user's lock, if one is in force now.
+    pub async fn user_lock(&self, user: &str) -> Result<Option<UserLock>, StoreError> {
+        let row = fetch_opt!(
+            self,
+            (String, Option<String>, String),
+            "SELECT reason, locked_until, locked_by FROM user_locks WHERE user_name = ?1",
+            user
+        );
+        Ok(row.and_then(|(reason, until, by)| {
+            let expired = until
+                .as_deref()
+                .map(|u| u <= now().as_str())
+                .unwrap_or(false);
+            (!expired).then_some(UserLock { reason, until, by })
+        }))
+    }
+}
