@@ -6,7 +6,9 @@
 //! Sizes are environment variables so that a quick run and a full run use
 //! the same code: GH_BENCH_BYTES (bulk bytes per run, default 1 GiB),
 //! GH_BENCH_RUNS (default 3), GH_BENCH_IDLE (idle sessions, default 200),
-//! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million).
+//! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million),
+//! GH_BENCH_ONLY (comma-separated sections: bulk, setup, keys, recording,
+//! idle, audit; default all).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -316,7 +318,7 @@ fn idle_sessions(s: &Setup, n: u64) -> (f64, f64) {
 }
 
 /// Appends to the audit chain through the store, as the gateway does.
-async fn ingest(events: u64) -> (f64, f64) {
+async fn ingest(events: u64) -> (f64, f64, f64) {
     use gatehouse_model::{NewEvent, Outcome, Severity};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = gatehouse_store::Store::open(&format!("sqlite://{}/i.db", dir.path().display()))
@@ -346,7 +348,23 @@ async fn ingest(events: u64) -> (f64, f64) {
         t.await.expect("task");
     }
     let concurrent = (events / 16 * 16) as f64 / t.elapsed().as_secs_f64();
-    (sequential, concurrent)
+    // Bulk events (transfers, commands) in batches of 1000.
+    let total = 200_000u64;
+    let t = Instant::now();
+    for b in 0..total / 1000 {
+        let batch: Vec<NewEvent> = (0..1000)
+            .map(|i| {
+                NewEvent::new("sftp.close", Severity::Info, Outcome::Success, "bench")
+                    .user(format!("user{}", (b + i) % 100))
+                    .details(
+                        serde_json::json!({"path": "/srv/data/file.bin", "bytes_written": 1048576}),
+                    )
+            })
+            .collect();
+        store.append_batch(batch).await.expect("append batch");
+    }
+    let batched = total as f64 / t.elapsed().as_secs_f64();
+    (sequential, concurrent, batched)
 }
 
 /// A user-and-time-range query over `rows` events (bulk-loaded).
@@ -391,6 +409,8 @@ async fn main() {
     let runs = env_u64("GH_BENCH_RUNS", 3);
     let idle = env_u64("GH_BENCH_IDLE", 200);
     let events = env_u64("GH_BENCH_EVENTS", 10_000_000);
+    let only = std::env::var("GH_BENCH_ONLY").unwrap_or_default();
+    let want = |section: &str| only.is_empty() || only.split(',').any(|x| x.trim() == section);
     let s = setup();
     let mut json = serde_json::Map::new();
     let mut table = String::new();
@@ -406,6 +426,9 @@ async fn main() {
         "measure", "direct", "proxyjump", "gatehouse", "unit", "gh/dir", "gh/pj"
     ));
     for cipher in ["chacha20", "aes256gcm"] {
+        if !want("bulk") {
+            break;
+        }
         for upload in [false, true] {
             let dir = if upload { "upload" } else { "download" };
             let r: Vec<f64> = HOSTS
@@ -420,98 +443,104 @@ async fn main() {
             );
         }
     }
-    let r: Vec<f64> = HOSTS.iter().map(|h| s.setup_ms(h)).collect();
-    row(
-        &mut table,
-        "connection setup (median of 9)",
-        r[0],
-        r[1],
-        r[2],
-        "ms",
-    );
-    json.insert(
-        "setup_ms".into(),
-        serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
-    );
-    let k: Vec<(f64, f64)> = HOSTS.iter().map(|h| s.keystroke(h, 300)).collect();
-    row(
-        &mut table,
-        "keystroke round trip median",
-        k[0].0,
-        k[1].0,
-        k[2].0,
-        "ms",
-    );
-    row(
-        &mut table,
-        "keystroke round trip p99",
-        k[0].1,
-        k[1].1,
-        k[2].1,
-        "ms",
-    );
-    json.insert(
-        "keystroke_ms".into(),
-        serde_json::json!({"direct": k[0], "proxyjump": k[1], "gatehouse": k[2]}),
-    );
-
-    // Recording on vs off, same gateway build, same target.
-    let on = s.bulk("chacha20", "gatehouse", bytes, false, runs);
-    let off = s.bulk("chacha20", "gatehouse-norec", bytes, false, runs);
-    let pty_bytes = (bytes / 16).max(16 << 20);
-    let pty = |host: &str| {
-        let script = format!(
+    if want("setup") {
+        let r: Vec<f64> = HOSTS.iter().map(|h| s.setup_ms(h)).collect();
+        row(
+            &mut table,
+            "connection setup (median of 9)",
+            r[0],
+            r[1],
+            r[2],
+            "ms",
+        );
+        json.insert(
+            "setup_ms".into(),
+            serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
+        );
+    }
+    if want("keys") {
+        let k: Vec<(f64, f64)> = HOSTS.iter().map(|h| s.keystroke(h, 300)).collect();
+        row(
+            &mut table,
+            "keystroke round trip median",
+            k[0].0,
+            k[1].0,
+            k[2].0,
+            "ms",
+        );
+        row(
+            &mut table,
+            "keystroke round trip p99",
+            k[0].1,
+            k[1].1,
+            k[2].1,
+            "ms",
+        );
+        json.insert(
+            "keystroke_ms".into(),
+            serde_json::json!({"direct": k[0], "proxyjump": k[1], "gatehouse": k[2]}),
+        );
+    }
+    if want("recording") {
+        // Recording on vs off, same gateway build, same target.
+        let on = s.bulk("chacha20", "gatehouse", bytes, false, runs);
+        let off = s.bulk("chacha20", "gatehouse-norec", bytes, false, runs);
+        let pty_bytes = (bytes / 16).max(16 << 20);
+        let pty = |host: &str| {
+            let script = format!(
             "ssh -F {} -tt {host} 'head -c {pty_bytes} /dev/urandom | base64 -w 200' > /dev/null",
             s.cfg("chacha20").display()
         );
-        let mut v: Vec<f64> = (0..runs)
-            .map(|_| pty_bytes as f64 * 1.35 / s.time_sh(&script) / 1e6)
-            .collect();
-        median(&mut v)
-    };
-    let pty_on = pty("gatehouse");
-    let pty_off = pty("gatehouse-norec");
-    table.push_str(&format!(
-        "recording on/off, exec stream       {on:>10.1} MB/s vs {off:>8.1} MB/s  ratio {:.3}\n",
-        on / off
-    ));
-    table.push_str(&format!(
+            let mut v: Vec<f64> = (0..runs)
+                .map(|_| pty_bytes as f64 * 1.35 / s.time_sh(&script) / 1e6)
+                .collect();
+            median(&mut v)
+        };
+        let pty_on = pty("gatehouse");
+        let pty_off = pty("gatehouse-norec");
+        table.push_str(&format!(
+            "recording on/off, exec stream       {on:>10.1} MB/s vs {off:>8.1} MB/s  ratio {:.3}\n",
+            on / off
+        ));
+        table.push_str(&format!(
         "recording on/off, pty stream        {pty_on:>10.1} MB/s vs {pty_off:>8.1} MB/s  ratio {:.3}\n",
         pty_on / pty_off
     ));
-    json.insert("recording_ratio_exec".into(), serde_json::json!(on / off));
-    json.insert(
-        "recording_ratio_pty".into(),
-        serde_json::json!(pty_on / pty_off),
-    );
-
-    let (per_session, cpu) = idle_sessions(&s, idle);
-    table.push_str(&format!(
+        json.insert("recording_ratio_exec".into(), serde_json::json!(on / off));
+        json.insert(
+            "recording_ratio_pty".into(),
+            serde_json::json!(pty_on / pty_off),
+        );
+    }
+    if want("idle") {
+        let (per_session, cpu) = idle_sessions(&s, idle);
+        table.push_str(&format!(
         "{idle} idle sessions: gateway RSS {per_session:.0} KiB/session, CPU while idle {cpu:.1}% of a core\n"
     ));
-    json.insert(
-        "idle_rss_kib_per_session".into(),
-        serde_json::json!(per_session),
-    );
-    json.insert("idle_cpu_percent".into(), serde_json::json!(cpu));
-
-    let (seq, conc) = ingest(2000).await;
-    table.push_str(&format!(
-        "audit ingest (SQLite, one commit per event): {seq:.0} events/s sequential, {conc:.0} events/s from 16 writers\n"
+        json.insert(
+            "idle_rss_kib_per_session".into(),
+            serde_json::json!(per_session),
+        );
+        json.insert("idle_cpu_percent".into(), serde_json::json!(cpu));
+    }
+    if want("audit") {
+        let (seq, conc, batched) = ingest(2000).await;
+        table.push_str(&format!(
+        "audit ingest (SQLite, chain + indexes, fsync per commit): {seq:.0} events/s one writer, {conc:.0} events/s 16 writers (group commit), {batched:.0} events/s in batches of 1000\n"
     ));
-    json.insert(
-        "ingest_events_per_s".into(),
-        serde_json::json!({"sequential": seq, "concurrent16": conc}),
-    );
-    let q = query_bench(events).await;
-    table.push_str(&format!(
-        "query by user and day over {events} events: {q:.1} ms\n"
-    ));
-    json.insert(
-        "query_ms".into(),
-        serde_json::json!({"rows": events, "ms": q}),
-    );
-
+        json.insert(
+            "ingest_events_per_s".into(),
+            serde_json::json!({"sequential": seq, "concurrent16": conc, "batch1000": batched}),
+        );
+        let q = query_bench(events).await;
+        table.push_str(&format!(
+            "query by user and day over {events} events: {q:.1} ms\n"
+        ));
+        json.insert(
+            "query_ms".into(),
+            serde_json::json!({"rows": events, "ms": q}),
+        );
+    }
     let _ = s.gw_db.exists();
     let _ = s.target.port;
     println!("{table}");

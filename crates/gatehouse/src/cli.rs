@@ -160,5 +160,12 @@ pub enum AuditCmd {
     Tail {
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: i64,
+        /// Keep printing new events as they are written.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events matching every FIELD=VALUE (VALUE may end in `*`),
+        /// e.g. "type=auth.* user=alice".
+        #[arg(long)]
+        filter: Option<String>,
     },
 }

@@ -115,6 +115,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
             let report = store.verify_chain().await?;
+            let checkpoints = if config.audit.signing_key.exists() {
+                let signer = gatehouse_store::Signer::load_or_create(&config.audit.signing_key)?;
+                Some(store.verify_checkpoints(&signer.public_key_hex()).await?)
+            } else {
+                None
+            };
+            if report.first_bad.is_none() {
+                if let Some(problem) = checkpoints.as_ref().and_then(|c| c.problem.clone()) {
+                    if cli.format == Format::Json {
+                        println!("{}", serde_json::json!({"ok": false, "problem": problem}));
+                    } else {
+                        println!("FAILED: {problem}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            }
             match report.first_bad {
                 None => {
                     if cli.format == Format::Json {
@@ -123,7 +139,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             serde_json::json!({"ok": true, "events_checked": report.events_checked})
                         );
                     } else {
-                        println!("OK: {} events, hash chain intact", report.events_checked);
+                        let signed = checkpoints
+                            .as_ref()
+                            .map(|c| format!(", {} signed checkpoints valid", c.checked))
+                            .unwrap_or_else(|| {
+                                ", no signing key found: checkpoints not checked".into()
+                            });
+                        println!(
+                            "OK: {} events, hash chain intact{signed}",
+                            report.events_checked
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -153,15 +178,82 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let store = open_store(&config).await?;
             sessions::run(cmd, &config, &store, cli.format).await
         }
-        Command::Audit(AuditCmd::Tail { lines }) => {
+        Command::Audit(AuditCmd::Tail {
+            lines,
+            follow,
+            filter,
+        }) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
-            for ev in store.recent_events(*lines).await? {
-                println!("{}", serde_json::to_string(&ev)?);
+            let filter = tail_filter(filter.as_deref())?;
+            let head = store.head_seq().await?;
+            // Find where the last `lines` matching events start.
+            let mut from = 0;
+            let mut shown = Vec::new();
+            loop {
+                let batch = store.events_after(from, 10_000).await?;
+                let Some((last, _)) = batch.last() else { break };
+                from = *last;
+                for (seq, ev) in batch {
+                    if matches_filter(&ev, &filter) {
+                        shown.push((seq, ev));
+                        if shown.len() as i64 > *lines {
+                            shown.remove(0);
+                        }
+                    }
+                }
+                if from >= head {
+                    break;
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            for (_, ev) in &shown {
+                println!("{}", serde_json::to_string(ev)?);
+            }
+            if !*follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut seq = from.max(head);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                for (s, ev) in store.events_after(seq, 1000).await? {
+                    seq = s;
+                    if matches_filter(&ev, &filter) {
+                        println!("{}", serde_json::to_string(&ev)?);
+                    }
+                }
+            }
         }
     }
+}
+
+/// `FIELD=VALUE` pairs for `audit tail --filter`.
+fn tail_filter(expr: Option<&str>) -> Result<Vec<(String, String)>> {
+    let Some(expr) = expr else {
+        return Ok(Vec::new());
+    };
+    expr.split_whitespace()
+        .map(|part| {
+            let (k, v) = part.split_once('=').with_context(|| {
+                format!("bad filter {part:?}: write FIELD=VALUE, e.g. type=auth.failure")
+            })?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn matches_filter(ev: &gatehouse_model::event::Event, filter: &[(String, String)]) -> bool {
+    let v = serde_json::to_value(ev).unwrap_or_default();
+    filter.iter().all(|(k, want)| {
+        let have = match v.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        match want.strip_suffix('*') {
+            Some(prefix) => have.starts_with(prefix),
+            None => &have == want,
+        }
+    })
 }
 
 fn check(path: &Path, format: Format) -> Result<ExitCode> {
@@ -302,6 +394,9 @@ fn explain(
 
 async fn serve(path: &Path) -> Result<ExitCode> {
     init_logging();
+    // Before anything listens: a SIGHUP that arrives early must reload,
+    // not kill the process (the default action).
+    let signal_streams = Signals::install()?;
     let config = load_config(path)?;
     std::fs::create_dir_all(&config.recording.dir).with_context(|| {
         format!(
@@ -312,6 +407,10 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let store = open_store(&config).await?;
     let node = config.server.node.clone();
     let on_failure = config.audit.on_failure;
+    let signing_key = config.audit.signing_key.clone();
+    let checkpoint_every = gatehouse_model::parse_duration(&config.audit.checkpoint_interval)
+        .unwrap_or(std::time::Duration::from_secs(60))
+        .max(std::time::Duration::from_secs(1));
     let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;
     let addr = gateway.local_addr()?;
     let handle = gateway.handle();
@@ -331,13 +430,31 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     tracing::info!(%addr, "listening");
 
     let signals = tokio::spawn(handle_signals(
+        signal_streams,
         handle.clone(),
         path.to_path_buf(),
         store.clone(),
         node.clone(),
     ));
+    let signer = std::sync::Arc::new(
+        gatehouse_store::Signer::load_or_create(&signing_key)
+            .context("cannot load the audit signing key")?,
+    );
+    let checkpoints = {
+        let (store, signer) = (store.clone(), signer.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(checkpoint_every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.checkpoint(&signer).await {
+                    tracing::warn!(error = %e, "cannot write an audit checkpoint");
+                }
+            }
+        })
+    };
     gateway.run().await?;
     signals.abort();
+    checkpoints.abort();
     let stop = NewEvent::new(
         EventType::GATEWAY_STOP,
         Severity::Info,
@@ -345,27 +462,54 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         &node,
     );
     let _ = store.append(&stop).await;
+    let _ = store.checkpoint(&signer).await;
     store.close().await;
     eprintln!("gatehouse: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Result<Signals> {
+        Ok(Signals)
+    }
+}
+
+#[cfg(unix)]
 async fn handle_signals(
+    signals: Signals,
     handle: gatehouse_ssh::GatewayHandle,
     path: PathBuf,
     store: Store,
     node: String,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { handle.shutdown("the gateway is shutting down"); return; }
@@ -394,6 +538,7 @@ async fn handle_signals(
 
 #[cfg(not(unix))]
 async fn handle_signals(
+    _signals: Signals,
     handle: gatehouse_ssh::GatewayHandle,
     _path: PathBuf,
     _store: Store,

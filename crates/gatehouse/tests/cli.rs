@@ -173,6 +173,7 @@ fn policy_explain_prints_the_decision_and_the_rule() {
 fn audit_query_is_read_only_and_formats_output() {
     let env = Env::start();
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
     let before = env.query("select count(*) as n from events")[0]["n"]
         .as_i64()
         .unwrap();
@@ -214,4 +215,110 @@ fn audit_query_is_read_only_and_formats_output() {
     let out = env.gatehouse(&["audit", "query", "select nonsense from nowhere"]);
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn audit_verify_detects_tampering_and_a_truncated_tail() {
+    let mut env = Env::start();
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo one"]).code,
+        Some(0)
+    );
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    // A clean stop signs the chain's head.
+    assert!(env.stop_gateway().expect("stopped").success());
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stdout(&out).contains("hash chain intact")
+            && stdout(&out).contains("signed checkpoints valid"),
+        "{}",
+        stdout(&out)
+    );
+
+    let db = env.dir.path().join("gatehouse.db");
+    let sql = |q: &str| {
+        let s = Command::new("sqlite3")
+            .arg(&db)
+            .arg(q)
+            .status()
+            .expect("sqlite3");
+        assert!(s.success());
+    };
+    // Cut the tail: the chain is still consistent, the checkpoint is not.
+    sql("DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)");
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(1));
+    assert!(stdout(&out).contains("truncated"), "{}", stdout(&out));
+
+    // Edit an event in the middle: verify names it.
+    let id: String = {
+        let o = Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT id FROM audit_events WHERE type = 'command'")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    sql(&format!(
+        "UPDATE audit_events SET details = '{{\"command\":\"innocent\"}}' WHERE id = '{id}'"
+    ));
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("modified"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn audit_tail_filters_and_follows() {
+    let env = Env::start();
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let out = env.gatehouse(&[
+        "audit",
+        "tail",
+        "-n",
+        "50",
+        "--filter",
+        "type=auth.* user=alice",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines
+        .iter()
+        .all(|e| e["type"].as_str().unwrap().starts_with("auth.") && e["user"] == "alice"));
+
+    let mut follow = Command::new(gatehouse_bin());
+    follow
+        .arg("--config")
+        .arg(&env.config_path)
+        .args([
+            "audit",
+            "tail",
+            "-n",
+            "0",
+            "--follow",
+            "--filter",
+            "type=command",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut child = follow.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo followed"]).code,
+        Some(0)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("echo followed"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
 }

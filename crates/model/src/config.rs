@@ -199,11 +199,35 @@ pub enum OnFailure {
     Continue,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// ed25519 key that signs checkpoints of the hash chain (created when
+    /// missing). Keep it out of the database's reach.
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    /// How often the chain's head is signed.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
+}
+
+fn default_signing_key() -> PathBuf {
+    "data/audit_signing.key".into()
+}
+fn default_checkpoint_interval() -> String {
+    "60s".into()
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            on_failure: OnFailure::default(),
+            signing_key: default_signing_key(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
 }
 
 /// Authentication settings.
@@ -441,6 +465,15 @@ impl Config {
         if self.server.max_startups == 0 {
             err("server.max_startups".into(), "must be at least 1".into());
         }
+        if parse_duration(&self.audit.checkpoint_interval).is_err() {
+            err(
+                "audit.checkpoint_interval".into(),
+                format!(
+                    "invalid duration {:?}; write e.g. \"60s\"",
+                    self.audit.checkpoint_interval
+                ),
+            );
+        }
         if parse_duration(&self.upstream.connect_timeout).is_err() {
             err(
                 "upstream.connect_timeout".into(),
@@ -647,6 +680,7 @@ impl Config {
         }
         fix(&mut self.recording.dir);
         fix(&mut self.auth.secrets_key);
+        fix(&mut self.audit.signing_key);
         for t in &mut self.targets {
             if let Some(k) = t.known_hosts.as_mut() {
                 fix(k);

@@ -18,6 +18,11 @@ use std::num::NonZeroU16;
 
 /// The most scrollback-free rows/cols accepted (bounds memory).
 const MAX_DIM: u16 = 1000;
+/// Output since the last keystroke beyond which the emulator stops
+/// parsing every byte and keeps only the tail (see [`LineCapture::output`]).
+const LAZY_AFTER: usize = 256 * 1024;
+/// How much output tail is kept in lazy mode: enough to redraw any screen.
+const TAIL: usize = 64 * 1024;
 
 pub struct LineCapture {
     parser: vt100::Parser,
@@ -27,6 +32,12 @@ pub struct LineCapture {
     submits: usize,
     /// A line ended with `\`, waiting for its continuation.
     partial: String,
+    /// Output bytes since the user last typed.
+    since_input: usize,
+    /// Bulk output mode: the tail of the output, not yet parsed.
+    lazy: Option<Vec<u8>>,
+    /// Alternate screen state seen while lazy.
+    lazy_alt: bool,
 }
 
 fn dim(v: u32, default: u16) -> NonZeroU16 {
@@ -43,6 +54,9 @@ impl LineCapture {
             prompt: None,
             submits: 0,
             partial: String::new(),
+            since_input: 0,
+            lazy: None,
+            lazy_alt: false,
         }
     }
 
@@ -56,6 +70,8 @@ impl LineCapture {
 
     /// Keystrokes from the user.
     pub fn input(&mut self, data: &[u8]) {
+        self.since_input = 0;
+        self.wake();
         if self.alternate() {
             self.prompt = None;
             self.submits = 0;
@@ -80,7 +96,32 @@ impl LineCapture {
 
     /// Output from the target. Returns the command lines the shell
     /// accepted in this chunk, in order.
+    ///
+    /// Bulk output (a large `cat`, a build log) is not parsed byte by byte:
+    /// after [`LAZY_AFTER`] bytes without a keystroke only the last
+    /// [`TAIL`] bytes are kept, and replayed into a fresh screen when the
+    /// user types again. The screen then looks as it would have; only
+    /// switches to and from the alternate screen are tracked throughout.
     pub fn output(&mut self, data: &[u8]) -> Vec<String> {
+        self.since_input = self.since_input.saturating_add(data.len());
+        if self.submits == 0 {
+            if self.lazy.is_none() && self.since_input > LAZY_AFTER {
+                self.lazy_alt = self.alternate();
+                self.lazy = Some(Vec::with_capacity(TAIL * 2));
+            }
+            if let Some(tail) = self.lazy.as_mut() {
+                if let Some(alt) = last_alt_switch(data) {
+                    self.lazy_alt = alt;
+                }
+                tail.extend_from_slice(data);
+                if tail.len() > TAIL * 2 {
+                    let cut = tail.len() - TAIL;
+                    tail.drain(..cut);
+                }
+                return Vec::new();
+            }
+        }
+        self.wake();
         let mut commands = Vec::new();
         let mut rest = data;
         while self.submits > 0 {
@@ -108,6 +149,33 @@ impl LineCapture {
         }
         self.parser.process(rest);
         commands
+    }
+
+    /// Leaves lazy mode: redraw the screen from the kept tail.
+    fn wake(&mut self) {
+        let Some(tail) = self.lazy.take() else { return };
+        let (rows, cols) = self.parser.screen().size();
+        self.parser = vt100::Parser::new(rows, cols, 0);
+        // When the tail was cut, start at a line boundary so that no
+        // escape sequence is cut in half.
+        let skip = tail.len().saturating_sub(TAIL);
+        let from = if skip == 0 {
+            0
+        } else {
+            tail[skip..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| skip + i + 1)
+                .unwrap_or(skip)
+        };
+        self.parser.process(&tail[from..]);
+        if self.lazy_alt != self.alternate() {
+            self.parser.process(if self.lazy_alt {
+                b"\x1b[?1049h"
+            } else {
+                b"\x1b[?1049l"
+            });
+        }
     }
 
     fn left_of_cursor(&self) -> String {
@@ -145,6 +213,28 @@ impl LineCapture {
         }
         strip_common_prompt(&line)
     }
+}
+
+/// The last switch to (`true`) or from (`false`) the alternate screen in
+/// `data`, if any (`ESC [ ? 1049|1047|47 h|l`).
+fn last_alt_switch(data: &[u8]) -> Option<bool> {
+    let mut found = None;
+    let mut i = 0;
+    while let Some(p) = data[i..].iter().position(|&b| b == 0x1b) {
+        let at = i + p;
+        let rest = &data[at..];
+        for code in [&b"\x1b[?1049"[..], b"\x1b[?1047", b"\x1b[?47"] {
+            if rest.starts_with(code) {
+                match rest.get(code.len()) {
+                    Some(b'h') => found = Some(true),
+                    Some(b'l') => found = Some(false),
+                    _ => {}
+                }
+            }
+        }
+        i = at + 1;
+    }
+    found
 }
 
 /// Fallback when the prompt was not seen (typed ahead or pasted): drop
@@ -239,6 +329,41 @@ mod tests {
             ("ls\r", "ls\r\n$ "),
         ]);
         assert_eq!(cmds, vec!["vim x", "ls"]);
+    }
+
+    #[test]
+    fn bulk_output_is_not_parsed_but_the_next_line_is_still_exact() {
+        let mut big = String::new();
+        for i in 0..20_000 {
+            big.push_str(&format!("line {i} of a long log\r\n"));
+        }
+        big.push_str("$ ");
+        let cmds = run(&[
+            ("", "$ "),
+            ("cat log\r", &format!("cat log\r\n{big}")),
+            ("echo after\r", "echo after\r\nafter\r\n$ "),
+        ]);
+        assert_eq!(cmds, vec!["cat log", "echo after"]);
+    }
+
+    #[test]
+    fn bulk_output_inside_a_full_screen_program_keeps_it_full_screen() {
+        let mut c = LineCapture::new(80, 24);
+        c.output(b"$ ");
+        c.input(b"top\r");
+        c.output(b"top\r\n\x1b[?1049h");
+        let frame = "\x1b[H".to_string() + &"x".repeat(2000);
+        for _ in 0..300 {
+            assert!(c.output(frame.as_bytes()).is_empty());
+        }
+        c.input(b"q\r");
+        assert!(
+            c.output(b"\r\n").is_empty(),
+            "keys typed in top are not commands"
+        );
+        c.output(b"\x1b[?1049l$ ");
+        c.input(b"ls\r");
+        assert_eq!(c.output(b"ls\r\n$ "), vec!["ls"]);
     }
 
     #[test]

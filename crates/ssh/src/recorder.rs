@@ -140,7 +140,7 @@ pub(crate) fn start(
         },
     };
     let hashing = Hashing {
-        inner: std::io::BufWriter::with_capacity(64 * 1024, file),
+        inner: std::io::BufWriter::with_capacity(16 * 1024, file),
         hash: Sha256::new(),
         bytes: 0,
     };

@@ -185,8 +185,22 @@ pub struct Upstream {
         tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<russh::Channel<client::Msg>>>>,
 }
 
+/// The gateway's own leg prefers AES-256-GCM, which runs on the CPU's AES
+/// instructions, over ChaCha20-Poly1305: the user's leg already costs
+/// whatever cipher their client picked, so this leg should be the cheap one.
+const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 pub fn client_config() -> Arc<client::Config> {
     Arc::new(client::Config {
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(UPSTREAM_CIPHERS),
+            ..Default::default()
+        },
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 4,

@@ -7,6 +7,7 @@
 //! queries people write in `gatehouse audit query` and in runbooks are
 //! portable.
 
+mod checkpoint;
 mod format;
 mod identity;
 pub mod recordings;
@@ -25,6 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
 
+pub use checkpoint::{CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::UserLock;
 
@@ -83,12 +85,22 @@ enum Pool {
     Postgres(PgPool),
 }
 
+type Waiting = (
+    Vec<NewEvent>,
+    tokio::sync::oneshot::Sender<Result<Vec<Event>, StoreError>>,
+);
+
 struct Inner {
     pool: Pool,
     /// Serialises appends within this process so the chain never forks.
     /// PostgreSQL additionally takes an advisory lock per append so that
     /// several gateway nodes cannot fork it either.
     append: tokio::sync::Mutex<()>,
+    /// Appends waiting for the current commit to finish. Whoever takes the
+    /// lock next commits all of them in one transaction (group commit):
+    /// every caller still returns only once its event is durable, but
+    /// concurrent callers share one fsync.
+    queue: std::sync::Mutex<Vec<Waiting>>,
 }
 
 #[derive(Clone)]
@@ -190,6 +202,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 append: tokio::sync::Mutex::new(()),
+                queue: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -203,97 +216,99 @@ impl Store {
 
     /// Appends `ev` to the chain and commits before returning.
     pub async fn append(&self, ev: &NewEvent) -> Result<Event, StoreError> {
-        let _guard = self.inner.append.lock().await;
-        let details =
-            serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
-        match &self.inner.pool {
-            Pool::Sqlite { rw, .. } => {
-                let mut conn = rw.acquire().await?;
-                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-                let result = async {
-                    let prev: Option<String> = sqlx::query_scalar(
-                        "SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                    )
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let prev = prev.unwrap_or_else(|| GENESIS.to_string());
-                    let hash = chain_hash(ev, &prev);
-                    sqlx::query(schema::SQLITE_INSERT)
-                        .bind(&ev.id)
-                        .bind(&ev.time)
-                        .bind(&ev.kind)
-                        .bind(ev.severity.as_str())
-                        .bind(&ev.user)
-                        .bind(&ev.source_ip)
-                        .bind(&ev.node)
-                        .bind(&ev.session_id)
-                        .bind(&ev.target)
-                        .bind(&ev.login)
-                        .bind(ev.mfa)
-                        .bind(ev.result.as_str())
-                        .bind(&ev.reason)
-                        .bind(&details)
-                        .bind(&prev)
-                        .bind(&hash)
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok::<_, sqlx::Error>((prev, hash))
+        let mut events = self.append_batch(vec![ev.clone()]).await?;
+        events
+            .pop()
+            .ok_or_else(|| StoreError::Query("the store returned no event".into()))
+    }
+
+    /// Appends `events` in order, in one transaction with whatever other
+    /// appends are waiting, and commits before returning.
+    pub async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .queue
+            .lock()
+            .map_err(|_| StoreError::Query("append queue poisoned".into()))?
+            .push((events, tx));
+        loop {
+            tokio::select! {
+                reply = &mut rx => {
+                    return reply.map_err(|_| StoreError::Query("the committing task went away".into()))?;
                 }
-                .await;
-                match result {
-                    Ok((prev_hash, hash)) => {
-                        sqlx::query("COMMIT").execute(&mut *conn).await?;
-                        Ok(Event {
-                            event: ev.clone(),
-                            prev_hash,
-                            hash,
-                        })
+                guard = self.inner.append.lock() => {
+                    let batch: Vec<Waiting> = self
+                        .inner
+                        .queue
+                        .lock()
+                        .map(|mut q| std::mem::take(&mut *q))
+                        .unwrap_or_default();
+                    if !batch.is_empty() {
+                        self.commit(batch).await;
                     }
-                    Err(e) => {
-                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                        Err(e.into())
-                    }
+                    drop(guard);
                 }
-            }
-            Pool::Postgres(pg) => {
-                let mut tx = pg.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PG_APPEND_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                let prev: Option<String> =
-                    sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let prev = prev.unwrap_or_else(|| GENESIS.to_string());
-                let hash = chain_hash(ev, &prev);
-                sqlx::query(schema::POSTGRES_INSERT)
-                    .bind(&ev.id)
-                    .bind(&ev.time)
-                    .bind(&ev.kind)
-                    .bind(ev.severity.as_str())
-                    .bind(&ev.user)
-                    .bind(&ev.source_ip)
-                    .bind(&ev.node)
-                    .bind(&ev.session_id)
-                    .bind(&ev.target)
-                    .bind(&ev.login)
-                    .bind(ev.mfa)
-                    .bind(ev.result.as_str())
-                    .bind(&ev.reason)
-                    .bind(&details)
-                    .bind(&prev)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Event {
-                    event: ev.clone(),
-                    prev_hash: prev,
-                    hash,
-                })
             }
         }
+    }
+
+    /// Writes every waiting append in one transaction and answers each.
+    async fn commit(&self, batch: Vec<Waiting>) {
+        let all: Vec<&NewEvent> = batch.iter().flat_map(|(evs, _)| evs.iter()).collect();
+        let result = match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => commit_sqlite(rw, &all).await,
+            Pool::Postgres(pg) => commit_postgres(pg, &all).await,
+        };
+        match result {
+            Ok(stored) => {
+                let mut stored = stored.into_iter();
+                for (evs, reply) in batch {
+                    let mine: Vec<Event> = stored.by_ref().take(evs.len()).collect();
+                    let _ = reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Query(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Events after `seq` in chain order (at most `limit`), with their seq.
+    pub async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM audit_events WHERE seq > {seq} ORDER BY seq LIMIT {}",
+            self.select_columns(),
+            limit.max(0)
+        );
+        self.fetch_events(&sql)
+            .await?
+            .into_iter()
+            .map(|(s, e)| e.map(|e| (s, e)))
+            .collect()
+    }
+
+    /// The seq of the newest event (0 when empty).
+    pub async fn head_seq(&self) -> Result<i64, StoreError> {
+        let n: Option<i64> = match &self.inner.pool {
+            Pool::Sqlite { rw, .. } => {
+                sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
+                    .fetch_one(rw)
+                    .await?
+            }
+            Pool::Postgres(pg) => {
+                sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
+                    .fetch_one(pg)
+                    .await?
+            }
+        };
+        Ok(n.unwrap_or(0))
     }
 
     /// The latest `limit` events, oldest first.
@@ -554,6 +569,108 @@ impl Store {
             Pool::Postgres(pg) => pg.close().await,
         }
     }
+}
+
+fn chained(events: &[&NewEvent], mut prev: String) -> Result<Vec<(Event, String)>, StoreError> {
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        let hash = chain_hash(ev, &prev);
+        let details =
+            serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
+        out.push((
+            Event {
+                event: (*ev).clone(),
+                prev_hash: prev,
+                hash: hash.clone(),
+            },
+            details,
+        ));
+        prev = hash;
+    }
+    Ok(out)
+}
+
+async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
+    let mut conn = rw.acquire().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result = async {
+        let prev: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await?;
+        let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
+        for (e, details) in &rows {
+            let ev = &e.event;
+            sqlx::query(schema::SQLITE_INSERT)
+                .bind(&ev.id)
+                .bind(&ev.time)
+                .bind(&ev.kind)
+                .bind(ev.severity.as_str())
+                .bind(&ev.user)
+                .bind(&ev.source_ip)
+                .bind(&ev.node)
+                .bind(&ev.session_id)
+                .bind(&ev.target)
+                .bind(&ev.login)
+                .bind(ev.mfa)
+                .bind(ev.result.as_str())
+                .bind(&ev.reason)
+                .bind(details)
+                .bind(&e.prev_hash)
+                .bind(&e.hash)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
+    }
+    .await;
+    match result {
+        Ok(events) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(events)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
+    let mut tx = pg.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PG_APPEND_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let prev: Option<String> =
+        sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
+    for (e, details) in &rows {
+        let ev = &e.event;
+        sqlx::query(schema::POSTGRES_INSERT)
+            .bind(&ev.id)
+            .bind(&ev.time)
+            .bind(&ev.kind)
+            .bind(ev.severity.as_str())
+            .bind(&ev.user)
+            .bind(&ev.source_ip)
+            .bind(&ev.node)
+            .bind(&ev.session_id)
+            .bind(&ev.target)
+            .bind(&ev.login)
+            .bind(ev.mfa)
+            .bind(ev.result.as_str())
+            .bind(&ev.reason)
+            .bind(details)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|(e, _)| e).collect())
 }
 
 /// Hides a password in a URL before it goes into a message.

@@ -51,6 +51,12 @@ pub const SQLITE: &[&str] = &[
         locked_by TEXT NOT NULL,
         locked_at TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        time TEXT NOT NULL,
+        signature TEXT NOT NULL
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -127,6 +133,12 @@ pub const POSTGRES: &[&str] = &[
         locked_until TEXT,
         locked_by TEXT NOT NULL,
         locked_at TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq BIGINT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        time TEXT NOT NULL,
+        signature TEXT NOT NULL
     )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,

@@ -431,3 +431,54 @@ async fn totp_steps_are_single_use_and_locks_expire(db: Db) {
     db.done().await;
 }
 both!(totp_steps_are_single_use_and_locks_expire);
+
+async fn a_batch_is_one_unbroken_stretch_of_the_chain(db: Db) {
+    let first = db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let batch: Vec<NewEvent> = (0..500).map(|_| ev(EventType::COMMAND)).collect();
+    let stored = db.store.append_batch(batch.clone()).await.unwrap();
+    assert_eq!(stored.len(), 500);
+    assert_eq!(stored[0].prev_hash, first.hash);
+    assert_eq!(stored[0].event, batch[0]);
+    assert_eq!(stored[499].event, batch[499]);
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!((report.events_checked, report.first_bad), (501, None));
+    db.done().await;
+}
+both!(a_batch_is_one_unbroken_stretch_of_the_chain);
+
+async fn checkpoints_detect_a_truncated_tail(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer::load_or_create(&dir.path().join("sign.key")).unwrap();
+    let events = seed(&db).await;
+    assert_eq!(db.store.checkpoint(&signer).await.unwrap(), Some(4));
+    let ok = db
+        .store
+        .verify_checkpoints(&signer.public_key_hex())
+        .await
+        .unwrap();
+    assert_eq!((ok.checked, ok.problem), (1, None));
+    // The chain alone cannot see a cut tail...
+    db.tamper(&format!(
+        "DELETE FROM audit_events WHERE id = '{}'",
+        events[3].event.id
+    ))
+    .await;
+    assert_eq!(db.store.verify_chain().await.unwrap().first_bad, None);
+    // ...the signed checkpoint can.
+    let bad = db
+        .store
+        .verify_checkpoints(&signer.public_key_hex())
+        .await
+        .unwrap();
+    assert!(bad.problem.unwrap().contains("truncated"));
+    // A checkpoint forged with another key is refused.
+    let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
+    let bad = db
+        .store
+        .verify_checkpoints(&other.public_key_hex())
+        .await
+        .unwrap();
+    assert!(bad.problem.unwrap().contains("invalid signature"));
+    db.done().await;
+}
+both!(checkpoints_detect_a_truncated_tail);
