@@ -98,7 +98,7 @@ pub enum SessionsCmd {
     },
     /// Metadata, commands and transfers of one session.
     Show { id: String },
-    /// Replay the terminal recording (space: pause, f: skip ahead 10s, q: quit).
+    /// Replay the terminal recording (space: pause, f: 10 s ahead, b: 10 s back, q: quit).
     Play {
         id: String,
         #[arg(long, default_value_t = 1.0)]

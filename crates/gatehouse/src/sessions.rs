@@ -109,14 +109,17 @@ pub async fn run(
         } => {
             let rec = recording_id(store, id).await?;
             let storage = LocalDir::new(config.recording.dir.clone());
-            let file = storage
-                .open(&rec)
-                .with_context(|| format!("cannot open recording {}", storage.locate(&rec)))?;
+            let open = || -> Result<Box<dyn Read + Send>> {
+                storage
+                    .open(&rec)
+                    .with_context(|| format!("cannot open recording {}", storage.locate(&rec)))
+            };
+            drop(open()?);
             audit_access(store, config, id, &rec, "play").await?;
             if *speed <= 0.0 {
                 bail!("--speed must be greater than 0");
             }
-            play(file, *speed, *idle_limit)?;
+            play(&open, *speed, *idle_limit)?;
             Ok(ExitCode::SUCCESS)
         }
         SessionsCmd::Watch { id } => {
@@ -272,56 +275,71 @@ fn cast_to_json(text: &str) -> Result<String> {
     Ok(serde_json::json!({"header": header, "events": events}).to_string())
 }
 
-/// Replays `o` events with their timing. Space pauses, f skips 10 s
-/// ahead, q quits (when stdin is a terminal).
-fn play(file: Box<dyn Read + Send>, speed: f64, idle_limit: Option<f64>) -> Result<()> {
+/// Replays `o` events with their timing. Keys (when stdin is a
+/// terminal): space pauses, `f` skips 10 s ahead, `b` goes 10 s back
+/// (the screen is redrawn from the start up to that point), q quits.
+fn play(
+    open: &dyn Fn() -> Result<Box<dyn Read + Send>>,
+    speed: f64,
+    idle_limit: Option<f64>,
+) -> Result<()> {
     let keys = Keys::start();
     let mut out = std::io::stdout();
-    let mut reader = BufReader::new(file);
-    let mut header = String::new();
-    reader.read_line(&mut header)?;
-    serde_json::from_str::<serde_json::Value>(&header)
-        .context("the recording's header is not JSON: the file is corrupt")?;
-    let mut last = 0.0f64;
+    // Recording time up to which output is written without waiting.
     let mut skip_until = 0.0f64;
-    let mut paused = false;
-    for line in reader.lines() {
-        let line = line?;
-        let Ok(ev) = serde_json::from_str::<(f64, String, String)>(&line) else {
-            continue;
-        };
-        let (t, code, data) = ev;
-        let mut gap = (t - last).max(0.0);
-        if let Some(limit) = idle_limit {
-            gap = gap.min(limit);
-        }
-        last = t;
-        if t > skip_until {
-            let mut remaining = gap / speed;
-            while remaining > 0.0 || paused {
-                match keys.poll() {
-                    Some(b' ') => paused = !paused,
-                    Some(b'f') => {
-                        skip_until = t + 10.0;
-                        paused = false;
-                        break;
+    'replay: loop {
+        let mut reader = BufReader::new(open()?);
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        serde_json::from_str::<serde_json::Value>(&header)
+            .context("the recording's header is not JSON: the file is corrupt")?;
+        let mut last = 0.0f64;
+        let mut paused = false;
+        for line in reader.lines() {
+            let line = line?;
+            let Ok((t, code, data)) = serde_json::from_str::<(f64, String, String)>(&line) else {
+                continue;
+            };
+            let mut gap = (t - last).max(0.0);
+            if let Some(limit) = idle_limit {
+                gap = gap.min(limit);
+            }
+            let prev = last;
+            last = t;
+            if t > skip_until {
+                let mut remaining = gap / speed;
+                while remaining > 0.0 || paused {
+                    match keys.poll() {
+                        Some(b' ') => paused = !paused,
+                        Some(b'f') => {
+                            skip_until = t + 10.0;
+                            paused = false;
+                            break;
+                        }
+                        Some(b'b') => {
+                            // Back from where playback is now, mid-pause.
+                            let position = prev + (gap - remaining * speed).max(0.0);
+                            skip_until = (position - 10.0).max(0.0);
+                            out.write_all(b"\x1b[0m\x1b[2J\x1b[H")?;
+                            continue 'replay;
+                        }
+                        Some(b'q') | Some(3) => return Ok(()),
+                        _ => {}
                     }
-                    Some(b'q') | Some(3) => return Ok(()),
-                    _ => {}
-                }
-                let step = remaining.clamp(0.0, 0.05);
-                std::thread::sleep(Duration::from_secs_f64(if paused { 0.05 } else { step }));
-                if !paused {
-                    remaining -= step;
+                    let step = remaining.clamp(0.0, 0.05);
+                    std::thread::sleep(Duration::from_secs_f64(if paused { 0.05 } else { step }));
+                    if !paused {
+                        remaining -= step;
+                    }
                 }
             }
+            if code == "o" {
+                out.write_all(data.as_bytes())?;
+                out.flush()?;
+            }
         }
-        if code == "o" {
-            out.write_all(data.as_bytes())?;
-            out.flush()?;
-        }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// Follows a live recording until its session ends.

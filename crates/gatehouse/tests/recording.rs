@@ -312,3 +312,66 @@ fn a_recording_survives_a_gateway_crash_up_to_the_last_flush() {
         String::from_utf8_lossy(&played.stderr)
     );
 }
+
+#[test]
+fn play_keys_pause_skip_ahead_and_go_back() {
+    let env = Env::start();
+    let out = env.ssh(
+        "alice:web01@127.0.0.1",
+        &["echo FIRST-$((1+1)); sleep 0.3; echo SECOND-$((2+2)); sleep 0.3; echo THIRD-$((3+3))"],
+    );
+    assert_eq!(out.code, Some(0));
+    let sid = session_id(&env);
+    let rows = env.wait_rows(&format!(
+        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
+    ));
+    let rec = rows[0]["recording_id"].as_str().unwrap().to_string();
+    // Stretch the pauses between the three lines to two minutes each.
+    let file = env
+        .dir
+        .path()
+        .join("recordings")
+        .join(format!("{rec}.cast"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut stretched = String::new();
+    let mut seen = 0.0;
+    for (i, line) in text.lines().enumerate() {
+        if i == 0 {
+            stretched.push_str(line);
+        } else {
+            let (t, code, data): (f64, String, String) = serde_json::from_str(line).unwrap();
+            let t = t + 120.0 * seen;
+            seen += data.matches("-2\n").count() as f64 + data.matches("-4\n").count() as f64;
+            stretched.push_str(&serde_json::to_string(&(t, code, data)).unwrap());
+        }
+        stretched.push('\n');
+    }
+    std::fs::write(&file, stretched).unwrap();
+
+    let tmux = Tmux::start(&format!(
+        "{} --config {} sessions play {sid}",
+        gatehouse_bin(),
+        env.config_path.display()
+    ))
+    .unwrap();
+    tmux.wait_for("FIRST-2", W).unwrap();
+    // f: skip ahead over the two-minute pause.
+    tmux.send_keys(&["f"]).unwrap();
+    tmux.wait_for("SECOND-4", W).unwrap();
+    // b: back 10 s: the screen is redrawn up to before SECOND.
+    tmux.send_keys(&["b"]).unwrap();
+    let mut redrawn = false;
+    for _ in 0..100 {
+        let screen = tmux.capture().unwrap();
+        if screen.contains("FIRST-2") && !screen.contains("SECOND-4") {
+            redrawn = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(redrawn, "after b: {}", tmux.capture().unwrap());
+    // space pauses, q quits.
+    tmux.send_keys(&["Space"]).unwrap();
+    tmux.send_keys(&["q"]).unwrap();
+    tmux.wait_for("Pane is dead", W).unwrap();
+}
