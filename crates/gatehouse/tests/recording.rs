@@ -370,8 +370,35 @@ fn play_keys_pause_skip_ahead_and_go_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(redrawn, "after b: {}", tmux.capture().unwrap());
-    // space pauses, q quits.
-    tmux.send_keys(&["Space"]).unwrap();
+    drop(tmux);
+    // q quits during a pause.
+    let tmux = Tmux::start(&format!(
+        "{} --config {} sessions play {sid}",
+        gatehouse_bin(),
+        env.config_path.display()
+    ))
+    .unwrap();
+    tmux.wait_for("FIRST-2", W).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     tmux.send_keys(&["q"]).unwrap();
-    tmux.wait_for("Pane is dead", W).unwrap();
+    let running = || {
+        std::process::Command::new("pgrep")
+            // Anchored, so that tmux's own command line does not match.
+            .args([
+                "-f",
+                &format!("^{} --config .* sessions play {sid}", gatehouse_bin()),
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let mut quit = false;
+    for _ in 0..200 {
+        if !running() {
+            quit = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(quit, "q did not quit; screen: {}", tmux.capture().unwrap());
 }
