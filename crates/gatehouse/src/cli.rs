@@ -50,6 +50,26 @@ pub enum Command {
     /// Users: list, show, lock, unlock, second factors.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Runbooks: read-only SQL with parameters and actions.
+    #[command(subcommand)]
+    Runbook(RunbookCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunbookCmd {
+    /// Built-in runbooks and those in [runbooks] dir.
+    List,
+    /// The runbook's description, parameters, SQL and actions.
+    Show { name: String },
+    /// Show the rows and the actions it would take; --apply takes them.
+    Run {
+        name: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod init;
+mod runbooks;
 mod sessions;
 mod users;
 
@@ -168,6 +169,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Runbook(cmd) => {
+            let config = load_config(&path)?;
+            runbooks::run(cmd, &config, cli.format, || open_store(&config)).await
+        }
         Command::Users(cmd) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
@@ -303,11 +308,15 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             }
         }
     }
+    if let Err(errors) = gatehouse_audit::runbook::load_all(Some(&config.runbooks.dir)) {
+        for e in errors {
+            problems.push(format!("runbook {e}"));
+        }
+    }
     let mut warnings = Vec::new();
     for (key, present) in [
         ("sinks", config.sinks.is_some()),
         ("alerts", config.alerts.is_some()),
-        ("runbooks", config.runbooks.is_some()),
     ] {
         if present {
             warnings.push(format!(

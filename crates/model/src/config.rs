@@ -43,8 +43,8 @@ pub struct Config {
     pub sinks: Option<toml::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<toml::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runbooks: Option<toml::Value>,
+    #[serde(default)]
+    pub runbooks: RunbooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,6 +226,26 @@ impl Default for AuditConfig {
             on_failure: OnFailure::default(),
             signing_key: default_signing_key(),
             checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[runbooks] dir`: a directory of runbook files, added to the built-ins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunbooksConfig {
+    #[serde(default = "default_runbooks_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_runbooks_dir() -> PathBuf {
+    "runbooks".into()
+}
+
+impl Default for RunbooksConfig {
+    fn default() -> Self {
+        RunbooksConfig {
+            dir: default_runbooks_dir(),
         }
     }
 }
@@ -681,6 +701,7 @@ impl Config {
         fix(&mut self.recording.dir);
         fix(&mut self.auth.secrets_key);
         fix(&mut self.audit.signing_key);
+        fix(&mut self.runbooks.dir);
         for t in &mut self.targets {
             if let Some(k) = t.known_hosts.as_mut() {
                 fix(k);

@@ -68,6 +68,9 @@ impl EventType {
     pub const USER_UNLOCKED: &'static str = "user.unlocked";
     pub const MFA_ENROLLED: &'static str = "mfa.enrolled";
     pub const MFA_RESET: &'static str = "mfa.reset";
+    pub const RUNBOOK_RUN: &'static str = "runbook.run";
+    pub const SOURCE_BLOCKED: &'static str = "source.blocked";
+    pub const ALERT: &'static str = "alert";
     pub const GATEWAY_START: &'static str = "gateway.start";
     pub const GATEWAY_STOP: &'static str = "gateway.stop";
 }

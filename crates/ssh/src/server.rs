@@ -337,6 +337,16 @@ pub(crate) async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if jump.is_none() {
+        match shared.store.source_blocked(&peer.ip().to_string()).await {
+            Ok(Some(reason)) => {
+                tracing::info!(%peer, %reason, "connection from a blocked source dropped");
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check source blocks"),
+        }
+    }
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(ConnState::new(conn_id, peer));
     let handler = Conn {

@@ -106,6 +106,35 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses connections from `ip` until `until` (RFC 3339).
+    pub async fn block_source(
+        &self,
+        ip: &str,
+        until: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        exec!(
+            self,
+            "INSERT INTO source_blocks (source_ip, blocked_until, reason) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source_ip) DO UPDATE SET blocked_until = excluded.blocked_until, reason = excluded.reason",
+            ip,
+            until,
+            reason
+        );
+        Ok(())
+    }
+
+    /// The reason `ip` is blocked now, if it is.
+    pub async fn source_blocked(&self, ip: &str) -> Result<Option<String>, StoreError> {
+        let row = fetch_opt!(
+            self,
+            (String, String),
+            "SELECT blocked_until, reason FROM source_blocks WHERE source_ip = ?1",
+            ip
+        );
+        Ok(row.and_then(|(until, reason)| (until.as_str() > now().as_str()).then_some(reason)))
+    }
+
     pub async fn unlock_user(&self, user: &str) -> Result<bool, StoreError> {
         let n = exec!(self, "DELETE FROM user_locks WHERE user_name = ?1", user);
         Ok(n == 1)

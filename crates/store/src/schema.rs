@@ -57,6 +57,11 @@ pub const SQLITE: &[&str] = &[
         time TEXT NOT NULL,
         signature TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS source_blocks (
+        source_ip TEXT PRIMARY KEY,
+        blocked_until TEXT NOT NULL,
+        reason TEXT NOT NULL
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -139,6 +144,11 @@ pub const POSTGRES: &[&str] = &[
         hash TEXT NOT NULL,
         time TEXT NOT NULL,
         signature TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS source_blocks (
+        source_ip TEXT PRIMARY KEY,
+        blocked_until TEXT NOT NULL,
+        reason TEXT NOT NULL
     )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,

@@ -482,3 +482,26 @@ async fn checkpoints_detect_a_truncated_tail(db: Db) {
     db.done().await;
 }
 both!(checkpoints_detect_a_truncated_tail);
+
+async fn source_blocks_expire(db: Db) {
+    assert_eq!(db.store.source_blocked("10.0.0.9").await.unwrap(), None);
+    db.store
+        .block_source("10.0.0.9", "2999-01-01T00:00:00.000Z", "surge")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .source_blocked("10.0.0.9")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("surge")
+    );
+    db.store
+        .block_source("10.0.0.9", "2000-01-01T00:00:00.000Z", "old")
+        .await
+        .unwrap();
+    assert_eq!(db.store.source_blocked("10.0.0.9").await.unwrap(), None);
+    db.done().await;
+}
+both!(source_blocks_expire);
