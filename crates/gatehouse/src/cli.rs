@@ -53,6 +53,23 @@ pub enum Command {
     /// Runbooks: read-only SQL with parameters and actions.
     #[command(subcommand)]
     Runbook(RunbookCmd),
+    /// Just-in-time approval requests.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// Pending requests.
+    List,
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

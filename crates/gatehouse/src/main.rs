@@ -1,6 +1,7 @@
 //! The `gatehouse` binary: parses the command line, loads the config and
 //! wires the libraries together. The only crate that uses `anyhow`.
 
+mod approvals;
 mod cli;
 mod init;
 mod runbooks;
@@ -168,6 +169,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Approvals(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            approvals::run(cmd, &config, &store, cli.format).await
         }
         Command::Runbook(cmd) => {
             let config = load_config(&path)?;

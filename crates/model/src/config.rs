@@ -70,6 +70,13 @@ pub struct ServerConfig {
     /// Time allowed to authenticate (OpenSSH's LoginGraceTime).
     #[serde(default = "default_login_grace")]
     pub login_grace_time: String,
+    /// How long a session waits for a just-in-time approval.
+    #[serde(default = "default_approval_wait")]
+    pub approval_wait: String,
+}
+
+fn default_approval_wait() -> String {
+    "10m".into()
 }
 
 fn default_listen() -> String {
@@ -101,6 +108,7 @@ impl Default for ServerConfig {
             accept_env: default_accept_env(),
             max_startups: default_max_startups(),
             login_grace_time: default_login_grace(),
+            approval_wait: default_approval_wait(),
         }
     }
 }
@@ -479,6 +487,15 @@ impl Config {
                 format!(
                     "invalid duration {:?}; write e.g. \"60s\"",
                     self.server.login_grace_time
+                ),
+            );
+        }
+        if parse_duration(&self.server.approval_wait).is_err() {
+            err(
+                "server.approval_wait".into(),
+                format!(
+                    "invalid duration {:?}; write e.g. \"10m\"",
+                    self.server.approval_wait
                 ),
             );
         }

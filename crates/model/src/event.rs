@@ -71,6 +71,10 @@ impl EventType {
     pub const RUNBOOK_RUN: &'static str = "runbook.run";
     pub const SOURCE_BLOCKED: &'static str = "source.blocked";
     pub const ALERT: &'static str = "alert";
+    pub const APPROVAL_REQUESTED: &'static str = "approval.requested";
+    pub const APPROVAL_GRANTED: &'static str = "approval.granted";
+    pub const APPROVAL_DENIED: &'static str = "approval.denied";
+    pub const APPROVAL_EXPIRED: &'static str = "approval.expired";
     pub const GATEWAY_START: &'static str = "gateway.start";
     pub const GATEWAY_STOP: &'static str = "gateway.stop";
 }

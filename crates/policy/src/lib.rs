@@ -373,6 +373,14 @@ pub fn reachable(cfg: &Config, user: &str) -> Vec<Reachable> {
         .collect()
 }
 
+/// May `approver` decide a request whose rule names `approver_roles`?
+/// (Never their own request: the caller checks that.)
+pub fn can_approve(cfg: &Config, approver: &str, approver_roles: &[String]) -> bool {
+    cfg.user(approver)
+        .map(|u| u.roles.iter().any(|r| approver_roles.contains(r)))
+        .unwrap_or(false)
+}
+
 /// A command refused by a role's `deny = [{ commands = [...] }]` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandDenial {

@@ -152,13 +152,21 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
 }
 
 /// Authorises `request` and runs it on the session's target.
+/// Authorises `request` and runs it on the session's target.
 pub(crate) async fn run_on_target(
     ctx: ChannelCtx,
-    channel: Channel<Msg>,
+    mut channel: Channel<Msg>,
     setup: Setup,
     request: Request,
 ) {
     let pty = setup.pty.is_some();
+    // Stdin may end while the session waits; pass that on afterwards.
+    let mut eof_while_waiting = false;
+    if ctx.auth.approval.is_some()
+        && !wait_for_approval(&ctx, &mut channel, pty, &mut eof_while_waiting).await
+    {
+        return;
+    }
     let node = ctx.shared.node();
     let on_failure = ctx.auth.config.audit.on_failure;
     if let Request::Exec(cmd) = &request {
@@ -243,10 +251,14 @@ pub(crate) async fn run_on_target(
             spawn_agent_bridge(&ctx, upstream.clone()).await;
         }
         match &request {
-            Request::Shell => up.request_shell(true).await,
-            Request::Exec(cmd) => up.exec(true, cmd.clone()).await,
-            Request::Subsystem(name) => up.request_subsystem(true, name.clone()).await,
+            Request::Shell => up.request_shell(true).await?,
+            Request::Exec(cmd) => up.exec(true, cmd.clone()).await?,
+            Request::Subsystem(name) => up.request_subsystem(true, name.clone()).await?,
         }
+        if eof_while_waiting {
+            up.eof().await?;
+        }
+        Ok::<(), russh::Error>(())
     }
     .await;
     if let Err(e) = sent {
@@ -327,6 +339,177 @@ pub(crate) async fn run_on_target(
             if let Ok(mut list) = ctx.state.recordings.lock() {
                 list.push(summary);
             }
+        }
+    }
+}
+
+/// Just-in-time approval: files a request (once per connection), tells
+/// the user whom to ask, and waits for a decision, the timeout, or the
+/// user giving up. True when granted.
+async fn wait_for_approval(
+    ctx: &ChannelCtx,
+    channel: &mut Channel<Msg>,
+    pty: bool,
+    eof: &mut bool,
+) -> bool {
+    if ctx.state.approved.load(Ordering::Acquire) {
+        return true;
+    }
+    let Some(need) = ctx.auth.approval.clone() else {
+        return true;
+    };
+    let node = ctx.shared.node();
+    let on_failure = ctx.auth.config.audit.on_failure;
+    let eol = if pty { "\r\n" } else { "\n" };
+    let approvers = need.approvers.join(",");
+    let (target, login) = (
+        ctx.auth.target.clone().unwrap_or_default(),
+        ctx.auth.login.clone().unwrap_or_default(),
+    );
+    let id = {
+        let mut slot = ctx.state.approval_id.lock().await;
+        match slot.clone() {
+            Some(id) => id,
+            None => {
+                let id = match ctx
+                    .shared
+                    .store
+                    .request_approval(&ctx.auth.user, &target, &login, &approvers)
+                    .await
+                {
+                    Ok(id) => id,
+                    Err(e) => {
+                        fail(
+                            channel,
+                            pty,
+                            &format!("cannot file the approval request: {e}"),
+                            1,
+                        )
+                        .await;
+                        return false;
+                    }
+                };
+                let ev = ctx
+                    .state
+                    .event(
+                        &ctx.auth,
+                        EventType::APPROVAL_REQUESTED,
+                        Severity::Warn,
+                        Outcome::Success,
+                        &node,
+                    )
+                    .details(serde_json::json!({ "request": id, "approvers": need.approvers }));
+                if let Err(e) = ctx.shared.audit.record(ev, on_failure).await {
+                    fail(channel, pty, &e.to_string(), 1).await;
+                    return false;
+                }
+                *slot = Some(id.clone());
+                id
+            }
+        }
+    };
+    let _ = channel
+        .extended_data_bytes(
+            1,
+            format!(
+                "gatehouse: waiting for approval of request {id} (ask a member of {approvers}: ssh APPROVER@gateway approve {id}){eol}"
+            )
+            .into_bytes(),
+        )
+        .await;
+    let wait = gatehouse_model::parse_duration(&ctx.auth.config.server.approval_wait)
+        .unwrap_or(Duration::from_secs(600));
+    let deadline = tokio::time::Instant::now() + wait;
+    let expire = |why: &'static str| {
+        let (shared, state, auth, id, node) = (
+            ctx.shared.clone(),
+            ctx.state.clone(),
+            ctx.auth.clone(),
+            id.clone(),
+            node.clone(),
+        );
+        async move {
+            if shared.store.expire_approval(&id).await.unwrap_or(false) {
+                let ev = state
+                    .event(
+                        &auth,
+                        EventType::APPROVAL_EXPIRED,
+                        Severity::Info,
+                        Outcome::Failure,
+                        &node,
+                    )
+                    .reason(why)
+                    .details(serde_json::json!({ "request": id }));
+                let _ = shared.audit.record(ev, on_failure).await;
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            msg = channel.wait() => match msg {
+                None | Some(ChannelMsg::Close) => {
+                    expire("the user left before a decision").await;
+                    return false;
+                }
+                Some(ChannelMsg::Eof) => {
+                    *eof = true;
+                    continue;
+                }
+                // Ctrl-C while waiting gives up.
+                Some(ChannelMsg::Data { data }) if data.contains(&3) => {
+                    expire("the user gave up waiting").await;
+                    fail(channel, pty, &format!("request {id} withdrawn"), 1).await;
+                    return false;
+                }
+                _ => continue,
+            },
+        }
+        match ctx.shared.store.approval(&id).await {
+            Ok(Some(a)) if a.status == "granted" => {
+                ctx.state.approved.store(true, Ordering::Release);
+                let by = a.decided_by.unwrap_or_default();
+                let _ = channel
+                    .extended_data_bytes(
+                        1,
+                        format!("gatehouse: request {id} approved by {by}{eol}").into_bytes(),
+                    )
+                    .await;
+                return true;
+            }
+            Ok(Some(a)) if a.status == "denied" => {
+                let why = a.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                fail(
+                    channel,
+                    pty,
+                    &format!(
+                        "request {id} was denied by {}{why}",
+                        a.decided_by.unwrap_or_default()
+                    ),
+                    1,
+                )
+                .await;
+                return false;
+            }
+            Ok(Some(a)) if a.status == "expired" => {
+                fail(channel, pty, &format!("request {id} expired"), 1).await;
+                return false;
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            expire("no decision in time").await;
+            fail(
+                channel,
+                pty,
+                &format!(
+                    "request {id} expired without a decision after {}s; connect again to ask again",
+                    wait.as_secs()
+                ),
+                1,
+            )
+            .await;
+            return false;
         }
     }
 }

@@ -3,7 +3,9 @@
 //! (`whoami`, `targets`) or the list.
 
 use gatehouse_model::{EventType, Outcome, Severity};
-use gatehouse_policy::{decide, reachable, Reachable};
+use gatehouse_policy::{can_approve, decide, reachable, Reachable};
+use std::time::Duration;
+
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 
@@ -86,6 +88,17 @@ pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: S
     ctx.auth.target = Some(chosen.target.clone());
     ctx.auth.login = decision.login.clone();
     ctx.auth.decision = Some(decision.clone());
+    if let (Some(need), Some(login)) = (&decision.approval, &decision.login) {
+        let granted = ctx
+            .shared
+            .store
+            .active_grant(&ctx.auth.user, &chosen.target, login)
+            .await
+            .unwrap_or(false);
+        if !granted {
+            ctx.auth.approval = Some(need.clone());
+        }
+    }
     if let Ok(mut a) = ctx.state.auth.lock() {
         *a = Some(ctx.auth.clone());
     }
@@ -185,12 +198,57 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
                 .await;
             end(&channel, 0).await;
         }
+        Some("requests") => {
+            let me = &ctx.auth.user;
+            let pending = ctx
+                .shared
+                .store
+                .pending_approvals()
+                .await
+                .unwrap_or_default();
+            let mut out = String::new();
+            for a in pending {
+                let roles: Vec<String> = a.approvers.split(',').map(str::to_string).collect();
+                if &a.user != me && can_approve(&ctx.auth.config, me, &roles) {
+                    out.push_str(&format!(
+                        "{}  {} wants {}@{}  (since {})\n",
+                        a.id, a.user, a.login, a.target, a.requested_at
+                    ));
+                }
+            }
+            if out.is_empty() {
+                out.push_str("no pending requests you may decide\n");
+            }
+            let _ = channel.data_bytes(out.into_bytes()).await;
+            end(&channel, 0).await;
+        }
+        Some(verb @ ("approve" | "deny")) => {
+            let Some(id) = words.next() else {
+                fail(
+                    &channel,
+                    false,
+                    &format!("usage: {verb} REQUEST-ID [reason]"),
+                    2,
+                )
+                .await;
+                return;
+            };
+            let reason: Vec<&str> = words.collect();
+            let reason = (!reason.is_empty()).then(|| reason.join(" "));
+            match decide_request(&ctx, id, verb == "approve", reason).await {
+                Ok(text) => {
+                    let _ = channel.data_bytes(format!("{text}\n").into_bytes()).await;
+                    end(&channel, 0).await;
+                }
+                Err(e) => fail(&channel, false, &e, 1).await,
+            }
+        }
         _ => {
             fail(
                 &channel,
                 false,
                 &format!(
-                    "unknown gateway command {:?}; available: whoami, targets (to run a command on a target, connect as USER:TARGET)",
+                    "unknown gateway command {:?}; available: whoami, targets, requests, approve ID, deny ID [reason] (to run a command on a target, connect as USER:TARGET)",
                     cmd.chars().take(80).collect::<String>()
                 ),
                 2,
@@ -198,6 +256,85 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
             .await;
         }
     }
+}
+
+/// An approver's decision on request `id`, from any terminal.
+async fn decide_request(
+    ctx: &ChannelCtx,
+    id: &str,
+    grant: bool,
+    reason: Option<String>,
+) -> Result<String, String> {
+    let me = ctx.auth.user.clone();
+    let store = &ctx.shared.store;
+    let a = store
+        .approval(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no request {id}; see `requests`"))?;
+    if a.status != "pending" {
+        return Err(format!("request {id} is already {}", a.status));
+    }
+    if a.user == me {
+        return Err("nobody approves their own request; ask another approver".into());
+    }
+    let roles: Vec<String> = a.approvers.split(',').map(str::to_string).collect();
+    if !can_approve(&ctx.auth.config, &me, &roles) {
+        return Err(format!(
+            "you may not decide request {id}: it needs a member of {}",
+            a.approvers
+        ));
+    }
+    let ttl = decide(&ctx.auth.config, &a.user, &a.target, Some(&a.login))
+        .approval
+        .and_then(|n| n.ttl)
+        .unwrap_or(Duration::from_secs(3600));
+    let until =
+        chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+    let until = gatehouse_model::event::format_time(until);
+    let decided = store
+        .decide_approval(
+            id,
+            grant,
+            &me,
+            reason.as_deref(),
+            grant.then_some(until.as_str()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !decided {
+        return Err(format!(
+            "request {id} was decided by someone else meanwhile"
+        ));
+    }
+    let (kind, result) = if grant {
+        (EventType::APPROVAL_GRANTED, Outcome::Success)
+    } else {
+        (EventType::APPROVAL_DENIED, Outcome::Denied)
+    };
+    let mut ev = ctx
+        .state
+        .event(&ctx.auth, kind, Severity::Warn, result, &ctx.shared.node())
+        .details(serde_json::json!({
+            "request": id, "requester": a.user, "target": a.target, "login": a.login,
+            "grant_until": grant.then_some(until.clone()),
+        }));
+    ev.reason = reason;
+    ev.target = Some(a.target.clone());
+    ev.login = Some(a.login.clone());
+    let _ = ctx
+        .shared
+        .audit
+        .record(ev, ctx.auth.config.audit.on_failure)
+        .await;
+    Ok(if grant {
+        format!(
+            "approved {id}: {} may use {}@{} until {until}",
+            a.user, a.login, a.target
+        )
+    } else {
+        format!("denied {id}")
+    })
 }
 
 #[cfg(test)]

@@ -495,6 +495,8 @@ pub(crate) struct Authed {
     /// Set when the connection is authenticated but may not proceed; the
     /// text is shown to the user on their first channel.
     pub refusal: Option<String>,
+    /// Set while a just-in-time approval is still needed.
+    pub approval: Option<gatehouse_policy::ApprovalNeed>,
     pub mfa: bool,
     pub config: Arc<Config>,
 }
@@ -519,6 +521,9 @@ pub(crate) struct ConnState {
     /// an acceptable key still leaves an `auth.failure` behind.
     pub attempted_user: Mutex<Option<String>>,
     pub failure_recorded: AtomicBool,
+    /// The approval request of this connection, and whether it was granted.
+    pub approval_id: tokio::sync::Mutex<Option<String>>,
+    pub approved: AtomicBool,
     /// Recordings of this session, in the order they finished.
     pub recording_seq: AtomicU64,
     pub recordings: Mutex<Vec<crate::recorder::RecordingSummary>>,
@@ -562,6 +567,8 @@ impl ConnState {
             server_handle: Mutex::new(None),
             attempted_user: Mutex::new(None),
             failure_recorded: AtomicBool::new(false),
+            approval_id: tokio::sync::Mutex::new(None),
+            approved: AtomicBool::new(false),
             recording_seq: AtomicU64::new(0),
             recordings: Mutex::new(Vec::new()),
             channels_open: std::sync::atomic::AtomicUsize::new(0),
@@ -892,6 +899,7 @@ impl Conn {
                 .or(request.login.clone()),
             decision: decision.clone(),
             refusal: None,
+            approval: None,
             mfa,
             config: config.clone(),
         };
@@ -932,22 +940,20 @@ impl Conn {
                     if let Err(e) = self.shared.audit.record(ev, config.audit.on_failure).await {
                         refusal = Some(e.to_string());
                     }
-                } else if d.approval.is_some() {
-                    refusal = Some(
-                        "access denied: this login requires just-in-time approval, which this gateway build does not provide yet"
-                            .into(),
-                    );
-                    let ev = self
-                        .state
-                        .event(
-                            &auth,
-                            EventType::ACCESS_DENIED,
-                            Severity::Warn,
-                            Outcome::Denied,
-                            &node,
-                        )
-                        .reason("approval required but not available".to_string());
-                    let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                } else if let Some(need) = &d.approval {
+                    // A grant in force lets the user straight in; otherwise
+                    // the session waits for a decision (bridge).
+                    let login = d.login.clone().unwrap_or_default();
+                    let target = request.target.clone().unwrap_or_default();
+                    let granted = self
+                        .shared
+                        .store
+                        .active_grant(&user, &target, &login)
+                        .await
+                        .unwrap_or(false);
+                    if !granted {
+                        auth.approval = Some(need.clone());
+                    }
                 }
             }
         } else if request.target.is_none() && raw_user.contains(':') {
@@ -1153,6 +1159,7 @@ impl server::Handler for Conn {
         // their sum.
         if let Some(auth) = self.state.authed() {
             let allowed = auth.refusal.is_none()
+                && auth.approval.is_none()
                 && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
             if allowed {
                 let shared = self.shared.clone();
@@ -1203,6 +1210,7 @@ impl server::Handler for Conn {
             return self.proxy_jump(ctx, channel, host, port, reply).await;
         }
         let allowed = ctx.auth.refusal.is_none()
+            && ctx.auth.approval.is_none()
             && ctx
                 .auth
                 .decision

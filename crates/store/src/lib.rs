@@ -7,6 +7,7 @@
 //! queries people write in `gatehouse audit query` and in runbooks are
 //! portable.
 
+mod approvals;
 mod checkpoint;
 mod format;
 mod identity;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
 
+pub use approvals::Approval;
 pub use checkpoint::{CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::UserLock;

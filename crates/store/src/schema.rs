@@ -62,6 +62,18 @@ pub const SQLITE: &[&str] = &[
         blocked_until TEXT NOT NULL,
         reason TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS approvals (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        login TEXT NOT NULL,
+        approvers TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        decided_by TEXT,
+        reason TEXT,
+        grant_until TEXT
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -149,6 +161,18 @@ pub const POSTGRES: &[&str] = &[
         source_ip TEXT PRIMARY KEY,
         blocked_until TEXT NOT NULL,
         reason TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS approvals (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        login TEXT NOT NULL,
+        approvers TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        decided_by TEXT,
+        reason TEXT,
+        grant_until TEXT
     )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,

@@ -505,3 +505,75 @@ async fn source_blocks_expire(db: Db) {
     db.done().await;
 }
 both!(source_blocks_expire);
+
+async fn approvals_are_decided_once_and_grants_expire(db: Db) {
+    let id = db
+        .store
+        .request_approval("alice", "web01", "root", "sre")
+        .await
+        .unwrap();
+    assert_eq!(id.len(), 8);
+    assert_eq!(db.store.pending_approvals().await.unwrap().len(), 1);
+    assert!(!db
+        .store
+        .active_grant("alice", "web01", "root")
+        .await
+        .unwrap());
+    assert!(db
+        .store
+        .decide_approval(&id, true, "bob", None, Some("2999-01-01T00:00:00.000Z"))
+        .await
+        .unwrap());
+    assert!(
+        !db.store
+            .decide_approval(&id, false, "carol", Some("late"), None)
+            .await
+            .unwrap(),
+        "decided once"
+    );
+    assert_eq!(
+        db.store
+            .approval(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .decided_by
+            .as_deref(),
+        Some("bob")
+    );
+    assert!(db
+        .store
+        .active_grant("alice", "web01", "root")
+        .await
+        .unwrap());
+    assert!(!db
+        .store
+        .active_grant("alice", "web01", "deploy")
+        .await
+        .unwrap());
+    let old = db
+        .store
+        .request_approval("alice", "db01", "root", "sre")
+        .await
+        .unwrap();
+    db.store
+        .decide_approval(&old, true, "bob", None, Some("2000-01-01T00:00:00.000Z"))
+        .await
+        .unwrap();
+    assert!(
+        !db.store
+            .active_grant("alice", "db01", "root")
+            .await
+            .unwrap(),
+        "expired grant"
+    );
+    let gone = db
+        .store
+        .request_approval("alice", "db01", "root", "sre")
+        .await
+        .unwrap();
+    assert!(db.store.expire_approval(&gone).await.unwrap());
+    assert!(db.store.pending_approvals().await.unwrap().is_empty());
+    db.done().await;
+}
+both!(approvals_are_decided_once_and_grants_expire);
