@@ -7,6 +7,7 @@
 //! SQL literals. Running the query and taking the actions is the binary's
 //! job (through the store).
 
+pub mod alert;
 pub mod runbook;
 
 pub use runbook::{Action, ActionKind, Param, ParamType, Runbook, RunbookError};

@@ -314,16 +314,18 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             }
         }
     }
+    for (i, rule) in config.alerts.iter().enumerate() {
+        if let Err(e) = gatehouse_audit::alert::Compiled::new(rule) {
+            problems.push(format!("{}: alerts[{i}].when: {e}", path.display()));
+        }
+    }
     if let Err(errors) = gatehouse_audit::runbook::load_all(Some(&config.runbooks.dir)) {
         for e in errors {
             problems.push(format!("runbook {e}"));
         }
     }
     let mut warnings = Vec::new();
-    for (key, present) in [
-        ("sinks", config.sinks.is_some()),
-        ("alerts", config.alerts.is_some()),
-    ] {
+    for (key, present) in [("sinks", config.sinks.is_some())] {
         if present {
             warnings.push(format!(
                 "{}: {key}: accepted but not acted on by this build yet",

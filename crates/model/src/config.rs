@@ -41,8 +41,8 @@ pub struct Config {
     /// this build does not act on them yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinks: Option<toml::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alerts: Option<toml::Value>,
+    #[serde(default)]
+    pub alerts: Vec<AlertRule>,
     #[serde(default)]
     pub runbooks: RunbooksConfig,
 }
@@ -236,6 +236,52 @@ impl Default for AuditConfig {
             checkpoint_interval: default_checkpoint_interval(),
         }
     }
+}
+
+/// `[[alerts]]`: a pattern rule (`when`) or a threshold rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    /// e.g. `type = 'command' and command ~ '^(sudo|su)\b'`.
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub threshold: Option<AlertThreshold>,
+    #[serde(default = "default_alert_severity")]
+    pub severity: String,
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    #[serde(default)]
+    pub action: Option<AlertAction>,
+}
+
+fn default_alert_severity() -> String {
+    "high".into()
+}
+
+/// `count` events of `type` with the same `by` field within `within`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertThreshold {
+    pub count: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub by: String,
+    pub within: String,
+}
+
+/// What an alert does besides being recorded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertAction {
+    #[serde(default)]
+    pub lock_user: bool,
+    #[serde(default)]
+    pub kill_session: bool,
+    /// Block the event's source address for this long, e.g. "15m".
+    #[serde(default)]
+    pub block_source: Option<String>,
 }
 
 /// `[runbooks] dir`: a directory of runbook files, added to the built-ins.
@@ -650,6 +696,51 @@ impl Config {
                     err(
                         format!("{key}.reauth_commands[{k}]"),
                         format!("bad regex {c:?}: {}", first_line(&e.to_string())),
+                    );
+                }
+            }
+        }
+
+        let mut alert_names = HashSet::new();
+        for (i, a) in self.alerts.iter().enumerate() {
+            let key = format!("alerts[{i}]");
+            if !alert_names.insert(a.name.as_str()) {
+                err(
+                    format!("{key}.name"),
+                    format!("duplicate alert {:?}", a.name),
+                );
+            }
+            if a.when.is_some() == a.threshold.is_some() {
+                err(
+                    key.clone(),
+                    "give exactly one of `when` (a pattern) or `threshold`".into(),
+                );
+            }
+            if !matches!(a.severity.as_str(), "info" | "warn" | "high" | "critical") {
+                err(
+                    format!("{key}.severity"),
+                    format!("{:?} is not one of info, warn, high, critical", a.severity),
+                );
+            }
+            if let Some(t) = &a.threshold {
+                if parse_duration(&t.within).is_err() {
+                    err(
+                        format!("{key}.threshold.within"),
+                        format!("invalid duration {:?}", t.within),
+                    );
+                }
+                if t.count == 0 {
+                    err(
+                        format!("{key}.threshold.count"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+            if let Some(d) = a.action.as_ref().and_then(|x| x.block_source.as_ref()) {
+                if parse_duration(d).is_err() {
+                    err(
+                        format!("{key}.action.block_source"),
+                        format!("invalid duration {d:?}"),
                     );
                 }
             }

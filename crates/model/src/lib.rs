@@ -12,8 +12,9 @@ pub mod event;
 pub mod username;
 
 pub use config::{
-    AllowRule, ApprovalRule, AuditConfig, AuthConfig, Config, ConfigError, DenyRule, LabelSelector,
-    OnFailure, RecordingConfig, Role, ServerConfig, StoreConfig, Target, UpstreamConfig, User,
+    AlertAction, AlertRule, AlertThreshold, AllowRule, ApprovalRule, AuditConfig, AuthConfig,
+    Config, ConfigError, DenyRule, LabelSelector, OnFailure, RecordingConfig, Role, ServerConfig,
+    StoreConfig, Target, UpstreamConfig, User,
 };
 pub use duration::{parse_duration, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};

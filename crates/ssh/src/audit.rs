@@ -3,7 +3,10 @@
 //! before the caller proceeds; when the store cannot be written and
 //! `audit.on_failure = "refuse"`, the caller is told to refuse.
 
-use gatehouse_model::{NewEvent, OnFailure};
+use std::sync::{Arc, Mutex};
+
+use gatehouse_audit::alert::{Alerts, Firing};
+use gatehouse_model::{EventType, NewEvent, OnFailure, Outcome, Severity};
 use gatehouse_store::Store;
 
 /// Returned when an event could not be stored and policy says to refuse.
@@ -23,6 +26,8 @@ impl std::fmt::Display for AuditUnavailable {
 #[derive(Clone)]
 pub struct Audit {
     pub store: Store,
+    /// Alert rules, evaluated on every event this gateway writes.
+    pub alerts: Arc<Mutex<Alerts>>,
 }
 
 impl Audit {
@@ -43,7 +48,17 @@ impl Audit {
             "event"
         );
         match self.store.append(&event).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let firings = self
+                    .alerts
+                    .lock()
+                    .map(|mut a| a.observe(&event, std::time::Instant::now()))
+                    .unwrap_or_default();
+                for f in firings {
+                    self.fire(&event, f).await;
+                }
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(error = %e, kind = %event.kind, "cannot write audit event");
                 match on_failure {
@@ -51,6 +66,87 @@ impl Audit {
                     OnFailure::Continue => Ok(()),
                 }
             }
+        }
+    }
+}
+
+impl Audit {
+    /// Records an `alert` and takes the rule's automatic action.
+    async fn fire(&self, cause: &NewEvent, firing: Firing) {
+        let rule = &firing.rule;
+        let severity = match rule.severity.as_str() {
+            "info" => Severity::Info,
+            "warn" => Severity::Warn,
+            "critical" => Severity::Critical,
+            _ => Severity::High,
+        };
+        let mut taken = Vec::new();
+        if let Some(action) = &rule.action {
+            let reason = format!("alert {}", rule.name);
+            if action.kill_session {
+                if let Some(sid) = &cause.session_id {
+                    if self.store.request_kill(sid, &reason, "alert").await.is_ok() {
+                        taken.push(format!("kill_session {sid}"));
+                    }
+                }
+            }
+            if action.lock_user {
+                if let Some(user) = &cause.user {
+                    if self
+                        .store
+                        .lock_user(user, &reason, None, "alert")
+                        .await
+                        .is_ok()
+                    {
+                        taken.push(format!("lock_user {user}"));
+                        let live = self
+                            .store
+                            .query_readonly(&format!(
+                                "SELECT session_id FROM sessions WHERE \"user\" = '{}' AND end_time IS NULL",
+                                user.replace('\'', "''")
+                            ))
+                            .await;
+                        for row in live.map(|r| r.rows).unwrap_or_default() {
+                            if let Some(serde_json::Value::String(sid)) = row.first() {
+                                let _ = self
+                                    .store
+                                    .request_kill(sid, &format!("user locked: {reason}"), "alert")
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+            if let (Some(d), Some(ip)) = (&action.block_source, &cause.source_ip) {
+                if let Ok(d) = gatehouse_model::parse_duration(d) {
+                    let until =
+                        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default();
+                    let until = gatehouse_model::event::format_time(until);
+                    if self.store.block_source(ip, &until, &reason).await.is_ok() {
+                        taken.push(format!("block_source {ip} until {until}"));
+                    }
+                }
+            }
+        }
+        let mut ev = NewEvent::new(EventType::ALERT, severity, Outcome::Success, &cause.node)
+            .reason(format!("alert {}", rule.name))
+            .details(serde_json::json!({
+                "alert": rule.name,
+                "event_id": cause.id,
+                "event_type": cause.kind,
+                "by": firing.by_value,
+                "sinks": rule.sinks,
+                "actions": taken,
+            }));
+        ev.user = cause.user.clone();
+        ev.source_ip = cause.source_ip.clone();
+        ev.session_id = cause.session_id.clone();
+        ev.target = cause.target.clone();
+        ev.login = cause.login.clone();
+        ev.mfa = cause.mfa;
+        tracing::warn!(alert = %rule.name, "alert fired");
+        if let Err(e) = self.store.append(&ev).await {
+            tracing::error!(error = %e, "cannot write an alert event");
         }
     }
 }

@@ -40,4 +40,6 @@ pub enum SshError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }

@@ -85,8 +85,13 @@ impl GatewayHandle {
     /// were authorised with; new connections use the new one.
     pub fn reload(&self, config: Config) -> Result<(), SshError> {
         let key = Arc::new(load_private_key(&config.upstream.key, "upstream.key")?);
+        let alerts =
+            gatehouse_audit::alert::Alerts::new(&config.alerts).map_err(SshError::Config)?;
         if let Ok(mut k) = self.shared.upstream_key.write() {
             *k = key;
+        }
+        if let Ok(mut a) = self.shared.audit.alerts.lock() {
+            *a = alerts;
         }
         if let Ok(mut c) = self.shared.config.write() {
             *c = Arc::new(config);
@@ -136,11 +141,15 @@ impl Gateway {
                 source,
             })?;
         let (shutdown, _) = watch::channel(None);
+        let alert_rules = config.alerts.clone();
         let shared = Arc::new(Shared {
             startups: Arc::new(Semaphore::new(config.server.max_startups)),
             config: RwLock::new(Arc::new(config)),
             audit: Audit {
                 store: store.clone(),
+                alerts: Arc::new(Mutex::new(
+                    gatehouse_audit::alert::Alerts::new(&alert_rules).map_err(SshError::Config)?,
+                )),
             },
             store,
             upstream_key: RwLock::new(Arc::new(upstream_key)),
