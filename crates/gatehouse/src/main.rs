@@ -324,15 +324,10 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             problems.push(format!("runbook {e}"));
         }
     }
-    let mut warnings = Vec::new();
-    for (key, present) in [("sinks", config.sinks.is_some())] {
-        if present {
-            warnings.push(format!(
-                "{}: {key}: accepted but not acted on by this build yet",
-                path.display()
-            ));
-        }
+    for e in gatehouse_sinks::check(&config.sinks) {
+        problems.push(format!("{}: sinks: {e}", path.display()));
     }
+    let warnings: Vec<String> = Vec::new();
     if format == Format::Json {
         println!(
             "{}",
@@ -425,6 +420,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let node = config.server.node.clone();
     let on_failure = config.audit.on_failure;
     let signing_key = config.audit.signing_key.clone();
+    let sink_configs = config.sinks.clone();
     let checkpoint_every = gatehouse_model::parse_duration(&config.audit.checkpoint_interval)
         .unwrap_or(std::time::Duration::from_secs(60))
         .max(std::time::Duration::from_secs(1));
@@ -457,6 +453,11 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         gatehouse_store::Signer::load_or_create(&signing_key)
             .context("cannot load the audit signing key")?,
     );
+    let mut sink_tasks = Vec::new();
+    for cfg in &sink_configs {
+        let sink = gatehouse_sinks::Sink::new(cfg)?;
+        sink_tasks.push(tokio::spawn(sink.run(store.clone())));
+    }
     let checkpoints = {
         let (store, signer) = (store.clone(), signer.clone());
         tokio::spawn(async move {
@@ -472,6 +473,11 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     gateway.run().await?;
     signals.abort();
     checkpoints.abort();
+    // Let the sinks catch up with the last events (bounded), then stop.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for t in sink_tasks {
+        t.abort();
+    }
     let stop = NewEvent::new(
         EventType::GATEWAY_STOP,
         Severity::Info,

@@ -39,8 +39,8 @@ pub struct Config {
     /// Sections of PRODUCT.md section 7 (sinks, alerts, runbooks) are
     /// accepted so that a full config parses; `gatehouse check` warns that
     /// this build does not act on them yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sinks: Option<toml::Value>,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub alerts: Vec<AlertRule>,
     #[serde(default)]
@@ -236,6 +236,26 @@ impl Default for AuditConfig {
             checkpoint_interval: default_checkpoint_interval(),
         }
     }
+}
+
+/// `[[sinks]]`: where the audit trail is forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub name: String,
+    /// jsonl | syslog | webhook | elasticsearch | splunk_hec | postgres
+    pub kind: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub only_alerts: bool,
+    /// jsonl: rotate the file beyond this size.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `[[alerts]]`: a pattern rule (`when`) or a threshold rule.
@@ -701,6 +721,25 @@ impl Config {
             }
         }
 
+        let mut sink_names = HashSet::new();
+        for (i, s) in self.sinks.iter().enumerate() {
+            if !sink_names.insert(s.name.as_str()) {
+                err(
+                    format!("sinks[{i}].name"),
+                    format!("duplicate sink {:?}", s.name),
+                );
+            }
+        }
+        for (i, a) in self.alerts.iter().enumerate() {
+            for s in &a.sinks {
+                if !self.sinks.iter().any(|k| &k.name == s) {
+                    err(
+                        format!("alerts[{i}].sinks"),
+                        format!("unknown sink {s:?}; define it with [[sinks]] name = {s:?}"),
+                    );
+                }
+            }
+        }
         let mut alert_names = HashSet::new();
         for (i, a) in self.alerts.iter().enumerate() {
             let key = format!("alerts[{i}]");
@@ -810,6 +849,11 @@ impl Config {
         fix(&mut self.auth.secrets_key);
         fix(&mut self.audit.signing_key);
         fix(&mut self.runbooks.dir);
+        for s in &mut self.sinks {
+            if let Some(p) = s.path.as_mut() {
+                fix(p);
+            }
+        }
         for t in &mut self.targets {
             if let Some(k) = t.known_hosts.as_mut() {
                 fix(k);

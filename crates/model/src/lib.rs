@@ -14,7 +14,7 @@ pub mod username;
 pub use config::{
     AlertAction, AlertRule, AlertThreshold, AllowRule, ApprovalRule, AuditConfig, AuthConfig,
     Config, ConfigError, DenyRule, LabelSelector, OnFailure, RecordingConfig, Role, ServerConfig,
-    StoreConfig, Target, UpstreamConfig, User,
+    SinkConfig, StoreConfig, Target, UpstreamConfig, User,
 };
 pub use duration::{parse_duration, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};

@@ -106,6 +106,28 @@ impl Store {
         Ok(())
     }
 
+    /// Where sink `name` has delivered up to (event seq; 0 = nothing).
+    pub async fn sink_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(fetch_opt!(
+            self,
+            (i64,),
+            "SELECT seq FROM sink_cursors WHERE name = ?1",
+            name
+        )
+        .map(|r| r.0)
+        .unwrap_or(0))
+    }
+
+    pub async fn set_sink_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        exec!(
+            self,
+            "INSERT INTO sink_cursors (name, seq) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+            name,
+            seq
+        );
+        Ok(())
+    }
+
     /// Refuses connections from `ip` until `until` (RFC 3339).
     pub async fn block_source(
         &self,

@@ -74,6 +74,7 @@ pub const SQLITE: &[&str] = &[
         reason TEXT,
         grant_until TEXT
     )",
+    "CREATE TABLE IF NOT EXISTS sink_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -174,6 +175,7 @@ pub const POSTGRES: &[&str] = &[
         reason TEXT,
         grant_until TEXT
     )",
+    "CREATE TABLE IF NOT EXISTS sink_cursors (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq

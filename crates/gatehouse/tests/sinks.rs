@@ -1,0 +1,199 @@
+//! Sinks with real receivers: a JSON-lines file across a gateway restart,
+//! syslog over UDP, and syslog over TCP through a receiver outage.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::{TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+/// Accepts one connection, or fails the test after 30 s.
+fn accept(listener: &TcpListener) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the sink did not connect: {e}"),
+        }
+    }
+}
+
+fn store_ids(env: &Env) -> Vec<String> {
+    env.query("select id from events order by seq")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn jsonl_sink_keeps_every_event_once_across_a_restart() {
+    let mut env =
+        Env::start_with("[[sinks]]\nname = \"file\"\nkind = \"jsonl\"\npath = \"events.jsonl\"\n");
+    let file = env.dir.path().join("events.jsonl");
+    let ids_in_file = || -> Vec<String> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    wait_until("the first session in the file", || ids_in_file().len() >= 5);
+    assert!(env.stop_gateway().unwrap().success());
+    env.spawn_gateway();
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ =
+        env.wait_rows("select count(*) from events where type = 'session.end' having count(*) = 2");
+    wait_until("every event in the file", || {
+        ids_in_file().len() >= store_ids(&env).len()
+    });
+    let in_file = ids_in_file();
+    let unique: HashSet<&String> = in_file.iter().collect();
+    assert_eq!(unique.len(), in_file.len(), "duplicates in the file");
+    let stored = store_ids(&env);
+    assert_eq!(
+        in_file[..stored.len()],
+        stored[..],
+        "file and store disagree"
+    );
+    // Lines are whole events with their chain hashes.
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["type"], "gateway.start");
+    assert_eq!(first["hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn syslog_over_udp_reaches_a_receiver() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"udp://127.0.0.1:{port}\"\n"
+    ));
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !got.iter().any(|l: &String| l.contains(" session.end - ")) {
+        let mut buf = [0u8; 65536];
+        if let Ok(n) = rx.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    }
+    let end = got
+        .iter()
+        .find(|l| l.contains(" session.end - "))
+        .expect("session.end over syslog");
+    assert!(end.starts_with("<134>1 "), "{end}");
+    assert!(end.contains("\"user\":\"alice\""), "{end}");
+}
+
+/// Reads RFC 6587 octet-counted frames from one connection until it ends.
+fn read_frames(stream: &mut std::net::TcpStream) -> Vec<String> {
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    let mut out = Vec::new();
+    let mut rest = &data[..];
+    while let Some(sp) = rest.iter().position(|&b| b == b' ') {
+        let Ok(n) = String::from_utf8_lossy(&rest[..sp]).parse::<usize>() else {
+            break;
+        };
+        if rest.len() < sp + 1 + n {
+            break;
+        }
+        out.push(String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string());
+        rest = &rest[sp + 1 + n..];
+    }
+    out
+}
+
+#[test]
+fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
+    let port = gatehouse_testkit::free_port();
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"tcp://127.0.0.1:{port}\"\n"
+    ));
+    // The receiver is down while the first session happens.
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo during-outage"])
+            .code,
+        Some(0)
+    );
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    std::thread::sleep(Duration::from_millis(800));
+    // Up: it gets the backlog.
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut conn = accept(&listener);
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut frames = Vec::new();
+    let want = store_ids(&env).len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frames.len() < want && Instant::now() < deadline {
+        let mut buf = [0u8; 65536];
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => frames.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if String::from_utf8_lossy(&frames).matches(" - {").count() >= want {
+            break;
+        }
+    }
+    drop(conn);
+    drop(listener);
+    let text = String::from_utf8_lossy(&frames).to_string();
+    for id in store_ids(&env) {
+        assert!(text.contains(&id), "event {id} missing after the outage");
+    }
+    // Down again, another session, up again: the rest arrives.
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo second-outage"])
+            .code,
+        Some(0)
+    );
+    let _ =
+        env.wait_rows("select count(*) from events where type = 'session.end' having count(*) = 2");
+    std::thread::sleep(Duration::from_millis(500));
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut conn = accept(&listener);
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let frames = read_frames(&mut conn);
+    let all: String = text + &frames.join("\n");
+    for id in store_ids(&env) {
+        assert!(
+            all.contains(&id),
+            "event {id} missing after the second outage"
+        );
+    }
+}
