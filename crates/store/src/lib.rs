@@ -573,6 +573,30 @@ impl Store {
     }
 }
 
+/// Binds an event's columns, in the order of the INSERT statements.
+macro_rules! bind_event {
+    ($query:expr, $e:expr, $details:expr) => {{
+        let ev = &$e.event;
+        $query
+            .bind(&ev.id)
+            .bind(&ev.time)
+            .bind(&ev.kind)
+            .bind(ev.severity.as_str())
+            .bind(&ev.user)
+            .bind(&ev.source_ip)
+            .bind(&ev.node)
+            .bind(&ev.session_id)
+            .bind(&ev.target)
+            .bind(&ev.login)
+            .bind(ev.mfa)
+            .bind(ev.result.as_str())
+            .bind(&ev.reason)
+            .bind($details)
+            .bind(&$e.prev_hash)
+            .bind(&$e.hash)
+    }};
+}
+
 fn chained(events: &[&NewEvent], mut prev: String) -> Result<Vec<(Event, String)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
@@ -602,24 +626,7 @@ async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Even
                 .await?;
         let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
         for (e, details) in &rows {
-            let ev = &e.event;
-            sqlx::query(schema::SQLITE_INSERT)
-                .bind(&ev.id)
-                .bind(&ev.time)
-                .bind(&ev.kind)
-                .bind(ev.severity.as_str())
-                .bind(&ev.user)
-                .bind(&ev.source_ip)
-                .bind(&ev.node)
-                .bind(&ev.session_id)
-                .bind(&ev.target)
-                .bind(&ev.login)
-                .bind(ev.mfa)
-                .bind(ev.result.as_str())
-                .bind(&ev.reason)
-                .bind(details)
-                .bind(&e.prev_hash)
-                .bind(&e.hash)
+            bind_event!(sqlx::query(schema::SQLITE_INSERT), e, details)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -650,24 +657,7 @@ async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>
             .await?;
     let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
     for (e, details) in &rows {
-        let ev = &e.event;
-        sqlx::query(schema::POSTGRES_INSERT)
-            .bind(&ev.id)
-            .bind(&ev.time)
-            .bind(&ev.kind)
-            .bind(ev.severity.as_str())
-            .bind(&ev.user)
-            .bind(&ev.source_ip)
-            .bind(&ev.node)
-            .bind(&ev.session_id)
-            .bind(&ev.target)
-            .bind(&ev.login)
-            .bind(ev.mfa)
-            .bind(ev.result.as_str())
-            .bind(&ev.reason)
-            .bind(details)
-            .bind(&e.prev_hash)
-            .bind(&e.hash)
+        bind_event!(sqlx::query(schema::POSTGRES_INSERT), e, details)
             .execute(&mut *tx)
             .await?;
     }
