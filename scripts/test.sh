@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in sshd:openssh-server ssh:openssh-client scp:openssh-client sftp:openssh-client \
-            rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema; do
+            rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema vi:vim-tiny less:less; do
     bin=${pair%%:*}; pkg=${pair#*:}
     if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
         need+=("$pkg")

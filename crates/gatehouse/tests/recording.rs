@@ -402,3 +402,52 @@ fn play_keys_pause_skip_ahead_and_go_back() {
     }
     assert!(quit, "q did not quit; screen: {}", tmux.capture().unwrap());
 }
+
+#[test]
+fn full_screen_programs_do_not_produce_commands() {
+    let env = Env::start();
+    let file = env.dir.path().join("edited.txt");
+    let tmux = bash_session(&env);
+    let vi = format!("vi {}", file.display());
+    type_and_wait(&tmux, &[&vi, "Enter"], "~");
+    std::thread::sleep(Duration::from_millis(500));
+    for keys in [&["ihello world"][..], &["Escape"], &[":wq"], &["Enter"]] {
+        for k in keys {
+            if *k == "Escape" {
+                tmux.send_keys(&["Escape"]).unwrap();
+            } else if *k == "Enter" {
+                tmux.send_keys(&["Enter"]).unwrap();
+            } else {
+                tmux.send_literal(k).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    tmux.wait_for("gh$", W).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        "hello world"
+    );
+    let less = format!("less {}", file.display());
+    type_and_wait(&tmux, &[&less, "Enter"], "hello world");
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.send_literal("q").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    type_and_wait(&tmux, &["echo done-$((1+1))", "Enter"], "done-2");
+    type_and_wait(&tmux, &["exit", "Enter"], "");
+    let sid = session_id(&env);
+    let _ = env.wait_rows(&format!(
+        "select session_id from sessions where session_id = '{sid}' and end_time is not null"
+    ));
+    let rows = env.query(&format!(
+        "select command from commands where session_id = '{sid}' and source = 'interactive' order by time"
+    ));
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["command"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        got,
+        vec![vi.as_str(), less.as_str(), "echo done-$((1+1))", "exit"]
+    );
+}
