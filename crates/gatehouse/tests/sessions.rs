@@ -819,3 +819,37 @@ allow = [{ targets = { env = "kh" }, logins = ["*"] }]
     assert_eq!(out.code, Some(255));
     assert!(out.stderr.contains("host key changed"), "{}", out.stderr);
 }
+
+#[test]
+fn repeated_authentication_failures_block_the_source() {
+    let env = Env::start();
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "node = \"test-node\"",
+        "node = \"test-node\"\nmax_auth_failures = 4\nblock_for = \"10m\"",
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    env.signal("HUP");
+    let _ =
+        env.wait_rows("select id from events where type = 'config.reload' and result = 'success'");
+    // bob's key presented for alice: a failure each time, answered slower.
+    for _ in 0..4 {
+        let out = kit::run(
+            env.client(&env.bob)
+                .ssh(env.port, "alice:web01@127.0.0.1", &["true"]),
+            T,
+        )
+        .unwrap();
+        assert_eq!(out.code, Some(255));
+    }
+    let rows = env.wait_rows("select reason, severity from events where type = 'source.blocked'");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failures"),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0]["severity"], "high");
+    // Now even the right key from that address is refused.
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(255));
+}

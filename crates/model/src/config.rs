@@ -73,6 +73,20 @@ pub struct ServerConfig {
     /// How long a session waits for a just-in-time approval.
     #[serde(default = "default_approval_wait")]
     pub approval_wait: String,
+    /// Authentication failures from one address within 10 minutes before
+    /// it is blocked (each failure also delays the next answer more).
+    #[serde(default = "default_max_auth_failures")]
+    pub max_auth_failures: u32,
+    /// How long such an address stays blocked.
+    #[serde(default = "default_block_for")]
+    pub block_for: String,
+}
+
+fn default_max_auth_failures() -> u32 {
+    20
+}
+fn default_block_for() -> String {
+    "15m".into()
 }
 
 fn default_approval_wait() -> String {
@@ -109,6 +123,8 @@ impl Default for ServerConfig {
             max_startups: default_max_startups(),
             login_grace_time: default_login_grace(),
             approval_wait: default_approval_wait(),
+            max_auth_failures: default_max_auth_failures(),
+            block_for: default_block_for(),
         }
     }
 }
@@ -553,6 +569,15 @@ impl Config {
                 format!(
                     "invalid duration {:?}; write e.g. \"60s\"",
                     self.server.login_grace_time
+                ),
+            );
+        }
+        if parse_duration(&self.server.block_for).is_err() {
+            err(
+                "server.block_for".into(),
+                format!(
+                    "invalid duration {:?}; write e.g. \"15m\"",
+                    self.server.block_for
                 ),
             );
         }

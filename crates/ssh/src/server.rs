@@ -40,7 +40,15 @@ pub(crate) struct Shared {
     pub live: Mutex<HashMap<u64, LiveConn>>,
     pub next_id: AtomicU64,
     pub shutdown: watch::Sender<Option<String>>,
+    /// Recent authentication failures per source address and per user
+    /// (brute-force defence).
+    pub failures: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
 }
+
+/// The window in which failures count.
+const FAILURE_WINDOW: Duration = Duration::from_secs(600);
+/// Most addresses and users tracked at once (bounds memory under a flood).
+const MAX_TRACKED: usize = 20_000;
 
 /// What the gateway needs to reach a running connection from outside
 /// (shutdown message, kill).
@@ -51,6 +59,33 @@ pub(crate) struct LiveConn {
 }
 
 impl Shared {
+    /// Counts a failure for `key` (an address or `user:NAME`); returns how
+    /// many it has in the window.
+    pub fn note_failure(&self, key: &str) -> usize {
+        let Ok(mut map) = self.failures.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED && !map.contains_key(key) {
+            map.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
+            });
+            if map.len() >= MAX_TRACKED {
+                return 0;
+            }
+        }
+        let q = map.entry(key.to_string()).or_default();
+        q.push_back(now);
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+        {
+            q.pop_front();
+        }
+        q.len()
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -157,6 +192,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
+            failures: Mutex::new(HashMap::new()),
         });
         Ok(Gateway { shared, listener })
     }
@@ -697,6 +733,49 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// After an authentication failure: count it per address and per user,
+    /// wait a little longer each time (up to 4 s), and block the address
+    /// once it reaches `server.max_auth_failures`.
+    async fn throttle(&self, raw_user: &str) {
+        let config = self.shared.config();
+        let ip = self.state.peer.ip().to_string();
+        let by_ip = self.shared.note_failure(&ip);
+        let user = raw_user.split(':').next().unwrap_or("").to_string();
+        let by_user = self
+            .shared
+            .note_failure(&format!("user:{}", truncate(&user, 64)));
+        let n = by_ip.max(by_user).min(16) as u32;
+        if by_ip as u32 >= config.server.max_auth_failures.max(1) {
+            let d = parse_duration(&config.server.block_for).unwrap_or(Duration::from_secs(900));
+            let until = gatehouse_model::event::format_time(
+                chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
+            );
+            let reason = format!("{by_ip} authentication failures in 10 minutes");
+            if self
+                .shared
+                .store
+                .block_source(&ip, &until, &reason)
+                .await
+                .is_ok()
+            {
+                let ev = NewEvent::new(
+                    EventType::SOURCE_BLOCKED,
+                    Severity::High,
+                    Outcome::Success,
+                    &config.server.node,
+                )
+                .source_ip(ip.clone())
+                .reason(reason)
+                .details(serde_json::json!({ "until": until, "by": "brute-force defence" }));
+                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+            }
+        }
+        if n > 1 {
+            let delay = Duration::from_millis(100u64 << (n - 1).min(6)).min(Duration::from_secs(4));
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     fn note_attempt(&self, raw_user: &str) {
         if let Ok(mut u) = self.state.attempted_user.lock() {
             if u.is_none() {
@@ -1036,6 +1115,7 @@ impl server::Handler for Conn {
             Err(reason) => {
                 let ev = self.failure_event(user, reason);
                 let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                self.throttle(user).await;
                 Ok(Auth::reject())
             }
         }
@@ -1052,6 +1132,7 @@ impl server::Handler for Conn {
             Err(reason) => {
                 let ev = self.failure_event(raw_user, reason);
                 let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                self.throttle(raw_user).await;
                 return Ok(Auth::reject());
             }
         };
@@ -1149,6 +1230,7 @@ impl server::Handler for Conn {
         if !fresh {
             let ev = self.failure_event(raw_user, "wrong or already used verification code".into());
             let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+            self.throttle(raw_user).await;
             return Ok(Auth::Reject {
                 proceed_with_methods: kbd_only(),
                 partial_success: false,
