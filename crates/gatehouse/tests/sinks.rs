@@ -197,3 +197,81 @@ fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
         );
     }
 }
+
+/// A tiny HTTP server: records each request (head + body), answers 200.
+fn http_receiver(listener: TcpListener) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = conn.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..head_end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if data.len() >= head_end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            store
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data).to_string());
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"errors\":false}",
+            );
+        }
+    });
+    got
+}
+
+#[test]
+fn http_sinks_deliver_after_the_receiver_comes_up() {
+    let port = gatehouse_testkit::free_port();
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\n[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:{port}/gatehouse/_bulk\"\n\n[[sinks]]\nname = \"splunk\"\nkind = \"splunk_hec\"\nurl = \"http://127.0.0.1:{port}/services/collector/event\"\ntoken = \"hec-secret\"\n"
+    ));
+    // Receiver down during the session.
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    std::thread::sleep(Duration::from_millis(700));
+    let got = http_receiver(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let ids = store_ids(&env);
+    wait_until("both sinks to deliver every event", || {
+        let all = got.lock().unwrap().join("\n");
+        let hook = all
+            .split("POST ")
+            .filter(|r| r.starts_with("/hook"))
+            .collect::<Vec<_>>()
+            .join("");
+        let es = all
+            .split("POST ")
+            .filter(|r| r.starts_with("/gatehouse/_bulk"))
+            .collect::<Vec<_>>()
+            .join("");
+        ids.iter().all(|id| {
+            hook.contains(id.as_str())
+                && es.contains(&format!("{{\"index\":{{\"_id\":\"{id}\"}}}}"))
+        })
+    });
+    let all = got.lock().unwrap().join("\n");
+    assert!(all.contains("Content-Type: application/x-ndjson"));
+    assert!(all.contains("Authorization: Splunk hec-secret"));
+    assert!(
+        all.contains("\"text\":\"[info] gateway.start"),
+        "Slack-compatible text"
+    );
+}

@@ -1,5 +1,6 @@
-//! Sinks: every event (or only alerts) forwarded to a JSON-lines file or
-//! syslog (RFC 5424 over UDP or TCP).
+//! Sinks: every event (or only alerts) forwarded to a JSON-lines file,
+//! syslog (RFC 5424 over UDP or TCP), or over HTTP as a webhook (JSON with
+//! a Slack-compatible `text`), Elasticsearch `_bulk` NDJSON or Splunk HEC.
 //!
 //! Each sink is a task that reads the event log after its cursor, delivers
 //! a batch, and only then advances the cursor, which lives in the store:
@@ -31,9 +32,60 @@ pub enum SinkError {
 }
 
 enum Target {
-    Jsonl { path: PathBuf, max_bytes: u64 },
+    Jsonl {
+        path: PathBuf,
+        max_bytes: u64,
+    },
     SyslogUdp(String),
     SyslogTcp(String),
+    /// webhook, elasticsearch (`_bulk`), splunk_hec: an HTTP POST per batch.
+    Http {
+        kind: HttpKind,
+        url: HttpUrl,
+        token: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HttpKind {
+    Webhook,
+    Elasticsearch,
+    SplunkHec,
+}
+
+struct HttpUrl {
+    host_port: String,
+    host: String,
+    path: String,
+}
+
+/// `http://HOST[:PORT]/PATH`. HTTPS is refused with a clear message (no
+/// TLS client in this build yet).
+fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
+    if url.starts_with("https://") {
+        return Err("https is not supported by this build yet; use http:// (e.g. through a local TLS proxy)".into());
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("the url must start with http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err("the url has no host".into());
+    }
+    let host = authority.split(':').next().unwrap_or(authority).to_string();
+    let host_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(HttpUrl {
+        host_port,
+        host,
+        path: path.to_string(),
+    })
 }
 
 pub struct Sink {
@@ -64,9 +116,22 @@ impl Sink {
                     return Err(bad("syslog url must start with udp:// or tcp://"));
                 }
             }
+            kind @ ("webhook" | "elasticsearch" | "splunk_hec") => {
+                let url = cfg.url.clone().ok_or_else(|| bad("this sink needs url = \"http://HOST:PORT/PATH\""))?;
+                let url = parse_http_url(&url).map_err(|m| bad(&m))?;
+                let kind = match kind {
+                    "webhook" => HttpKind::Webhook,
+                    "elasticsearch" => HttpKind::Elasticsearch,
+                    _ => HttpKind::SplunkHec,
+                };
+                if kind == HttpKind::SplunkHec && cfg.token.is_none() {
+                    return Err(bad("a splunk_hec sink needs token = \"HEC-TOKEN\""));
+                }
+                Target::Http { kind, url, token: cfg.token.clone() }
+            }
             other => {
                 return Err(bad(&format!(
-                    "kind {other:?} is not supported by this build yet (supported: jsonl, syslog); remove the sink or change its kind"
+                    "kind {other:?} is not supported by this build yet (supported: jsonl, syslog, webhook, elasticsearch, splunk_hec); remove the sink or change its kind"
                 )))
             }
         };
@@ -165,6 +230,54 @@ impl Sink {
                 f.sync_data().await.map_err(err)?;
                 Ok(())
             }
+            Target::Http { kind, url, token } => {
+                let (body, content_type) = http_body(*kind, events);
+                let auth = match (kind, token) {
+                    (HttpKind::SplunkHec, Some(t)) => format!("Authorization: Splunk {t}\r\n"),
+                    (_, Some(t)) => format!("Authorization: Bearer {t}\r\n"),
+                    _ => String::new(),
+                };
+                let request = format!(
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+                    url.path,
+                    url.host,
+                    body.len()
+                );
+                let io = async {
+                    let mut s = tokio::net::TcpStream::connect(&url.host_port).await?;
+                    s.write_all(request.as_bytes()).await?;
+                    s.write_all(body.as_bytes()).await?;
+                    let mut response = Vec::new();
+                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut response).await?;
+                    Ok::<_, std::io::Error>(response)
+                };
+                let response = tokio::time::timeout(Duration::from_secs(15), io)
+                    .await
+                    .map_err(|_| {
+                        SinkError::Delivery(format!("{} did not answer in 15 s", url.host_port))
+                    })?
+                    .map_err(err)?;
+                let status = String::from_utf8_lossy(&response)
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+                    .unwrap_or_default();
+                if !status.starts_with('2') {
+                    return Err(SinkError::Delivery(format!(
+                        "{} answered HTTP {status}",
+                        url.host_port
+                    )));
+                }
+                // Elasticsearch reports per-document failures in a 200.
+                if *kind == HttpKind::Elasticsearch
+                    && String::from_utf8_lossy(&response).contains("\"errors\":true")
+                {
+                    return Err(SinkError::Delivery(
+                        "elasticsearch reported errors in the bulk response".into(),
+                    ));
+                }
+                Ok(())
+            }
             Target::SyslogUdp(addr) => {
                 let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
                     .await
@@ -210,6 +323,57 @@ impl Sink {
                 stream.flush().await.map_err(err)?;
                 Ok(())
             }
+        }
+    }
+}
+
+/// The request body for a batch, and its content type.
+fn http_body(kind: HttpKind, events: &[&Event]) -> (String, &'static str) {
+    match kind {
+        HttpKind::Webhook => {
+            // One JSON object per batch; `text` makes it a valid Slack
+            // incoming-webhook message too.
+            let text = events
+                .iter()
+                .map(|e| {
+                    format!(
+                        "[{}] {} {} {}{}",
+                        e.event.severity.as_str(),
+                        e.event.kind,
+                        e.event.user.as_deref().unwrap_or("-"),
+                        e.event.target.as_deref().unwrap_or("-"),
+                        e.event
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let body = serde_json::json!({ "text": text, "events": events });
+            (body.to_string(), "application/json")
+        }
+        HttpKind::Elasticsearch => {
+            // _bulk NDJSON; the event id as _id makes re-delivery idempotent.
+            let mut body = String::new();
+            for e in events {
+                body.push_str(&serde_json::json!({ "index": { "_id": e.event.id } }).to_string());
+                body.push('\n');
+                body.push_str(&serde_json::to_string(e).unwrap_or_default());
+                body.push('\n');
+            }
+            (body, "application/x-ndjson")
+        }
+        HttpKind::SplunkHec => {
+            let mut body = String::new();
+            for e in events {
+                body.push_str(
+                    &serde_json::json!({ "event": e, "sourcetype": "gatehouse", "source": e.event.node })
+                        .to_string(),
+                );
+            }
+            (body, "application/json")
         }
     }
 }
