@@ -275,3 +275,39 @@ fn http_sinks_deliver_after_the_receiver_comes_up() {
         "Slack-compatible text"
     );
 }
+
+#[test]
+fn postgres_sink_fills_a_table_in_another_database() {
+    let name = format!("gh_sink_{}", std::process::id());
+    let psql = |db: &str, sql: &str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql])
+            .output()
+            .expect("psql (PostgreSQL must run on 127.0.0.1:5432)")
+    };
+    let _ = psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+    assert!(psql("postgres", &format!("CREATE DATABASE {name}"))
+        .status
+        .success());
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/{name}\"\n"
+    ));
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let ids = store_ids(&env);
+    wait_until("the postgres sink to hold every event", || {
+        let out = psql(&name, "SELECT string_agg(id, ',') FROM gatehouse_events");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        ids.iter().all(|id| text.contains(id.as_str()))
+    });
+    let out = psql(
+        &name,
+        "SELECT event->>'user' FROM gatehouse_events WHERE type = 'session.end'",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    drop(env);
+    let _ = psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}

@@ -38,6 +38,11 @@ enum Target {
     },
     SyslogUdp(String),
     SyslogTcp(String),
+    /// A `gatehouse_events` table in another PostgreSQL database.
+    Postgres {
+        url: String,
+        pool: Option<sqlx::PgPool>,
+    },
     /// webhook, elasticsearch (`_bulk`), splunk_hec: an HTTP POST per batch.
     Http {
         kind: HttpKind,
@@ -116,6 +121,14 @@ impl Sink {
                     return Err(bad("syslog url must start with udp:// or tcp://"));
                 }
             }
+            "postgres" => Target::Postgres {
+                url: cfg
+                    .url
+                    .clone()
+                    .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+                    .ok_or_else(|| bad("a postgres sink needs url = \"postgres://USER@HOST/DB\""))?,
+                pool: None,
+            },
             kind @ ("webhook" | "elasticsearch" | "splunk_hec") => {
                 let url = cfg.url.clone().ok_or_else(|| bad("this sink needs url = \"http://HOST:PORT/PATH\""))?;
                 let url = parse_http_url(&url).map_err(|m| bad(&m))?;
@@ -131,7 +144,7 @@ impl Sink {
             }
             other => {
                 return Err(bad(&format!(
-                    "kind {other:?} is not supported by this build yet (supported: jsonl, syslog, webhook, elasticsearch, splunk_hec); remove the sink or change its kind"
+                    "kind {other:?} is not supported by this build yet (supported: jsonl, syslog, webhook, elasticsearch, splunk_hec, postgres); remove the sink or change its kind"
                 )))
             }
         };
@@ -183,6 +196,9 @@ impl Sink {
                 Err(e) => {
                     tracing::warn!(sink = %self.name, error = %e, retry_in = ?backoff, "delivery failed; will retry");
                     self.tcp = None;
+                    if let Target::Postgres { pool, .. } = &mut self.target {
+                        *pool = None;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -195,8 +211,9 @@ impl Sink {
             return Ok(());
         }
         let err = |e: std::io::Error| SinkError::Delivery(e.to_string());
-        match &self.target {
+        match &mut self.target {
             Target::Jsonl { path, max_bytes } => {
+                let path: &PathBuf = path;
                 let last_id = last_id_in(path).await;
                 // Skip what the file already holds (a batch written just
                 // before a crash, before its cursor was saved).
@@ -230,7 +247,45 @@ impl Sink {
                 f.sync_data().await.map_err(err)?;
                 Ok(())
             }
+            Target::Postgres { url, pool } => {
+                let db = |e: sqlx::Error| SinkError::Delivery(e.to_string());
+                if pool.is_none() {
+                    let p = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(2)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect(url)
+                        .await
+                        .map_err(db)?;
+                    sqlx::query(
+                        "CREATE TABLE IF NOT EXISTS gatehouse_events (id TEXT PRIMARY KEY, time TEXT NOT NULL, type TEXT NOT NULL, event JSONB NOT NULL)",
+                    )
+                    .execute(&p)
+                    .await
+                    .map_err(db)?;
+                    *pool = Some(p);
+                }
+                let Some(p) = pool.as_ref() else {
+                    return Err(SinkError::Delivery("no connection".into()));
+                };
+                let mut tx = p.begin().await.map_err(db)?;
+                for e in events {
+                    // The event id as key: re-delivery changes nothing.
+                    sqlx::query(
+                        "INSERT INTO gatehouse_events (id, time, type, event) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&e.event.id)
+                    .bind(&e.event.time)
+                    .bind(&e.event.kind)
+                    .bind(serde_json::to_string(e).unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(())
+            }
             Target::Http { kind, url, token } => {
+                let kind: &HttpKind = kind;
                 let (body, content_type) = http_body(*kind, events);
                 let auth = match (kind, token) {
                     (HttpKind::SplunkHec, Some(t)) => format!("Authorization: Splunk {t}\r\n"),
@@ -283,7 +338,7 @@ impl Sink {
                     .await
                     .map_err(err)?;
                 for e in events {
-                    sock.send_to(syslog_line(e).as_bytes(), addr)
+                    sock.send_to(syslog_line(e).as_bytes(), addr.as_str())
                         .await
                         .map_err(err)?;
                 }
@@ -303,7 +358,7 @@ impl Sink {
                 if self.tcp.is_none() {
                     let s = tokio::time::timeout(
                         Duration::from_secs(5),
-                        tokio::net::TcpStream::connect(addr),
+                        tokio::net::TcpStream::connect(addr.as_str()),
                     )
                     .await
                     .map_err(|_| SinkError::Delivery(format!("connect to {addr} timed out")))?
