@@ -367,6 +367,44 @@ async fn ingest(events: u64) -> (f64, f64, f64) {
     (sequential, concurrent, batched)
 }
 
+/// A jsonl sink draining 200,000 events already in the store.
+async fn sink_throughput() -> f64 {
+    use gatehouse_model::{NewEvent, Outcome, Severity};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = gatehouse_store::Store::open(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .expect("store");
+    let total = 200_000u64;
+    for _ in 0..total / 1000 {
+        let batch: Vec<NewEvent> = (0..1000)
+            .map(|i| {
+                NewEvent::new("command", Severity::Info, Outcome::Success, "bench")
+                    .user(format!("user{i}"))
+            })
+            .collect();
+        store.append_batch(batch).await.expect("append");
+    }
+    let head = store.head_seq().await.expect("head");
+    let cfg = gatehouse_model::SinkConfig {
+        name: "bench".into(),
+        kind: "jsonl".into(),
+        url: None,
+        path: Some(dir.path().join("out.jsonl")),
+        only_alerts: false,
+        max_bytes: Some(u64::MAX),
+        token: None,
+    };
+    let sink = gatehouse_sinks::Sink::new(&cfg).expect("sink");
+    let t = Instant::now();
+    let task = tokio::spawn(sink.run(store.clone()));
+    while store.sink_cursor("bench").await.expect("cursor") < head {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    task.abort();
+    rate
+}
+
 /// A user-and-time-range query over `rows` events (bulk-loaded).
 async fn query_bench(rows: u64) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -532,6 +570,11 @@ async fn main() {
             "ingest_events_per_s".into(),
             serde_json::json!({"sequential": seq, "concurrent16": conc, "batch1000": batched}),
         );
+        let sink_rate = sink_throughput().await;
+        table.push_str(&format!(
+            "sink throughput (jsonl, fsync per batch of 500): {sink_rate:.0} events/s\n"
+        ));
+        json.insert("sink_events_per_s".into(), serde_json::json!(sink_rate));
         let q = query_bench(events).await;
         table.push_str(&format!(
             "query by user and day over {events} events: {q:.1} ms\n"

@@ -183,7 +183,7 @@ impl Sink {
             let events: Vec<&Event> = batch
                 .iter()
                 .map(|(_, e)| e)
-                .filter(|e| !self.only_alerts || e.event.kind == "alert")
+                .filter(|e| !self.only_alerts || routed_here(e, &self.name))
                 .collect();
             match self.deliver(&events).await {
                 Ok(()) => {
@@ -382,6 +382,18 @@ impl Sink {
     }
 }
 
+/// An alert goes to an alerts-only sink when its rule names no sinks or
+/// names this one.
+fn routed_here(e: &Event, sink: &str) -> bool {
+    if e.event.kind != "alert" {
+        return false;
+    }
+    match e.event.details.get("sinks").and_then(|s| s.as_array()) {
+        Some(list) if !list.is_empty() => list.iter().any(|s| s.as_str() == Some(sink)),
+        _ => true,
+    }
+}
+
 /// The request body for a batch, and its content type.
 fn http_body(kind: HttpKind, events: &[&Event]) -> (String, &'static str) {
     match kind {
@@ -473,6 +485,25 @@ pub fn check(configs: &[SinkConfig]) -> Vec<String> {
 mod tests {
     use super::*;
     use gatehouse_model::{NewEvent, Outcome, Severity};
+
+    #[test]
+    fn alerts_only_sinks_take_the_alerts_routed_to_them() {
+        let alert = |sinks: serde_json::Value| Event {
+            event: NewEvent::new("alert", Severity::High, Outcome::Success, "gw1")
+                .details(serde_json::json!({ "sinks": sinks })),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        assert!(routed_here(&alert(serde_json::json!([])), "siem"));
+        assert!(routed_here(&alert(serde_json::json!(["siem"])), "siem"));
+        assert!(!routed_here(&alert(serde_json::json!(["pager"])), "siem"));
+        let other = Event {
+            event: NewEvent::new("command", Severity::Info, Outcome::Success, "gw1"),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        assert!(!routed_here(&other, "siem"));
+    }
 
     #[test]
     fn syslog_lines_follow_rfc5424() {

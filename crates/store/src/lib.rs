@@ -616,6 +616,23 @@ fn chained(events: &[&NewEvent], mut prev: String) -> Result<Vec<(Event, String)
     Ok(out)
 }
 
+/// Rows per INSERT statement on SQLite (16 parameters each, well below
+/// SQLite's parameter limit).
+const MULTI_ROW: usize = 64;
+
+fn multi_row_insert(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    }
+    sql
+}
+
 async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
     let mut conn = rw.acquire().await?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -625,10 +642,15 @@ async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Even
                 .fetch_optional(&mut *conn)
                 .await?;
         let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
-        for (e, details) in &rows {
-            bind_event!(sqlx::query(schema::SQLITE_INSERT), e, details)
-                .execute(&mut *conn)
-                .await?;
+        // Multi-row INSERTs: per-statement overhead, not the rows, is what
+        // a batch spends its time on.
+        for chunk in rows.chunks(MULTI_ROW) {
+            let sql = multi_row_insert(chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (e, details) in chunk {
+                q = bind_event!(q, e, details);
+            }
+            q.execute(&mut *conn).await?;
         }
         Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }

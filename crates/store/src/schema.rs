@@ -203,10 +203,6 @@ pub const POSTGRES: &[&str] = &[
      FROM audit_events WHERE type = 'command'",
 ];
 
-pub const SQLITE_INSERT: &str = "INSERT INTO audit_events
-    (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
-
 pub const POSTGRES_INSERT: &str = "INSERT INTO audit_events
     (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16)";
