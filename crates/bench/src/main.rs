@@ -572,7 +572,7 @@ async fn main() {
         );
         let sink_rate = sink_throughput().await;
         table.push_str(&format!(
-            "sink throughput (jsonl, fsync per batch of 500): {sink_rate:.0} events/s\n"
+            "sink throughput (jsonl, fsync per batch of 2000): {sink_rate:.0} events/s\n"
         ));
         json.insert("sink_events_per_s".into(), serde_json::json!(sink_rate));
         let q = query_bench(events).await;

@@ -19,7 +19,7 @@ use gatehouse_model::SinkConfig;
 use gatehouse_store::Store;
 use tokio::io::AsyncWriteExt;
 
-const BATCH: i64 = 500;
+const BATCH: i64 = 2000;
 const IDLE_POLL: Duration = Duration::from_millis(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -445,11 +445,17 @@ fn http_body(kind: HttpKind, events: &[&Event]) -> (String, &'static str) {
     }
 }
 
-/// The id in the last complete line of a JSON-lines file.
+/// The id in the last complete line of a JSON-lines file (reads only
+/// the file's tail).
 async fn last_id_in(path: &std::path::Path) -> Option<String> {
-    let text = tokio::fs::read(path).await.ok()?;
-    let end = text.len().saturating_sub(64 * 1024);
-    let tail = String::from_utf8_lossy(&text[end..]).to_string();
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let len = f.metadata().await.ok()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(std::io::SeekFrom::Start(start)).await.ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).await.ok()?;
+    let tail = String::from_utf8_lossy(&tail).to_string();
     let line = tail.lines().rev().find(|l| !l.trim().is_empty())?;
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     v.get("id")?.as_str().map(str::to_string)
