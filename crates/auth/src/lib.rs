@@ -8,6 +8,7 @@
 //!
 //! Pure apart from reading/creating the key file in [`SecretBox::load_or_create`].
 
+pub mod password;
 pub mod totp;
 
 use std::path::Path;

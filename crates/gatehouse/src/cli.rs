@@ -116,6 +116,9 @@ pub enum UsersCmd {
     TotpReset {
         user: String,
     },
+    /// Read a password on stdin and print its argon2id hash, for a user's
+    /// `password_hash` in the config.
+    HashPassword,
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,6 +16,7 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
         &config_path,
         &data.join("host_ed25519"),
         &data.join("client_ed25519"),
+        &data.join("user_ca"),
     ] {
         if existing.exists() {
             bail!(
@@ -29,6 +30,7 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
     gatehouse_ssh::keys::generate_ed25519(&data.join("host_ed25519"), "gatehouse host key")?;
     let upstream_pub =
         gatehouse_ssh::keys::generate_ed25519(&data.join("client_ed25519"), "gatehouse")?;
+    let ca_pub = gatehouse_ssh::keys::generate_ed25519(&data.join("user_ca"), "gatehouse user CA")?;
 
     let admin_user = args
         .admin_user
@@ -56,6 +58,13 @@ node = "gatehouse-1"
 # authorized_keys of the logins on your targets:
 #   {upstream_pub}
 key = "data/client_ed25519"
+# Better: targets trust the gateway's CA and need no static key. Each session
+# gets a certificate (principal = the login, key id = user and session) valid
+# for cert_validity. Put this line into a file named by TrustedUserCAKeys in
+# the targets' sshd_config:
+#   {ca_pub}
+ca_key = "data/user_ca"
+cert_validity = "5m"
 
 [store]
 url = "sqlite://data/gatehouse.db"
@@ -91,9 +100,8 @@ roles = ["admin"]
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     println!("wrote {}", config_path.display());
     println!(
-        "wrote {}/host_ed25519 and {}/client_ed25519",
-        data.display(),
-        data.display()
+        "wrote {d}/host_ed25519, {d}/client_ed25519 and {d}/user_ca",
+        d = data.display()
     );
     println!(
         "first admin: {admin_user}{}",

@@ -179,6 +179,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&path)?;
             runbooks::run(cmd, &config, cli.format, || open_store(&config)).await
         }
+        Command::Users(users::UsersCmd::HashPassword) => users::hash_password(cli.format),
         Command::Users(cmd) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
@@ -302,6 +303,21 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
     }
     if let Err(e) = gatehouse_ssh::keys::load_private_key(&config.upstream.key, "upstream.key") {
         problems.push(format!("{}: upstream.key: {e}", path.display()));
+    }
+    if let Some(ca) = &config.upstream.ca_key {
+        if let Err(e) = gatehouse_ssh::keys::load_private_key(ca, "upstream.ca_key") {
+            problems.push(format!("{}: upstream.ca_key: {e}", path.display()));
+        }
+    }
+    if let Err(e) = gatehouse_ssh::certs::trusted_cas(&config) {
+        problems.push(format!("{}: {e}", path.display()));
+    }
+    for (i, u) in config.users.iter().enumerate() {
+        if let Some(h) = &u.password_hash {
+            if let Err(e) = gatehouse_auth::password::check_hash(h) {
+                problems.push(format!("{}: users[{i}].password_hash: {e}", path.display()));
+            }
+        }
     }
     for (i, t) in config.targets.iter().enumerate() {
         if let Some(kh) = &t.known_hosts {

@@ -8,7 +8,36 @@ use anyhow::{bail, Context, Result};
 use gatehouse_model::{parse_duration, Config, EventType, NewEvent, Outcome, Severity};
 use gatehouse_store::Store;
 
-use crate::cli::{Format, UsersCmd};
+use crate::cli::Format;
+pub use crate::cli::UsersCmd;
+
+/// `users hash-password`: the first line of stdin (a terminal prompt when
+/// stdin is one), hashed with argon2id.
+pub fn hash_password(format: Format) -> Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (echoed): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!(
+            "empty password; pipe it in, e.g. `printf %s \"$PW\" | gatehouse users hash-password`"
+        );
+    }
+    let hash = gatehouse_auth::password::hash(password)?;
+    match format {
+        Format::Json => println!("{}", serde_json::json!({ "password_hash": hash })),
+        _ => println!("{hash}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 fn operator() -> String {
     std::env::var("USER")
@@ -198,6 +227,7 @@ pub async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        UsersCmd::HashPassword => hash_password(format),
         UsersCmd::TotpReset { user } => {
             known(config, user)?;
             audit(

@@ -140,6 +140,9 @@ pub struct UpstreamConfig {
     pub ca_key: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
+    /// Validity of the per-session certificate signed with `ca_key`.
+    #[serde(default = "default_cert_validity")]
+    pub cert_validity: String,
 }
 
 fn default_upstream_key() -> PathBuf {
@@ -148,6 +151,9 @@ fn default_upstream_key() -> PathBuf {
 fn default_connect_timeout() -> String {
     "10s".into()
 }
+fn default_cert_validity() -> String {
+    "5m".into()
+}
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
@@ -155,6 +161,7 @@ impl Default for UpstreamConfig {
             key: default_upstream_key(),
             ca_key: None,
             connect_timeout: default_connect_timeout(),
+            cert_validity: default_cert_validity(),
         }
     }
 }
@@ -347,6 +354,10 @@ pub struct AuthConfig {
     /// Key that seals TOTP secrets in the store (created when missing).
     #[serde(default = "default_secrets_key")]
     pub secrets_key: PathBuf,
+    /// CAs whose OpenSSH user certificates are accepted: public key lines
+    /// (`ssh-ed25519 AAAA... ca`) or paths to `.pub` files.
+    #[serde(default)]
+    pub trusted_user_ca_keys: Vec<String>,
 }
 
 fn default_secrets_key() -> PathBuf {
@@ -357,6 +368,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             secrets_key: default_secrets_key(),
+            trusted_user_ca_keys: Vec::new(),
         }
     }
 }
@@ -489,8 +501,12 @@ pub struct User {
     pub keys: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// argon2id PHC string (`gatehouse users hash-password`).
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// Certificate principals that stand for this user besides its name.
+    #[serde(default)]
+    pub principals: Vec<String>,
 }
 
 /// One problem in a config file, with where it is and what to do.
@@ -608,6 +624,15 @@ impl Config {
                 format!(
                     "invalid duration {:?}; write e.g. \"10s\"",
                     self.upstream.connect_timeout
+                ),
+            );
+        }
+        if parse_duration(&self.upstream.cert_validity).is_err() {
+            err(
+                "upstream.cert_validity".into(),
+                format!(
+                    "invalid duration {:?}; write e.g. \"5m\"",
+                    self.upstream.cert_validity
                 ),
             );
         }
@@ -872,6 +897,12 @@ impl Config {
         }
         fix(&mut self.recording.dir);
         fix(&mut self.auth.secrets_key);
+        for ca in &mut self.auth.trusted_user_ca_keys {
+            // An entry is a key line or a path to a .pub file.
+            if !ca.contains(' ') && Path::new(ca.as_str()).is_relative() {
+                *ca = base.join(&*ca).to_string_lossy().into_owned();
+            }
+        }
         fix(&mut self.audit.signing_key);
         fix(&mut self.runbooks.dir);
         for s in &mut self.sinks {

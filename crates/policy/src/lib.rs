@@ -435,5 +435,53 @@ pub fn command_denied(
     None
 }
 
+/// The `reauth_commands` pattern of the user's roles that `command`
+/// matches: the user must give a fresh TOTP code before it runs.
+pub fn reauth_required(cfg: &Config, user: &str, command: &str) -> Option<CommandDenial> {
+    for role in user_roles(cfg, user) {
+        for (i, pattern) in role.reauth_commands.iter().enumerate() {
+            // As for denies: an invalid pattern errs on the safe side.
+            let hit = regex::Regex::new(pattern)
+                .map(|re| re.is_match(command.trim_start()))
+                .unwrap_or(true);
+            if hit {
+                return Some(CommandDenial {
+                    rule: RuleRef {
+                        role: role.name.clone(),
+                        rule: format!("reauth_commands[{i}]"),
+                        text: pattern.clone(),
+                    },
+                    pattern: pattern.clone(),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Whether any command rule (deny or step-up) can apply to this user on
+/// `target` as `login`: interactive lines are only held for checking then.
+pub fn has_command_rules(cfg: &Config, user: &str, target: &str, login: &str) -> bool {
+    let Some(t) = cfg.target(target) else {
+        return false;
+    };
+    user_roles(cfg, user).iter().any(|role| {
+        !role.reauth_commands.is_empty()
+            || role.deny.iter().any(|rule| {
+                !rule.commands.is_empty()
+                    && rule
+                        .targets
+                        .as_ref()
+                        .map(|s| selector_matches(s, t))
+                        .unwrap_or(true)
+                    && rule
+                        .logins
+                        .as_ref()
+                        .map(|ls| login_listed(ls, login))
+                        .unwrap_or(true)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests;

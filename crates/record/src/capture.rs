@@ -151,6 +151,20 @@ impl LineCapture {
         commands
     }
 
+    /// The line the user is about to submit, as the screen shows it now
+    /// (with any `\`-continued lines before it), or `None` while a
+    /// full-screen program owns the terminal. Call it when Enter is typed,
+    /// before passing the Enter on, once the echo has arrived.
+    pub fn pending_line(&mut self) -> Option<String> {
+        self.wake();
+        if self.alternate() {
+            return None;
+        }
+        let line = self.current_line();
+        let line = line.strip_suffix('\\').unwrap_or(&line);
+        Some((self.partial.clone() + line).trim().to_string())
+    }
+
     /// Leaves lazy mode: redraw the screen from the kept tail.
     fn wake(&mut self) {
         let Some(tail) = self.lazy.take() else { return };
@@ -386,5 +400,20 @@ mod tests {
             ("", "uname -a\r\nLinux\r\n$ "),
         ]);
         assert_eq!(cmds, vec!["uname -a"]);
+    }
+
+    #[test]
+    fn pending_line_is_what_the_screen_shows_before_enter() {
+        let mut c = LineCapture::new(40, 10);
+        c.output(b"user@host:~$ ");
+        c.input(b"rm -rf /tmp/x");
+        c.output(b"rm -rf /tmp/x");
+        assert_eq!(c.pending_line().as_deref(), Some("rm -rf /tmp/x"));
+        // Edited: the screen, not the keystrokes, is the truth.
+        c.input(b"\x7fy");
+        c.output(b"\x08 \x08y");
+        assert_eq!(c.pending_line().as_deref(), Some("rm -rf /tmp/y"));
+        c.output(b"\x1b[?1049h");
+        assert_eq!(c.pending_line(), None);
     }
 }

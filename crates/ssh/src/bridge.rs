@@ -86,7 +86,7 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
                 pix_height,
                 terminal_modes,
                 ..
-            } => {
+            } if ctx.auth.permit_pty() => {
                 setup.pty = Some(PtyReq {
                     term,
                     cols: col_width,
@@ -119,13 +119,19 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
                     .decision
                     .as_ref()
                     .map(|d| d.allowed && d.agent_forwarding)
-                    .unwrap_or(false);
+                    .unwrap_or(false)
+                    && ctx.auth.permit_agent_forwarding();
             }
             ChannelMsg::Exec { command, .. } => break Request::Exec(command),
             ChannelMsg::RequestShell { .. } => break Request::Shell,
             ChannelMsg::RequestSubsystem { name, .. } => break Request::Subsystem(name),
             _ => {}
         }
+    };
+    // A certificate's force-command runs whatever the client asked for.
+    let request = match ctx.auth.cert.as_ref().and_then(|c| c.force_command.clone()) {
+        Some(forced) => Request::Exec(forced.into_bytes()),
+        None => request,
     };
     let pty = setup.pty.is_some();
     if let Some(refusal) = &ctx.auth.refusal {
@@ -202,6 +208,40 @@ pub(crate) async fn run_on_target(
             )
             .await;
             return;
+        }
+        if let Some(rule) =
+            gatehouse_policy::reauth_required(&ctx.auth.config, &ctx.auth.user, &command)
+        {
+            // Step-up needs a terminal to ask in.
+            let code = if pty {
+                let _ = channel
+                    .data_bytes(
+                        format!(
+                            "gatehouse: this command needs a fresh verification code ({})\r\nVerification code: ",
+                            rule.rule
+                        )
+                        .into_bytes(),
+                    )
+                    .await;
+                let mut resizes = Vec::new();
+                let code = crate::guard::read_code(&mut channel, &mut resizes).await;
+                let _ = channel.data_bytes(&b"\r\n"[..]).await;
+                code
+            } else {
+                None
+            };
+            let code = match (pty, code) {
+                (true, Some(c)) => Ok(c),
+                (true, None) => Err(CANCELLED.to_string()),
+                (false, _) => Err(format!(
+                    "this command needs a fresh verification code ({}); run it in a terminal: ssh -t",
+                    rule.rule
+                )),
+            };
+            if let Err(why) = step_up(&ctx, &command, &rule, code).await {
+                fail(&channel, pty, &why, 1).await;
+                return;
+            }
         }
         let ev = ctx
             .state
@@ -318,6 +358,14 @@ pub(crate) async fn run_on_target(
         Some((t, w)) => (Some(t), Some(w)),
         None => (None, None),
     };
+    // Interactive lines are judged only in a terminal, and only when a
+    // command rule can apply.
+    let guard = match (&request, &setup.pty) {
+        (Request::Shell | Request::Exec(_), Some(p)) if crate::guard::needed(&ctx.auth) => {
+            Some(crate::guard::LineGuard::new(p.cols, p.rows))
+        }
+        _ => None,
+    };
     let outcome = pump(
         &ctx,
         channel,
@@ -325,6 +373,7 @@ pub(crate) async fn run_on_target(
         pty,
         recorder.as_ref(),
         transfers.as_ref(),
+        guard.as_ref(),
     )
     .await;
     drop(transfers);
@@ -547,6 +596,7 @@ async fn pump(
     pty: bool,
     rec: Option<&Recorder>,
     transfers: Option<&crate::transfers::TransferAudit>,
+    guard: Option<&crate::guard::LineGuard>,
 ) -> PumpOutcome {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
@@ -561,13 +611,17 @@ async fn pump(
                     state
                         .bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(r) = rec {
-                        r.input(&data).await;
+                    if let Some(g) = guard {
+                        guarded_input(ctx, g, &data, &mut user_rx, &user_tx, &up_tx, rec).await
+                    } else {
+                        if let Some(r) = rec {
+                            r.input(&data).await;
+                        }
+                        if let Some(t) = transfers {
+                            t.client(&data).await;
+                        }
+                        up_tx.data_bytes(data).await
                     }
-                    if let Some(t) = transfers {
-                        t.client(&data).await;
-                    }
-                    up_tx.data_bytes(data).await
                 }
                 ChannelMsg::Eof => up_tx.eof().await,
                 ChannelMsg::Close => break,
@@ -579,6 +633,9 @@ async fn pump(
                 } => {
                     if let Some(r) = rec {
                         r.resize(col_width, row_height).await;
+                    }
+                    if let Some(g) = guard {
+                        g.resize(col_width, row_height);
                     }
                     up_tx
                         .window_change(col_width, row_height, pix_width, pix_height)
@@ -607,6 +664,9 @@ async fn pump(
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = rec {
                         r.output(&data).await;
+                    }
+                    if let Some(g) = guard {
+                        g.output(&data);
                     }
                     if let Some(t) = transfers {
                         t.server(&data).await;
@@ -687,6 +747,161 @@ async fn pump(
         }
     }
     outcome
+}
+
+/// Passes keystrokes on with every Enter held until the line on screen
+/// has been judged (see [`crate::guard`]).
+async fn guarded_input(
+    ctx: &ChannelCtx,
+    guard: &crate::guard::LineGuard,
+    data: &[u8],
+    user_rx: &mut russh::ChannelReadHalf,
+    user_tx: &russh::ChannelWriteHalf<Msg>,
+    up_tx: &russh::ChannelWriteHalf<client::Msg>,
+    rec: Option<&Recorder>,
+) -> Result<(), russh::Error> {
+    use crate::guard::{tell, Verdict, ERASE_LINE};
+    let send = |bytes: Vec<u8>| async move {
+        let bytes = bytes::Bytes::from(bytes);
+        if let Some(r) = rec {
+            r.input(&bytes).await;
+        }
+        guard.input(&bytes);
+        up_tx.data_bytes(bytes).await
+    };
+    let node = ctx.shared.node();
+    let on_failure = ctx.auth.config.audit.on_failure;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+            return send(rest.to_vec()).await;
+        };
+        if at > 0 {
+            send(rest[..at].to_vec()).await?;
+        }
+        let enter = rest[at];
+        rest = &rest[at + 1..];
+        let Some(line) = guard.settled_line().await else {
+            send(vec![enter]).await?;
+            continue;
+        };
+        let refusal = match crate::guard::verdict(&ctx.auth, &line) {
+            Verdict::Allow => None,
+            Verdict::Deny(d) => {
+                let ev = ctx
+                    .state
+                    .event(
+                        &ctx.auth,
+                        EventType::COMMAND_DENIED,
+                        Severity::Warn,
+                        Outcome::Denied,
+                        &node,
+                    )
+                    .reason(format!("denied by {}", d.rule))
+                    .details(serde_json::json!({ "command": line, "source": "interactive" }));
+                let _ = ctx.shared.audit.record(ev, on_failure).await;
+                Some(format!("command denied by {}", d.rule))
+            }
+            Verdict::StepUp(r) => {
+                tell(
+                    user_tx,
+                    &format!(
+                        "\r\ngatehouse: this command needs a fresh verification code ({})\r\nVerification code: ",
+                        r.rule
+                    ),
+                )
+                .await;
+                let mut resizes = Vec::new();
+                let code = crate::guard::read_code(user_rx, &mut resizes).await;
+                for (c, r, pw, ph) in resizes {
+                    guard.resize(c, r);
+                    up_tx.window_change(c, r, pw, ph).await?;
+                }
+                let code = code.ok_or_else(|| CANCELLED.to_string());
+                step_up(ctx, &line, &r, code).await.err()
+            }
+        };
+        match refusal {
+            None => send(vec![enter]).await?,
+            Some(why) => {
+                // Never submitted: erase the line from the shell's buffer,
+                // say why, and let the shell draw a fresh prompt.
+                send(ERASE_LINE.to_vec()).await?;
+                let _ = guard.settled_line().await;
+                tell(user_tx, &format!("\r\ngatehouse: {why}")).await;
+                send(vec![b'\r']).await?;
+                // Typed-ahead input after a refused line is dropped too.
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+const CANCELLED: &str = "step-up verification cancelled; the command was not run";
+
+/// Checks a step-up code and audits the outcome; the error is what the
+/// user is told.
+async fn step_up(
+    ctx: &ChannelCtx,
+    command: &str,
+    rule: &gatehouse_policy::CommandDenial,
+    code: Result<String, String>,
+) -> Result<(), String> {
+    let node = ctx.shared.node();
+    let on_failure = ctx.auth.config.audit.on_failure;
+    let user = &ctx.auth.user;
+    let verdict = match code {
+        Err(why) => Err(why),
+        Ok(code) => match ctx.shared.store.totp(user).await {
+            Ok(Some((sealed, _))) => match ctx
+                .shared
+                .totp_fresh(&ctx.auth.config, user, &sealed, code.trim())
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("wrong or already used verification code; the command was not run".to_string()),
+                Err(e) => Err(e),
+            },
+            Ok(None) => Err(format!(
+                "no authenticator is enrolled for {user}; ask an administrator to run: gatehouse users totp-enroll {user}"
+            )),
+            Err(e) => Err(format!("cannot read the TOTP secret: {e}")),
+        },
+    };
+    let details = serde_json::json!({
+        "step_up": true, "method": "totp", "command": command, "rule": rule.rule.to_string(),
+    });
+    let mut ev = match &verdict {
+        Ok(()) => ctx
+            .state
+            .event(
+                &ctx.auth,
+                EventType::AUTH_SUCCESS,
+                Severity::Info,
+                Outcome::Success,
+                &node,
+            )
+            .details(details),
+        Err(why) => ctx
+            .state
+            .event(
+                &ctx.auth,
+                EventType::AUTH_FAILURE,
+                Severity::Warn,
+                Outcome::Failure,
+                &node,
+            )
+            .reason(why.clone())
+            .details(details),
+    };
+    if verdict.is_ok() {
+        ev.mfa = true;
+    }
+    if let Err(e) = ctx.shared.audit.record(ev, on_failure).await {
+        return Err(e.to_string());
+    }
+    verdict
 }
 
 /// Copies a non-session channel (port forward, agent) both ways.

@@ -14,6 +14,8 @@
 
 pub mod audit;
 pub mod bridge;
+pub mod certs;
+mod guard;
 pub mod keys;
 pub mod menu;
 pub mod recorder;

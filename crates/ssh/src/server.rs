@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_model::{
     event::format_time, parse_duration, Config, ConnectRequest, EventType, NewEvent, Outcome,
-    Severity,
+    Severity, User,
 };
 use gatehouse_policy::Decision;
 use gatehouse_store::Store;
@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::Audit;
+use crate::certs::CertGrant;
 use crate::keys::{fingerprint, load_private_key, parse_public_line};
 use crate::upstream::{self, Upstream, UpstreamError};
 use crate::SshError;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub audit: Audit,
     pub store: Store,
     pub upstream_key: RwLock<Arc<PrivateKey>>,
+    /// The CA that signs per-session certificates towards targets.
+    pub upstream_ca: RwLock<Option<Arc<PrivateKey>>>,
     pub server_config: Arc<server::Config>,
     pub startups: Arc<Semaphore>,
     pub live: Mutex<HashMap<u64, LiveConn>>,
@@ -101,6 +104,43 @@ impl Shared {
             .map(|k| k.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
     }
+    /// Checks a TOTP `answer` against the user's sealed secret; a code
+    /// counts once (its time step is then used up).
+    pub async fn totp_fresh(
+        &self,
+        config: &Config,
+        user: &str,
+        sealed: &str,
+        answer: &str,
+    ) -> Result<bool, String> {
+        let secret = gatehouse_auth::SecretBox::load_or_create(&config.auth.secrets_key)
+            .and_then(|b| b.open(sealed))
+            .map_err(|e| format!("cannot open the TOTP secret: {e}"))?;
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        Ok(match gatehouse_auth::totp::verify(&secret, answer, now) {
+            Some(step) => self
+                .store
+                .use_totp_step(user, step as i64)
+                .await
+                .unwrap_or(false),
+            None => false,
+        })
+    }
+
+    pub fn upstream_ca(&self) -> Option<Arc<PrivateKey>> {
+        self.upstream_ca
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// Loads `upstream.ca_key` when configured.
+fn load_upstream_ca(config: &Config) -> Result<Option<Arc<PrivateKey>>, SshError> {
+    match &config.upstream.ca_key {
+        Some(path) => Ok(Some(Arc::new(load_private_key(path, "upstream.ca_key")?))),
+        None => Ok(None),
+    }
 }
 
 /// The gateway, bound to its port and ready to [`Gateway::run`].
@@ -120,10 +160,14 @@ impl GatewayHandle {
     /// were authorised with; new connections use the new one.
     pub fn reload(&self, config: Config) -> Result<(), SshError> {
         let key = Arc::new(load_private_key(&config.upstream.key, "upstream.key")?);
+        let ca = load_upstream_ca(&config)?;
         let alerts =
             gatehouse_audit::alert::Alerts::new(&config.alerts).map_err(SshError::Config)?;
         if let Ok(mut k) = self.shared.upstream_key.write() {
             *k = key;
+        }
+        if let Ok(mut c) = self.shared.upstream_ca.write() {
+            *c = ca;
         }
         if let Ok(mut a) = self.shared.audit.alerts.lock() {
             *a = alerts;
@@ -150,6 +194,7 @@ impl Gateway {
     pub async fn bind(config: Config, store: Store) -> Result<Gateway, SshError> {
         let host_key = load_private_key(&config.server.host_key, "server.host_key")?;
         let upstream_key = load_private_key(&config.upstream.key, "upstream.key")?;
+        let upstream_ca = load_upstream_ca(&config)?;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
         methods.push(MethodKind::KeyboardInteractive);
@@ -188,6 +233,7 @@ impl Gateway {
             },
             store,
             upstream_key: RwLock::new(Arc::new(upstream_key)),
+            upstream_ca: RwLock::new(upstream_ca),
             server_config: Arc::new(server_config),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -543,7 +589,41 @@ pub(crate) struct Authed {
     /// Set while a just-in-time approval is still needed.
     pub approval: Option<gatehouse_policy::ApprovalNeed>,
     pub mfa: bool,
+    /// The limits of the certificate the user logged in with, if any.
+    pub cert: Option<Arc<CertGrant>>,
     pub config: Arc<Config>,
+}
+
+impl Authed {
+    pub fn permit_pty(&self) -> bool {
+        self.cert.as_ref().is_none_or(|c| c.permit_pty)
+    }
+    pub fn permit_port_forwarding(&self) -> bool {
+        self.cert.as_ref().is_none_or(|c| c.permit_port_forwarding)
+    }
+    pub fn permit_agent_forwarding(&self) -> bool {
+        self.cert.as_ref().is_none_or(|c| c.permit_agent_forwarding)
+    }
+}
+
+/// How the user proved who they are before any second factor.
+#[derive(Clone, Debug)]
+pub(crate) enum FirstFactor {
+    /// A registered public key (its fingerprint).
+    Key(String),
+    /// A certificate from a trusted CA (the key's fingerprint).
+    Certificate(String, Arc<CertGrant>),
+    Password,
+}
+
+impl FirstFactor {
+    fn method(&self) -> &'static str {
+        match self {
+            FirstFactor::Key(_) => "publickey",
+            FirstFactor::Certificate(..) => "certificate",
+            FirstFactor::Password => "password",
+        }
+    }
 }
 
 /// Per-connection state shared between the handler, channel tasks and the
@@ -668,10 +748,17 @@ pub(crate) async fn upstream_for(
     let timeout =
         parse_duration(&auth.config.upstream.connect_timeout).unwrap_or(Duration::from_secs(10));
     let node = shared.node();
+    let creds = upstream::Credentials {
+        key: shared.upstream_key(),
+        ca: shared.upstream_ca(),
+        key_id: format!("gatehouse user={} session={}", auth.user, state.session_id),
+        validity: parse_duration(&auth.config.upstream.cert_validity)
+            .unwrap_or(Duration::from_secs(300)),
+    };
     let result = upstream::connect(
         &target,
         login,
-        shared.upstream_key(),
+        creds,
         shared.store.clone(),
         timeout,
         decision.agent_forwarding,
@@ -729,7 +816,7 @@ pub(crate) struct Conn {
     /// Set for a connection served inside a ProxyJump channel.
     jump: Option<Jump>,
     /// The user whose key was accepted, waiting for the second factor.
-    pending_mfa: Option<(String, String)>,
+    pending_mfa: Option<(String, FirstFactor)>,
 }
 
 impl Conn {
@@ -831,6 +918,29 @@ impl Conn {
         }
     }
 
+    /// The Gatehouse user a username stands for (inside a ProxyJump
+    /// channel, the user of the outer connection).
+    fn gatehouse_user<'c>(&self, config: &'c Config, raw_user: &str) -> Result<&'c User, String> {
+        let user_name = match &self.jump {
+            Some(j) => j.user.clone(),
+            None => match ConnectRequest::parse(raw_user) {
+                Ok(r) => r.user,
+                Err(e) => {
+                    // A malformed target part still lets a known user in, so
+                    // that they can be told what is wrong with the username.
+                    let prefix = raw_user.split(':').next().unwrap_or("");
+                    if config.user(prefix).is_none() {
+                        return Err(e.to_string());
+                    }
+                    prefix.to_string()
+                }
+            },
+        };
+        config
+            .user(&user_name)
+            .ok_or_else(|| format!("unknown user {:?}", truncate(&user_name, 64)))
+    }
+
     /// Is `key` one of the keys configured for the user named in `raw_user`?
     fn key_matches(
         &self,
@@ -838,52 +948,72 @@ impl Conn {
         raw_user: &str,
         key: &russh::keys::PublicKey,
     ) -> Result<String, String> {
-        if let Some(j) = &self.jump {
-            let user = config
-                .user(&j.user)
-                .ok_or_else(|| format!("unknown user {:?}", j.user))?;
-            let ok = user
-                .keys
-                .iter()
-                .filter_map(|line| parse_public_line(line))
-                .any(|k| k.key_data() == key.key_data());
-            return if ok {
-                Ok(j.user.clone())
-            } else {
-                Err(format!(
-                    "key {} is not registered for user {:?}",
-                    fingerprint(key),
-                    j.user
-                ))
-            };
-        }
-        let user_name = match ConnectRequest::parse(raw_user) {
-            Ok(r) => r.user,
-            Err(e) => {
-                // A malformed target part still lets a known user in, so
-                // that they can be told what is wrong with the username.
-                let prefix = raw_user.split(':').next().unwrap_or("");
-                if config.user(prefix).is_none() {
-                    return Err(e.to_string());
-                }
-                prefix.to_string()
-            }
-        };
-        let Some(user) = config.user(&user_name) else {
-            return Err(format!("unknown user {:?}", truncate(&user_name, 64)));
-        };
+        let user = self.gatehouse_user(config, raw_user)?;
         let ok = user
             .keys
             .iter()
             .filter_map(|line| parse_public_line(line))
             .any(|k| k.key_data() == key.key_data());
         if ok {
-            Ok(user_name)
+            Ok(user.name.clone())
         } else {
             Err(format!(
-                "key {} is not registered for user {user_name:?}",
-                fingerprint(key)
+                "key {} is not registered for user {:?}",
+                fingerprint(key),
+                user.name
             ))
+        }
+    }
+
+    /// The methods to offer this user first: publickey, and password when
+    /// the user has one (keyboard-interactive only ever follows a first
+    /// factor).
+    fn first_methods(&self, config: &Config, raw_user: &str) -> MethodSet {
+        let mut m = MethodSet::empty();
+        m.push(MethodKind::PublicKey);
+        if self
+            .gatehouse_user(config, raw_user)
+            .is_ok_and(|u| u.password_hash.is_some())
+        {
+            m.push(MethodKind::Password);
+        }
+        m
+    }
+
+    /// After the first factor: the second when the user's roles require
+    /// it, or the session's decision.
+    async fn first_factor_done(
+        &mut self,
+        config: &Config,
+        raw_user: &str,
+        user: String,
+        factor: FirstFactor,
+    ) -> Result<Auth, russh::Error> {
+        if let Some(refused) = self.locked(config, raw_user, &user).await {
+            return Ok(refused);
+        }
+        if mfa_required(config, &user) {
+            // Partial success: the first factor is right, now the second
+            // (OpenSSH's AuthenticationMethods publickey,keyboard-interactive).
+            self.pending_mfa = Some((user, factor));
+            let mut next = MethodSet::empty();
+            next.push(MethodKind::KeyboardInteractive);
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(next),
+                partial_success: true,
+            });
+        }
+        self.complete_auth(raw_user, user, factor, false).await
+    }
+
+    /// Refuses an authentication attempt: audited, throttled.
+    async fn refuse(&self, config: &Config, raw_user: &str, reason: String) -> Auth {
+        let ev = self.failure_event(raw_user, reason);
+        let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+        self.throttle(raw_user).await;
+        Auth::Reject {
+            proceed_with_methods: Some(self.first_methods(config, raw_user)),
+            partial_success: false,
         }
     }
 
@@ -958,7 +1088,7 @@ impl Conn {
         &mut self,
         raw_user: &str,
         user: String,
-        key_fp: String,
+        factor: FirstFactor,
         mfa: bool,
     ) -> Result<Auth, russh::Error> {
         let config = self.shared.config();
@@ -989,6 +1119,10 @@ impl Conn {
             refusal: None,
             approval: None,
             mfa,
+            cert: match &factor {
+                FirstFactor::Certificate(_, grant) => Some(grant.clone()),
+                _ => None,
+            },
             config: config.clone(),
         };
         let ok = self
@@ -1000,11 +1134,25 @@ impl Conn {
                 Outcome::Success,
                 &node,
             )
-            .details(serde_json::json!({
-                "method": if mfa { "publickey+totp" } else { "publickey" },
-                "key": key_fp,
-                "via": if self.jump.is_some() { "proxyjump" } else { "direct" },
-            }));
+            .details({
+                let mut d = serde_json::json!({
+                    "method": if mfa {
+                        format!("{}+totp", factor.method())
+                    } else {
+                        factor.method().to_string()
+                    },
+                    "via": if self.jump.is_some() { "proxyjump" } else { "direct" },
+                });
+                match &factor {
+                    FirstFactor::Key(fp) => d["key"] = fp.clone().into(),
+                    FirstFactor::Certificate(fp, grant) => {
+                        d["key"] = fp.clone().into();
+                        d["certificate"] = grant.details();
+                    }
+                    FirstFactor::Password => {}
+                }
+                d
+            });
         if let Err(e) = self.shared.audit.record(ok, config.audit.on_failure).await {
             refusal = Some(e.to_string());
         }
@@ -1101,7 +1249,11 @@ impl server::Handler for Conn {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         self.note_attempt(user);
-        Ok(Auth::reject())
+        let config = self.shared.config();
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(self.first_methods(&config, user)),
+            partial_success: false,
+        })
     }
 
     async fn auth_publickey_offered(
@@ -1112,12 +1264,15 @@ impl server::Handler for Conn {
         let config = self.shared.config();
         match self.key_matches(&config, user, offer.public_key) {
             Ok(_) => Ok(Auth::Accept),
-            Err(reason) => {
-                let ev = self.failure_event(user, reason);
-                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
-                self.throttle(user).await;
-                Ok(Auth::reject())
+            // The key may be a certificate's (russh offers the key inside
+            // it): decide once it is signed, in auth_openssh_certificate.
+            Err(_)
+                if !config.auth.trusted_user_ca_keys.is_empty()
+                    && self.gatehouse_user(&config, user).is_ok() =>
+            {
+                Ok(Auth::Accept)
             }
+            Err(reason) => Ok(self.refuse(&config, user, reason).await),
         }
     }
 
@@ -1129,29 +1284,76 @@ impl server::Handler for Conn {
         let config = self.shared.config();
         let user = match self.key_matches(&config, raw_user, key.public_key) {
             Ok(u) => u,
-            Err(reason) => {
-                let ev = self.failure_event(raw_user, reason);
-                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
-                self.throttle(raw_user).await;
-                return Ok(Auth::reject());
-            }
+            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
         };
-        if let Some(refused) = self.locked(&config, raw_user, &user).await {
-            return Ok(refused);
+        let factor = FirstFactor::Key(fingerprint(key.public_key));
+        self.first_factor_done(&config, raw_user, user, factor)
+            .await
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        raw_user: &str,
+        cert: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        let checked = self.gatehouse_user(&config, raw_user).and_then(|user| {
+            let cas = crate::certs::trusted_cas(&config)?;
+            if cas.is_empty() {
+                return Err(
+                    "certificates are not accepted: auth.trusted_user_ca_keys is empty".into(),
+                );
+            }
+            let now = chrono::Utc::now().timestamp().max(0) as u64;
+            crate::certs::check(cert, &cas, user, self.state.peer.ip(), now)
+                .map(|grant| (user.name.clone(), grant))
+        });
+        let (user, grant) = match checked {
+            Ok(ok) => ok,
+            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+        };
+        let fp = cert
+            .public_key()
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string();
+        let factor = FirstFactor::Certificate(fp, Arc::new(grant));
+        self.first_factor_done(&config, raw_user, user, factor)
+            .await
+    }
+
+    async fn auth_password(&mut self, raw_user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let config = self.shared.config();
+        let user = match self.gatehouse_user(&config, raw_user) {
+            Ok(u) => u.clone(),
+            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+        };
+        let Some(hash) = user.password_hash.clone() else {
+            let reason = format!("user {:?} has no password", user.name);
+            return Ok(self.refuse(&config, raw_user, reason).await);
+        };
+        let password = password.to_string();
+        // argon2 is deliberately slow: keep it off the executor.
+        let verdict =
+            tokio::task::spawn_blocking(move || gatehouse_auth::password::verify(&hash, &password))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        match verdict {
+            Ok(true) => {
+                self.first_factor_done(&config, raw_user, user.name, FirstFactor::Password)
+                    .await
+            }
+            Ok(false) => Ok(self
+                .refuse(&config, raw_user, "wrong password".into())
+                .await),
+            Err(e) => {
+                let reason = format!(
+                    "cannot check the password: users.{}.password_hash: {e}",
+                    user.name
+                );
+                Ok(self.refuse(&config, raw_user, reason).await)
+            }
         }
-        let key_fp = fingerprint(key.public_key);
-        if mfa_required(&config, &user) {
-            // Partial success: the key is right, now the second factor
-            // (OpenSSH's AuthenticationMethods publickey,keyboard-interactive).
-            self.pending_mfa = Some((user, key_fp));
-            let mut next = MethodSet::empty();
-            next.push(MethodKind::KeyboardInteractive);
-            return Ok(Auth::Reject {
-                proceed_with_methods: Some(next),
-                partial_success: true,
-            });
-        }
-        self.complete_auth(raw_user, user, key_fp, false).await
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -1161,7 +1363,7 @@ impl server::Handler for Conn {
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
         let config = self.shared.config();
-        let Some((user, key_fp)) = self.pending_mfa.clone() else {
+        let Some((user, factor)) = self.pending_mfa.clone() else {
             // The second factor never stands alone.
             return Ok(Auth::reject());
         };
@@ -1207,25 +1409,17 @@ impl server::Handler for Conn {
             .next()
             .map(|b| String::from_utf8_lossy(&b).trim().to_string())
             .unwrap_or_default();
-        let secret = match gatehouse_auth::SecretBox::load_or_create(&config.auth.secrets_key)
-            .and_then(|b| b.open(&sealed))
+        let fresh = match self
+            .shared
+            .totp_fresh(&config, &user, &sealed, &answer)
+            .await
         {
-            Ok(s) => s,
+            Ok(f) => f,
             Err(e) => {
-                let ev = self.failure_event(raw_user, format!("cannot open the TOTP secret: {e}"));
+                let ev = self.failure_event(raw_user, e);
                 let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
                 return Ok(Auth::reject());
             }
-        };
-        let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let fresh = match gatehouse_auth::totp::verify(&secret, &answer, now) {
-            Some(step) => self
-                .shared
-                .store
-                .use_totp_step(&user, step as i64)
-                .await
-                .unwrap_or(false),
-            None => false,
         };
         if !fresh {
             let ev = self.failure_event(raw_user, "wrong or already used verification code".into());
@@ -1237,7 +1431,7 @@ impl server::Handler for Conn {
             });
         }
         self.pending_mfa = None;
-        self.complete_auth(raw_user, user, key_fp, true).await
+        self.complete_auth(raw_user, user, factor, true).await
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -1307,7 +1501,8 @@ impl server::Handler for Conn {
                 .decision
                 .as_ref()
                 .map(|d| d.allowed && d.port_forwarding)
-                .unwrap_or(false);
+                .unwrap_or(false)
+            && ctx.auth.permit_port_forwarding();
         let node = self.shared.node();
         let details = serde_json::json!({
             "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
@@ -1384,6 +1579,10 @@ impl server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // A certificate without permit-pty gets none (as sshd does).
+        if self.state.authed().is_some_and(|a| !a.permit_pty()) {
+            return session.channel_failure(channel);
+        }
         session.channel_success(channel)
     }
 
@@ -1437,7 +1636,11 @@ impl server::Handler for Conn {
             .authed()
             .and_then(|a| a.decision)
             .map(|d| d.allowed && d.agent_forwarding)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && self
+                .state
+                .authed()
+                .is_some_and(|a| a.permit_agent_forwarding());
         Ok(allowed)
     }
 

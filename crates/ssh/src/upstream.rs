@@ -1,7 +1,8 @@
 //! The gateway's own SSH connection to a target: connect, verify the
 //! target's host key (pinned fingerprint, known_hosts file or
 //! trust-on-first-use in the store — never ignored), authenticate with the
-//! gateway's key, and accept agent channels the target opens back when the
+//! gateway's key or a short-lived certificate it signs per session from
+//! its own CA, and accept agent channels the target opens back when the
 //! role allows agent forwarding.
 
 use std::sync::{Arc, Mutex};
@@ -212,11 +213,69 @@ pub fn client_config() -> Arc<client::Config> {
     })
 }
 
+/// How the gateway proves itself to a target.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The static key (`upstream.key`).
+    pub key: Arc<PrivateKey>,
+    /// The CA (`upstream.ca_key`) that signs a per-session certificate.
+    pub ca: Option<Arc<PrivateKey>>,
+    /// The certificate's key id: who and which session, so the target's
+    /// own auth log names them.
+    pub key_id: String,
+    /// How long the certificate is valid for (it only has to outlive the
+    /// handshake; a session outlives its certificate).
+    pub validity: Duration,
+}
+
+/// Signs a user certificate for `login` over a fresh ed25519 key.
+pub fn sign_session_certificate(
+    ca: &PrivateKey,
+    login: &str,
+    key_id: &str,
+    validity: Duration,
+) -> Result<(Arc<PrivateKey>, russh::keys::Certificate), String> {
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+    let key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .map_err(|e| format!("cannot generate a session key: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // A minute of grace for clocks that run behind the gateway's.
+    let after = now.saturating_sub(60);
+    let before = now + validity.as_secs().max(60);
+    let nonce: [u8; 32] = rand::random();
+    let cert_err =
+        |e: russh::keys::ssh_key::Error| format!("cannot sign the session certificate: {e}");
+    let mut b = Builder::new(
+        nonce.to_vec(),
+        key.public_key().key_data().clone(),
+        after,
+        before,
+    )
+    .map_err(cert_err)?;
+    b.cert_type(CertType::User).map_err(cert_err)?;
+    b.serial(rand::random()).map_err(cert_err)?;
+    b.key_id(key_id).map_err(cert_err)?;
+    b.valid_principal(login).map_err(cert_err)?;
+    for ext in [
+        "permit-pty",
+        "permit-port-forwarding",
+        "permit-agent-forwarding",
+        "permit-user-rc",
+    ] {
+        b.extension(ext, "").map_err(cert_err)?;
+    }
+    let cert = b.sign(ca).map_err(cert_err)?;
+    Ok((Arc::new(key), cert))
+}
+
 /// Connects and authenticates to `target` as `login`.
 pub async fn connect(
     target: &Target,
     login: &str,
-    key: Arc<PrivateKey>,
+    creds: Credentials,
     store: Store,
     timeout: Duration,
     agent: bool,
@@ -266,6 +325,28 @@ pub async fn connect(
             });
         }
     };
+    // A per-session certificate first (targets then need only
+    // TrustedUserCAKeys), the static key as the fallback, as OpenSSH's
+    // client tries its identities in turn.
+    if let Some(ca) = &creds.ca {
+        let (key, cert) = sign_session_certificate(ca, login, &creds.key_id, creds.validity)
+            .map_err(UpstreamError::Other)?;
+        let auth = handle
+            .authenticate_openssh_cert(login, key, cert)
+            .await
+            .map_err(|e| {
+                UpstreamError::Other(format!(
+                    "certificate authentication to target {:?} failed: {e}",
+                    target.name
+                ))
+            })?;
+        if auth.success() {
+            return Ok(Upstream {
+                handle,
+                agent_rx: tokio::sync::Mutex::new(agent_rx),
+            });
+        }
+    }
     let hash = handle
         .best_supported_rsa_hash()
         .await
@@ -273,7 +354,7 @@ pub async fn connect(
         .flatten()
         .flatten();
     let auth = handle
-        .authenticate_publickey(login, PrivateKeyWithHashAlg::new(key, hash))
+        .authenticate_publickey(login, PrivateKeyWithHashAlg::new(creds.key, hash))
         .await
         .map_err(|e| {
             UpstreamError::Other(format!(
@@ -282,8 +363,13 @@ pub async fn connect(
             ))
         })?;
     if !auth.success() {
+        let hint = if creds.ca.is_some() {
+            format!("trust the gateway's CA (upstream.ca_key .pub) with TrustedUserCAKeys in the target's sshd_config, or add the gateway's public key (upstream.key .pub) to ~{login}/.ssh/authorized_keys on the target")
+        } else {
+            format!("add the gateway's public key (upstream.key .pub) to ~{login}/.ssh/authorized_keys on the target")
+        };
         return Err(UpstreamError::AuthRefused(format!(
-            "target {:?} refused the gateway's key for login {login:?}; add the gateway's public key (upstream.key .pub) to ~{login}/.ssh/authorized_keys on the target",
+            "target {:?} refused the gateway's credentials for login {login:?}; {hint}",
             target.name
         )));
     }

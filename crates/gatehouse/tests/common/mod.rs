@@ -119,6 +119,12 @@ impl Env {
 
     /// `extra` is appended to the config (more roles, users, sections).
     pub fn start_with(extra: &str) -> Env {
+        Env::start_full(extra, "")
+    }
+
+    /// As [`Env::start_with`], with `upstream_extra` lines added to the
+    /// `[upstream]` section.
+    pub fn start_full(extra: &str, upstream_extra: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let upstream = kit::keygen(dir.path(), "client_ed25519").expect("keygen");
         kit::keygen(dir.path(), "host_ed25519").expect("keygen");
@@ -135,6 +141,10 @@ impl Env {
             &alice.public_line,
             &bob.public_line,
             extra,
+        )
+        .replace(
+            "connect_timeout = \"5s\"\n",
+            &format!("connect_timeout = \"5s\"\n{upstream_extra}\n"),
         );
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
