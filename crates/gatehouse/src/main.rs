@@ -389,6 +389,10 @@ fn explain(
         }
         _ => None,
     };
+    let step_up = match (command, &denial) {
+        (Some(cmd), None) if d.allowed => gatehouse_policy::reauth_required(config, user, cmd),
+        _ => None,
+    };
     let allowed = d.allowed && denial.is_none();
     if format == Format::Json {
         println!(
@@ -399,6 +403,7 @@ fn explain(
                 "require_mfa": d.require_mfa, "max_session_secs": d.max_session.map(|m| m.as_secs()),
                 "port_forwarding": d.port_forwarding, "agent_forwarding": d.agent_forwarding,
                 "command_denied_by": denial.as_ref().map(|c| c.rule.to_string()),
+                "command_step_up_by": step_up.as_ref().map(|c| c.rule.to_string()),
             })
         );
     } else {
@@ -406,6 +411,13 @@ fn explain(
         if let Some(cmd) = command {
             match &denial {
                 Some(c) => println!("  command {cmd:?}: DENY by {}", c.rule),
+                None if step_up.is_some() => println!(
+                    "  command {cmd:?}: allowed after a fresh TOTP code (step-up by {})",
+                    step_up
+                        .as_ref()
+                        .map(|c| c.rule.to_string())
+                        .unwrap_or_default()
+                ),
                 None if d.allowed => {
                     println!("  command {cmd:?}: allowed (no command rule matches)")
                 }

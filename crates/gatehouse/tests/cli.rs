@@ -32,6 +32,8 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let config = d.join("gatehouse.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("name = \"root-admin\""));
+    assert!(d.join("data/user_ca").exists() && d.join("data/user_ca.pub").exists());
+    assert!(text.contains("ca_key = \"data/user_ca\""));
     assert!(text.contains(key.public_line.split_whitespace().nth(1).unwrap()));
     let out = gh(&["--config", config.to_str().unwrap(), "check"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -40,6 +42,39 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains("already exists; refusing to overwrite"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_names_an_unreadable_or_malformed_trusted_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.toml");
+    let p = path.to_str().unwrap();
+    std::fs::write(
+        &path,
+        "[auth]\ntrusted_user_ca_keys = [\"missing_ca.pub\"]\n",
+    )
+    .unwrap();
+    let out = gh(&["--config", p, "check"]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("auth.trusted_user_ca_keys[0]")
+            && out.stderr.contains("missing_ca.pub"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(
+        &path,
+        "[auth]\ntrusted_user_ca_keys = [\"ssh-ed25519 not-base64 ca\"]\n",
+    )
+    .unwrap();
+    let out = gh(&["--config", p, "check"]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("auth.trusted_user_ca_keys[0]: not an OpenSSH public key line"),
         "{}",
         out.stderr
     );
