@@ -393,6 +393,7 @@ async fn sink_throughput() -> f64 {
         only_alerts: false,
         max_bytes: Some(u64::MAX),
         token: None,
+        ca_file: None,
     };
     let sink = gatehouse_sinks::Sink::new(&cfg).expect("sink");
     let t = Instant::now();

@@ -198,13 +198,66 @@ fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
     }
 }
 
+type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+trait Stream: Read + std::io::Write + Send {}
+impl<T: Read + std::io::Write + Send> Stream for T {}
+
 /// A tiny HTTP server: records each request (head + body), answers 200.
-fn http_receiver(listener: TcpListener) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+fn http_receiver(listener: TcpListener) -> Received {
+    receiver(listener, |tcp| Some(Box::new(tcp)))
+}
+
+/// The same over TLS with `cert` and `key` (PEM files); connections whose
+/// handshake fails are counted in the second list.
+fn https_receiver(
+    listener: TcpListener,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (Received, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = failed.clone();
+    let got = receiver(listener, move |mut tcp| {
+        let mut conn = rustls::ServerConnection::new(config.clone()).ok()?;
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut tcp).is_err() {
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return None;
+            }
+        }
+        Some(Box::new(rustls::StreamOwned::new(conn, tcp)))
+    });
+    (got, failed)
+}
+
+fn receiver(
+    listener: TcpListener,
+    wrap: impl Fn(std::net::TcpStream) -> Option<Box<dyn Stream>> + Send + 'static,
+) -> Received {
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let store = got.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
+            let Ok(conn) = conn else { break };
+            let Some(mut conn) = wrap(conn) else { continue };
             let mut data = Vec::new();
             let mut buf = [0u8; 65536];
             loop {
@@ -231,8 +284,9 @@ fn http_receiver(listener: TcpListener) -> std::sync::Arc<std::sync::Mutex<Vec<S
                 .push(String::from_utf8_lossy(&data).to_string());
             let _ = std::io::Write::write_all(
                 &mut conn,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"errors\":false}",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{\"errors\":false}",
             );
+            let _ = std::io::Write::flush(&mut conn);
         }
     });
     got
@@ -273,6 +327,112 @@ fn http_sinks_deliver_after_the_receiver_comes_up() {
     assert!(
         all.contains("\"text\":\"[info] gateway.start"),
         "Slack-compatible text"
+    );
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1, made with the
+/// openssl command line.
+fn tls_files(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gatehouse test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[test]
+fn https_sinks_verify_the_receiver_and_deliver_everything() {
+    let tls = tempfile::tempdir().unwrap();
+    tls_files(tls.path());
+    let port = gatehouse_testkit::free_port();
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"https://localhost:{port}/gatehouse/_bulk\"\nca_file = \"{ca}\"\n\n[[sinks]]\nname = \"untrusted\"\nkind = \"webhook\"\nurl = \"https://localhost:{port}/untrusted\"\n",
+        ca = tls.path().join("ca.pem").display()
+    ));
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let (got, failed_handshakes) = https_receiver(
+        TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        &tls.path().join("server.pem"),
+        &tls.path().join("server.key"),
+    );
+    let ids = store_ids(&env);
+    wait_until("the https sink to deliver every event", || {
+        let all = got.lock().unwrap().join("\n");
+        ids.iter()
+            .all(|id| all.contains(&format!("{{\"index\":{{\"_id\":\"{id}\"}}}}")))
+    });
+    // The sink without the CA refuses the receiver's certificate: nothing
+    // is sent to it, and it keeps its cursor to retry.
+    wait_until("the untrusted sink's handshake to fail", || {
+        failed_handshakes.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    let all = got.lock().unwrap().join("\n");
+    assert!(!all.contains("POST /untrusted"), "{all}");
+    assert!(
+        env.gateway_log().contains("certificate"),
+        "{}",
+        env.gateway_log()
     );
 }
 

@@ -279,6 +279,10 @@ pub struct SinkConfig {
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub token: Option<String>,
+    /// PEM file of CA certificates to trust for an `https://` url, besides
+    /// the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[[alerts]]`: a pattern rule (`when`) or a threshold rule.
@@ -907,6 +911,9 @@ impl Config {
         fix(&mut self.runbooks.dir);
         for s in &mut self.sinks {
             if let Some(p) = s.path.as_mut() {
+                fix(p);
+            }
+            if let Some(p) = s.ca_file.as_mut() {
                 fix(p);
             }
         }

@@ -1,6 +1,8 @@
 //! Sinks: every event (or only alerts) forwarded to a JSON-lines file,
-//! syslog (RFC 5424 over UDP or TCP), or over HTTP as a webhook (JSON with
-//! a Slack-compatible `text`), Elasticsearch `_bulk` NDJSON or Splunk HEC.
+//! syslog (RFC 5424 over UDP or TCP), or over HTTP(S) as a webhook (JSON
+//! with a Slack-compatible `text`), Elasticsearch `_bulk` NDJSON or Splunk
+//! HEC. HTTPS verifies the server against the public web roots plus the
+//! sink's `ca_file` (rustls with the ring provider).
 //!
 //! Each sink is a task that reads the event log after its cursor, delivers
 //! a batch, and only then advances the cursor, which lives in the store:
@@ -11,13 +13,17 @@
 //! itself by checking the last id in its file. Sinks never touch the data
 //! path: a dead sink only falls behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_model::event::Event;
 use gatehouse_model::SinkConfig;
 use gatehouse_store::Store;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 const BATCH: i64 = 2000;
 const IDLE_POLL: Duration = Duration::from_millis(300);
@@ -48,6 +54,8 @@ enum Target {
         kind: HttpKind,
         url: HttpUrl,
         token: Option<String>,
+        /// Set for `https://`.
+        tls: Option<tokio_rustls::TlsConnector>,
     },
 }
 
@@ -62,17 +70,16 @@ struct HttpUrl {
     host_port: String,
     host: String,
     path: String,
+    https: bool,
 }
 
-/// `http://HOST[:PORT]/PATH`. HTTPS is refused with a clear message (no
-/// TLS client in this build yet).
+/// `http://HOST[:PORT]/PATH` or `https://...`.
 fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
-    if url.starts_with("https://") {
-        return Err("https is not supported by this build yet; use http:// (e.g. through a local TLS proxy)".into());
-    }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("the url must start with http://")?;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err("the url must start with http:// or https://".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -84,13 +91,64 @@ fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
     let host_port = if authority.contains(':') {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
     };
     Ok(HttpUrl {
         host_port,
         host,
         path: path.to_string(),
+        https,
     })
+}
+
+/// A TLS client that trusts the public web roots and the certificates in
+/// `ca_file`.
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("ca_file {} is not PEM certificates: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {} holds no certificate", path.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS set-up failed: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`: the whole response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    s.write_all(request).await?;
+    s.write_all(body).await?;
+    s.flush().await?;
+    let mut response = Vec::new();
+    match s.read_to_end(&mut response).await {
+        Ok(_) => Ok(response),
+        // A TLS server that closes without close_notify: the response is
+        // still whole (Connection: close).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub struct Sink {
@@ -130,8 +188,16 @@ impl Sink {
                 pool: None,
             },
             kind @ ("webhook" | "elasticsearch" | "splunk_hec") => {
-                let url = cfg.url.clone().ok_or_else(|| bad("this sink needs url = \"http://HOST:PORT/PATH\""))?;
+                let url = cfg.url.clone().ok_or_else(|| bad("this sink needs url = \"http(s)://HOST:PORT/PATH\""))?;
                 let url = parse_http_url(&url).map_err(|m| bad(&m))?;
+                let tls = if url.https {
+                    Some(tls_connector(cfg.ca_file.as_deref()).map_err(|m| bad(&m))?)
+                } else {
+                    if cfg.ca_file.is_some() {
+                        return Err(bad("ca_file applies to https:// urls only"));
+                    }
+                    None
+                };
                 let kind = match kind {
                     "webhook" => HttpKind::Webhook,
                     "elasticsearch" => HttpKind::Elasticsearch,
@@ -140,7 +206,7 @@ impl Sink {
                 if kind == HttpKind::SplunkHec && cfg.token.is_none() {
                     return Err(bad("a splunk_hec sink needs token = \"HEC-TOKEN\""));
                 }
-                Target::Http { kind, url, token: cfg.token.clone() }
+                Target::Http { kind, url, token: cfg.token.clone(), tls }
             }
             other => {
                 return Err(bad(&format!(
@@ -284,7 +350,12 @@ impl Sink {
                 tx.commit().await.map_err(db)?;
                 Ok(())
             }
-            Target::Http { kind, url, token } => {
+            Target::Http {
+                kind,
+                url,
+                token,
+                tls,
+            } => {
                 let kind: &HttpKind = kind;
                 let (body, content_type) = http_body(*kind, events);
                 let auth = match (kind, token) {
@@ -299,12 +370,17 @@ impl Sink {
                     body.len()
                 );
                 let io = async {
-                    let mut s = tokio::net::TcpStream::connect(&url.host_port).await?;
-                    s.write_all(request.as_bytes()).await?;
-                    s.write_all(body.as_bytes()).await?;
-                    let mut response = Vec::new();
-                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut response).await?;
-                    Ok::<_, std::io::Error>(response)
+                    let tcp = tokio::net::TcpStream::connect(&url.host_port).await?;
+                    match tls {
+                        Some(connector) => {
+                            let name = ServerName::try_from(url.host.clone()).map_err(|e| {
+                                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+                            })?;
+                            let s = connector.connect(name, tcp).await?;
+                            exchange(s, request.as_bytes(), body.as_bytes()).await
+                        }
+                        None => exchange(tcp, request.as_bytes(), body.as_bytes()).await,
+                    }
                 };
                 let response = tokio::time::timeout(Duration::from_secs(15), io)
                     .await
@@ -491,6 +567,37 @@ pub fn check(configs: &[SinkConfig]) -> Vec<String> {
 mod tests {
     use super::*;
     use gatehouse_model::{NewEvent, Outcome, Severity};
+
+    #[test]
+    fn https_urls_and_their_ca_files() {
+        let u = parse_http_url("https://es.example/gh/_bulk").unwrap();
+        assert!(u.https);
+        assert_eq!(u.host_port, "es.example:443");
+        assert_eq!(u.path, "/gh/_bulk");
+        assert_eq!(parse_http_url("http://h").unwrap().host_port, "h:80");
+        assert!(parse_http_url("ftp://h").is_err());
+        let cfg = |url: &str, ca: Option<&str>| SinkConfig {
+            name: "s".into(),
+            kind: "webhook".into(),
+            url: Some(url.into()),
+            path: None,
+            only_alerts: false,
+            max_bytes: None,
+            token: None,
+            ca_file: ca.map(PathBuf::from),
+        };
+        assert!(Sink::new(&cfg("https://h/x", None)).is_ok());
+        let e = Sink::new(&cfg("https://h/x", Some("/nonexistent/ca.pem")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot read ca_file /nonexistent/ca.pem"), "{e}");
+        let e = Sink::new(&cfg("http://h/x", Some("/tmp/ca.pem")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("https:// urls only"), "{e}");
+    }
 
     #[test]
     fn alerts_only_sinks_take_the_alerts_routed_to_them() {
