@@ -357,3 +357,107 @@ fn audit_tail_filters_and_follows() {
     assert!(text.contains("echo followed"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
 }
+
+/// The whole gateway on PostgreSQL: a real session's events, the same
+/// views and runbooks as on SQLite, and `audit verify` naming an event
+/// edited with psql.
+#[test]
+fn the_gateway_runs_on_postgresql_and_verify_names_a_tampered_event() {
+    let name = format!("gh_store_{}", std::process::id());
+    let psql = |db: &str, sql: &str| {
+        Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql])
+            .output()
+            .expect("psql (PostgreSQL must run on 127.0.0.1:5432)")
+    };
+    let _ = psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+    assert!(psql("postgres", &format!("CREATE DATABASE {name}"))
+        .status
+        .success());
+    let mut env = Env::start();
+    env.stop_gateway();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = \"sqlite://") {
+                format!("url = \"{url}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&env.config_path, text).unwrap();
+    env.spawn_gateway();
+
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo", "on-pg"]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, env.gateway_log());
+    assert!(stdout(&out).contains("on-pg"));
+    let query = |sql: &str| -> Vec<serde_json::Value> {
+        let out = env.gatehouse(&["--format", "json", "audit", "query", sql]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut ended = Vec::new();
+    for _ in 0..100 {
+        // "user" is a reserved word in PostgreSQL: quoted, it is portable.
+        ended = query("select session_id, \"user\" from sessions where end_time is not null");
+        if !ended.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(ended[0]["user"], "alice", "{ended:?}");
+    let cmds = query("select command from commands where \"user\" = 'alice'");
+    assert_eq!(cmds[0]["command"], "echo on-pg");
+    // Runbooks are portable SQL: the built-in runs on PostgreSQL too.
+    let out = env.gatehouse(&[
+        "--format",
+        "json",
+        "runbook",
+        "run",
+        "sessions-by-user",
+        "--param",
+        "user=alice",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stdout(&out).contains(ended[0]["session_id"].as_str().unwrap()));
+    // Writes are refused by the database.
+    let out = env.gatehouse(&["audit", "query", "delete from audit_events"]);
+    assert_ne!(out.code, Some(0));
+
+    assert!(env.stop_gateway().expect("stopped").success());
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(0), "{}\n{}", stdout(&out), out.stderr);
+
+    let id = String::from_utf8_lossy(
+        &psql(&name, "SELECT id FROM audit_events WHERE type = 'command'").stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(!id.is_empty());
+    assert!(psql(
+        &name,
+        &format!("UPDATE audit_events SET user_name = 'mallory' WHERE id = '{id}'"),
+    )
+    .status
+    .success());
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("modified"),
+        "{}",
+        stdout(&out)
+    );
+    drop(env);
+    let _ = psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
