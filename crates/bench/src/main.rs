@@ -7,8 +7,11 @@
 //! the same code: GH_BENCH_BYTES (bulk bytes per run, default 1 GiB),
 //! GH_BENCH_RUNS (default 3), GH_BENCH_IDLE (idle sessions, default 200),
 //! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million),
-//! GH_BENCH_ONLY (comma-separated sections: bulk, setup, keys, recording,
-//! idle, audit; default all).
+//! GH_BENCH_STREAMS (concurrent streams, default 100; each moves
+//! GH_BENCH_BYTES / 64), GH_BENCH_ONLY (comma-separated sections: bulk,
+//! setup, keys, recording, streams, idle, audit; default all),
+//! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
+//! for a profiler; default 0).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -110,7 +113,17 @@ fn setup() -> Setup {
         let cfg =
             write_gateway_config(d, name, port, &target, &login, &user.public_line, recording);
         let log = std::fs::File::create(d.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(gatehouse_bin())
+        // GH_BENCH_WRAP runs the recording gateway under a profiler, e.g.
+        // "valgrind --tool=massif --massif-out-file=/tmp/massif.out".
+        let wrap = std::env::var("GH_BENCH_WRAP").unwrap_or_default();
+        let mut words: Vec<String> = if recording {
+            wrap.split_whitespace().map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        words.push(gatehouse_bin().display().to_string());
+        let child = Command::new(&words[0])
+            .args(&words[1..])
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("GATEHOUSE_LOG", "warn")
@@ -200,6 +213,30 @@ impl Setup {
             .map(|_| bytes as f64 / self.time_sh(&script) / 1e6)
             .collect();
         median(&mut rates)
+    }
+
+    /// `n` downloads of `each` bytes at once through `host`: aggregate
+    /// MB/s over the wall time of the slowest.
+    fn streams(&self, host: &str, n: u64, each: u64) -> f64 {
+        let t = Instant::now();
+        let children: Vec<_> = (0..n)
+            .map(|_| {
+                self.ssh("aes256gcm", host, &format!("head -c {each} /dev/zero"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("ssh")
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().expect("ssh");
+            assert!(
+                out.status.success(),
+                "stream through {host} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (n * each) as f64 / t.elapsed().as_secs_f64() / 1e6
     }
 
     fn setup_ms(&self, host: &str) -> f64 {
@@ -307,6 +344,14 @@ fn idle_sessions(s: &Setup, n: u64) -> (f64, f64) {
     let t0 = cpu_ticks(s.gw_pid);
     std::thread::sleep(Duration::from_secs(10));
     let t1 = cpu_ticks(s.gw_pid);
+    let hold = env_u64("GH_BENCH_HOLD", 0);
+    if hold > 0 {
+        eprintln!(
+            "holding {n} idle sessions for {hold} s; gateway pid {} (RSS {rss} KiB)",
+            s.gw_pid
+        );
+        std::thread::sleep(Duration::from_secs(hold));
+    }
     for mut c in clients {
         let _ = c.kill();
         let _ = c.wait();
@@ -549,6 +594,23 @@ async fn main() {
         json.insert(
             "recording_ratio_pty".into(),
             serde_json::json!(pty_on / pty_off),
+        );
+    }
+    if want("streams") {
+        let n = env_u64("GH_BENCH_STREAMS", 100);
+        let each = (bytes / 64).max(1 << 20);
+        let r: Vec<f64> = HOSTS.iter().map(|h| s.streams(h, n, each)).collect();
+        row(
+            &mut table,
+            &format!("{n} streams at once, aggregate"),
+            r[0],
+            r[1],
+            r[2],
+            "MB/s",
+        );
+        json.insert(
+            "streams_aggregate".into(),
+            serde_json::json!({"n": n, "bytes_each": each, "direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
         );
     }
     if want("idle") {

@@ -274,6 +274,8 @@ fn audit_verify_detects_tampering_and_a_truncated_tail() {
     let db = env.dir.path().join("gatehouse.db");
     let sql = |q: &str| {
         let s = Command::new("sqlite3")
+            // The gateway may hold a write lock for a moment.
+            .args(["-cmd", ".timeout 10000"])
             .arg(&db)
             .arg(q)
             .status()
@@ -289,6 +291,8 @@ fn audit_verify_detects_tampering_and_a_truncated_tail() {
     // Edit an event in the middle: verify names it.
     let id: String = {
         let o = Command::new("sqlite3")
+            // The gateway may hold a write lock for a moment.
+            .args(["-cmd", ".timeout 10000"])
             .arg(&db)
             .arg("SELECT id FROM audit_events WHERE type = 'command'")
             .output()

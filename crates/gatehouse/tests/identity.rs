@@ -118,6 +118,8 @@ fn totp_after_the_key_lets_the_user_in_and_codes_are_single_use() {
 
     // The secret is sealed in the store, not stored in clear.
     let sealed = std::process::Command::new("sqlite3")
+        // The gateway may hold a write lock for a moment.
+        .args(["-cmd", ".timeout 10000"])
         .arg(env.dir.path().join("gatehouse.db"))
         .arg("select sealed from totp_secrets where user_name = 'bob'")
         .output()

@@ -423,6 +423,8 @@ fn trust_on_first_use_remembers_the_key_in_the_store() {
     // Change the remembered key: the next connection must be refused.
     let db = env.dir.path().join("gatehouse.db");
     let status = std::process::Command::new("sqlite3")
+        // The gateway may hold a write lock for a moment.
+        .args(["-cmd", ".timeout 10000"])
         .arg(&db)
         .arg("UPDATE host_keys SET fingerprint = 'SHA256:changed' WHERE target = 'tofu01'")
         .status()
@@ -614,6 +616,8 @@ fn when_the_audit_store_cannot_be_written_new_sessions_are_refused() {
     );
     let db = env.dir.path().join("gatehouse.db");
     let status = std::process::Command::new("sqlite3")
+        // The gateway may hold a write lock for a moment.
+        .args(["-cmd", ".timeout 10000"])
         .arg(&db)
         .arg("CREATE TRIGGER refuse_writes BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;")
         .status()

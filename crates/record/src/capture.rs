@@ -38,6 +38,8 @@ pub struct LineCapture {
     lazy: Option<Vec<u8>>,
     /// Alternate screen state seen while lazy.
     lazy_alt: bool,
+    /// Screen size (rows, cols), kept while the emulator is dropped.
+    dims: (NonZeroU16, NonZeroU16),
 }
 
 fn dim(v: u32, default: u16) -> NonZeroU16 {
@@ -49,8 +51,10 @@ fn dim(v: u32, default: u16) -> NonZeroU16 {
 
 impl LineCapture {
     pub fn new(cols: u32, rows: u32) -> LineCapture {
+        let dims = (dim(rows, 24), dim(cols, 80));
         LineCapture {
-            parser: vt100::Parser::new(dim(rows, 24), dim(cols, 80), 0),
+            dims,
+            parser: vt100::Parser::new(dims.0, dims.1, 0),
             prompt: None,
             submits: 0,
             partial: String::new(),
@@ -61,7 +65,24 @@ impl LineCapture {
     }
 
     pub fn resize(&mut self, cols: u32, rows: u32) {
-        self.parser.set_size(dim(rows, 24), dim(cols, 80));
+        self.dims = (dim(rows, 24), dim(cols, 80));
+        if self.lazy.is_none() {
+            self.parser.set_size(self.dims.0, self.dims.1);
+        }
+    }
+
+    /// An idle session's screen costs 32 bytes a cell in the emulator;
+    /// keep it as the escape sequences that redraw it instead (usually a
+    /// few hundred bytes) until the user types again. Nothing is lost:
+    /// waking replays them into a fresh emulator, as after bulk output.
+    pub fn hibernate(&mut self) {
+        if self.lazy.is_some() || self.submits > 0 || self.alternate() {
+            return;
+        }
+        let state = self.parser.screen().state_formatted().into_bytes();
+        self.lazy_alt = false;
+        self.lazy = Some(state);
+        self.parser = vt100::Parser::new(NonZeroU16::MIN, NonZeroU16::MIN, 0);
     }
 
     fn alternate(&self) -> bool {
@@ -107,7 +128,7 @@ impl LineCapture {
         if self.submits == 0 {
             if self.lazy.is_none() && self.since_input > LAZY_AFTER {
                 self.lazy_alt = self.alternate();
-                self.lazy = Some(Vec::with_capacity(TAIL * 2));
+                self.lazy = Some(Vec::new());
             }
             if let Some(tail) = self.lazy.as_mut() {
                 if let Some(alt) = last_alt_switch(data) {
@@ -168,8 +189,7 @@ impl LineCapture {
     /// Leaves lazy mode: redraw the screen from the kept tail.
     fn wake(&mut self) {
         let Some(tail) = self.lazy.take() else { return };
-        let (rows, cols) = self.parser.screen().size();
-        self.parser = vt100::Parser::new(rows, cols, 0);
+        self.parser = vt100::Parser::new(self.dims.0, self.dims.1, 0);
         // When the tail was cut, start at a line boundary so that no
         // escape sequence is cut in half.
         let skip = tail.len().saturating_sub(TAIL);
@@ -415,5 +435,25 @@ mod tests {
         assert_eq!(c.pending_line().as_deref(), Some("rm -rf /tmp/y"));
         c.output(b"\x1b[?1049h");
         assert_eq!(c.pending_line(), None);
+    }
+
+    #[test]
+    fn a_hibernated_screen_wakes_up_as_it_was() {
+        let mut c = LineCapture::new(40, 10);
+        c.output(b"\x1b[1mbold\x1b[0m banner\r\nuser@host:~$ ");
+        c.input(b"ls -l");
+        c.output(b"ls -l");
+        c.hibernate();
+        assert!(c.lazy.is_some());
+        // Output while asleep, then the user goes on typing.
+        c.output(b" /etc");
+        c.input(b"\r");
+        let got = c.output(b"\r\ntotal 0\r\nuser@host:~$ ");
+        assert_eq!(got, vec!["ls -l /etc".to_string()]);
+        // And the prompt is still told apart after another sleep.
+        c.hibernate();
+        c.input(b"pwd\r");
+        let got = c.output(b"pwd\r\n/root\r\nuser@host:~$ ");
+        assert_eq!(got, vec!["pwd".to_string()]);
     }
 }

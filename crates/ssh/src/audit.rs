@@ -33,7 +33,19 @@ pub struct Audit {
 impl Audit {
     /// Appends `event`. On failure, logs it and returns `Err` when
     /// `on_failure` is `refuse`.
-    pub async fn record(
+    /// Boxed: the store write is a large future, and every session task
+    /// that audits would otherwise carry its state for the whole session.
+    pub fn record(
+        &self,
+        event: NewEvent,
+        on_failure: OnFailure,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), AuditUnavailable>> + Send + '_>,
+    > {
+        Box::pin(self.record_now(event, on_failure))
+    }
+
+    async fn record_now(
         &self,
         event: NewEvent,
         on_failure: OnFailure,

@@ -140,8 +140,8 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
     }
     if ctx.auth.target.is_none() {
         match request {
-            Request::Shell => crate::menu::run(ctx, channel, setup).await,
-            Request::Exec(cmd) => crate::menu::gateway_command(ctx, channel, &cmd).await,
+            Request::Shell => Box::pin(crate::menu::run(ctx, channel, setup)).await,
+            Request::Exec(cmd) => Box::pin(crate::menu::gateway_command(ctx, channel, &cmd)).await,
             Request::Subsystem(name) => {
                 fail(
                     &channel,
@@ -154,7 +154,9 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
         }
         return;
     }
-    run_on_target(ctx, channel, setup, request).await;
+    // Boxed: its state lives as long as the session; the set-up steps
+    // before the pump should not size it.
+    Box::pin(run_on_target(ctx, channel, setup, request)).await;
 }
 
 /// Authorises `request` and runs it on the session's target.
@@ -169,7 +171,13 @@ pub(crate) async fn run_on_target(
     // Stdin may end while the session waits; pass that on afterwards.
     let mut eof_while_waiting = false;
     if ctx.auth.approval.is_some()
-        && !wait_for_approval(&ctx, &mut channel, pty, &mut eof_while_waiting).await
+        && !Box::pin(wait_for_approval(
+            &ctx,
+            &mut channel,
+            pty,
+            &mut eof_while_waiting,
+        ))
+        .await
     {
         return;
     }
@@ -238,7 +246,7 @@ pub(crate) async fn run_on_target(
                     rule.rule
                 )),
             };
-            if let Err(why) = step_up(&ctx, &command, &rule, code).await {
+            if let Err(why) = Box::pin(step_up(&ctx, &command, &rule, code)).await {
                 fail(&channel, pty, &why, 1).await;
                 return;
             }
@@ -258,7 +266,7 @@ pub(crate) async fn run_on_target(
             return;
         }
     }
-    let upstream = match upstream_for(&ctx.shared, &ctx.state, &ctx.auth).await {
+    let upstream = match Box::pin(upstream_for(&ctx.shared, &ctx.state, &ctx.auth)).await {
         Ok(u) => u,
         Err(e) => {
             fail(&channel, pty, &e, 255).await;
@@ -612,7 +620,16 @@ async fn pump(
                         .bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(g) = guard {
-                        guarded_input(ctx, g, &data, &mut user_rx, &user_tx, &up_tx, rec).await
+                        Box::pin(guarded_input(
+                            ctx,
+                            g,
+                            &data,
+                            &mut user_rx,
+                            &user_tx,
+                            &up_tx,
+                            rec,
+                        ))
+                        .await
                     } else {
                         if let Some(r) = rec {
                             r.input(&data).await;
@@ -818,7 +835,7 @@ async fn guarded_input(
                     up_tx.window_change(c, r, pw, ph).await?;
                 }
                 let code = code.ok_or_else(|| CANCELLED.to_string());
-                step_up(ctx, &line, &r, code).await.err()
+                Box::pin(step_up(ctx, &line, &r, code)).await.err()
             }
         };
         match refusal {
@@ -959,7 +976,7 @@ pub(crate) async fn forward_channel(
     orig_port: u32,
 ) {
     let node = ctx.shared.node();
-    let upstream = match upstream_for(&ctx.shared, &ctx.state, &ctx.auth).await {
+    let upstream = match Box::pin(upstream_for(&ctx.shared, &ctx.state, &ctx.auth)).await {
         Ok(u) => u,
         Err(_) => {
             let _ = channel.close().await;

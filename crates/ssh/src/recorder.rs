@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::server::{Authed, ConnState, Shared};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Quiet time after which the command capture's screen is put to sleep.
+const IDLE_SLEEP: Duration = Duration::from_secs(5);
 /// Exec output kept per channel before the recording keeps metadata only.
 pub const EXEC_OUTPUT_CAP: u64 = 10 * 1024 * 1024;
 const QUEUE: usize = 256;
@@ -70,21 +72,46 @@ pub(crate) struct RecordingSpec {
     pub pty: bool,
 }
 
-/// A `Write` that hashes everything that reaches the file.
+/// A `Write` that hashes everything that reaches the file, with a write
+/// buffer that exists only while data waits in it: an idle session's
+/// recording holds no buffer at all.
 struct Hashing<W: Write> {
     inner: W,
+    buf: Vec<u8>,
     hash: Sha256,
     bytes: u64,
 }
 
+/// Written out when the buffer reaches this size.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+impl<W: Write> Hashing<W> {
+    fn drain(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.hash.update(data);
+        self.bytes += data.len() as u64;
+        if self.buf.len() + data.len() > WRITE_BUFFER {
+            self.drain()?;
+        }
+        if data.len() >= WRITE_BUFFER {
+            self.inner.write_all(data)?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        self.drain()?;
+        self.buf = Vec::new();
         self.inner.flush()
     }
 }
@@ -140,7 +167,8 @@ pub(crate) fn start(
         },
     };
     let hashing = Hashing {
-        inner: std::io::BufWriter::with_capacity(16 * 1024, file),
+        inner: file,
+        buf: Vec::new(),
         hash: Sha256::new(),
         bytes: 0,
     };
@@ -181,19 +209,41 @@ async fn run<W: Write>(
     let mut output_seen: u64 = 0;
     let mut capped = false;
     let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     let node = shared.node();
+    // Timers only while there is something to do: a flush when data is
+    // waiting in the buffer, then putting the screen to sleep. An idle
+    // session's recorder costs no wake-ups.
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    // The screen sleeps until there is something on it.
+    let mut sleep_at = Some(tokio::time::Instant::now());
     loop {
+        let next = flush_at.or(sleep_at);
         let ev = tokio::select! {
             ev = rx.recv() => ev,
-            _ = tick.tick() => {
-                if let Err(e) = cast.flush() {
-                    tracing::error!(error = %e, "recording flush failed");
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if flush_at.take().is_some() {
+                    if let Err(e) = cast.flush() {
+                        tracing::error!(error = %e, "recording flush failed");
+                    }
+                } else if sleep_at.take().is_some() {
+                    if let Some(c) = capture.as_mut() {
+                        c.hibernate();
+                    }
                 }
                 continue;
             }
         };
         let Some(ev) = ev else { break };
+        let now = tokio::time::Instant::now();
+        if flush_at.is_none() {
+            flush_at = Some(now + FLUSH_INTERVAL);
+        }
+        sleep_at = Some(now + IDLE_SLEEP);
         let t = start.elapsed().as_secs_f64();
         let result = match ev {
             RecEvent::Output(data) => {

@@ -135,6 +135,15 @@ impl Shared {
     }
 }
 
+/// Boxes a handler body: russh keeps every handler future inside each
+/// connection's own state machine, so inline bodies (with their store
+/// writes) would make every connection as large as the largest of them.
+fn boxed<'a, T>(
+    f: impl std::future::Future<Output = Result<T, russh::Error>> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, russh::Error>> + Send + 'a>> {
+    Box::pin(f)
+}
+
 /// Loads `upstream.ca_key` when configured.
 fn load_upstream_ca(config: &Config) -> Result<Option<Arc<PrivateKey>>, SshError> {
     match &config.upstream.ca_key {
@@ -1261,19 +1270,22 @@ impl server::Handler for Conn {
         user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let config = self.shared.config();
-        match self.key_matches(&config, user, offer.public_key) {
-            Ok(_) => Ok(Auth::Accept),
-            // The key may be a certificate's (russh offers the key inside
-            // it): decide once it is signed, in auth_openssh_certificate.
-            Err(_)
-                if !config.auth.trusted_user_ca_keys.is_empty()
-                    && self.gatehouse_user(&config, user).is_ok() =>
-            {
-                Ok(Auth::Accept)
+        boxed(async move {
+            let config = self.shared.config();
+            match self.key_matches(&config, user, offer.public_key) {
+                Ok(_) => Ok(Auth::Accept),
+                // The key may be a certificate's (russh offers the key inside
+                // it): decide once it is signed, in auth_openssh_certificate.
+                Err(_)
+                    if !config.auth.trusted_user_ca_keys.is_empty()
+                        && self.gatehouse_user(&config, user).is_ok() =>
+                {
+                    Ok(Auth::Accept)
+                }
+                Err(reason) => Ok(self.refuse(&config, user, reason).await),
             }
-            Err(reason) => Ok(self.refuse(&config, user, reason).await),
-        }
+        })
+        .await
     }
 
     async fn auth_publickey(
@@ -1281,14 +1293,17 @@ impl server::Handler for Conn {
         raw_user: &str,
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let config = self.shared.config();
-        let user = match self.key_matches(&config, raw_user, key.public_key) {
-            Ok(u) => u,
-            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
-        };
-        let factor = FirstFactor::Key(fingerprint(key.public_key));
-        self.first_factor_done(&config, raw_user, user, factor)
-            .await
+        boxed(async move {
+            let config = self.shared.config();
+            let user = match self.key_matches(&config, raw_user, key.public_key) {
+                Ok(u) => u,
+                Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+            };
+            let factor = FirstFactor::Key(fingerprint(key.public_key));
+            self.first_factor_done(&config, raw_user, user, factor)
+                .await
+        })
+        .await
     }
 
     async fn auth_openssh_certificate(
@@ -1296,64 +1311,71 @@ impl server::Handler for Conn {
         raw_user: &str,
         cert: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        let config = self.shared.config();
-        let checked = self.gatehouse_user(&config, raw_user).and_then(|user| {
-            let cas = crate::certs::trusted_cas(&config)?;
-            if cas.is_empty() {
-                return Err(
-                    "certificates are not accepted: auth.trusted_user_ca_keys is empty".into(),
-                );
-            }
-            let now = chrono::Utc::now().timestamp().max(0) as u64;
-            crate::certs::check(cert, &cas, user, self.state.peer.ip(), now)
-                .map(|grant| (user.name.clone(), grant))
-        });
-        let (user, grant) = match checked {
-            Ok(ok) => ok,
-            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
-        };
-        let fp = cert
-            .public_key()
-            .fingerprint(russh::keys::HashAlg::Sha256)
-            .to_string();
-        let factor = FirstFactor::Certificate(fp, Arc::new(grant));
-        self.first_factor_done(&config, raw_user, user, factor)
-            .await
+        boxed(async move {
+            let config = self.shared.config();
+            let checked = self.gatehouse_user(&config, raw_user).and_then(|user| {
+                let cas = crate::certs::trusted_cas(&config)?;
+                if cas.is_empty() {
+                    return Err(
+                        "certificates are not accepted: auth.trusted_user_ca_keys is empty".into(),
+                    );
+                }
+                let now = chrono::Utc::now().timestamp().max(0) as u64;
+                crate::certs::check(cert, &cas, user, self.state.peer.ip(), now)
+                    .map(|grant| (user.name.clone(), grant))
+            });
+            let (user, grant) = match checked {
+                Ok(ok) => ok,
+                Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+            };
+            let fp = cert
+                .public_key()
+                .fingerprint(russh::keys::HashAlg::Sha256)
+                .to_string();
+            let factor = FirstFactor::Certificate(fp, Arc::new(grant));
+            self.first_factor_done(&config, raw_user, user, factor)
+                .await
+        })
+        .await
     }
 
     async fn auth_password(&mut self, raw_user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let config = self.shared.config();
-        let user = match self.gatehouse_user(&config, raw_user) {
-            Ok(u) => u.clone(),
-            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
-        };
-        let Some(hash) = user.password_hash.clone() else {
-            let reason = format!("user {:?} has no password", user.name);
-            return Ok(self.refuse(&config, raw_user, reason).await);
-        };
-        let password = password.to_string();
-        // argon2 is deliberately slow: keep it off the executor.
-        let verdict =
-            tokio::task::spawn_blocking(move || gatehouse_auth::password::verify(&hash, &password))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-        match verdict {
-            Ok(true) => {
-                self.first_factor_done(&config, raw_user, user.name, FirstFactor::Password)
-                    .await
+        boxed(async move {
+            let config = self.shared.config();
+            let user = match self.gatehouse_user(&config, raw_user) {
+                Ok(u) => u.clone(),
+                Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+            };
+            let Some(hash) = user.password_hash.clone() else {
+                let reason = format!("user {:?} has no password", user.name);
+                return Ok(self.refuse(&config, raw_user, reason).await);
+            };
+            let password = password.to_string();
+            // argon2 is deliberately slow: keep it off the executor.
+            let verdict = tokio::task::spawn_blocking(move || {
+                gatehouse_auth::password::verify(&hash, &password)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            match verdict {
+                Ok(true) => {
+                    self.first_factor_done(&config, raw_user, user.name, FirstFactor::Password)
+                        .await
+                }
+                Ok(false) => Ok(self
+                    .refuse(&config, raw_user, "wrong password".into())
+                    .await),
+                Err(e) => {
+                    let reason = format!(
+                        "cannot check the password: users.{}.password_hash: {e}",
+                        user.name
+                    );
+                    Ok(self.refuse(&config, raw_user, reason).await)
+                }
             }
-            Ok(false) => Ok(self
-                .refuse(&config, raw_user, "wrong password".into())
-                .await),
-            Err(e) => {
-                let reason = format!(
-                    "cannot check the password: users.{}.password_hash: {e}",
-                    user.name
-                );
-                Ok(self.refuse(&config, raw_user, reason).await)
-            }
-        }
+        })
+        .await
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -1362,6 +1384,7 @@ impl server::Handler for Conn {
         _submethods: &str,
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        boxed(async move {
         let config = self.shared.config();
         let Some((user, factor)) = self.pending_mfa.clone() else {
             // The second factor never stands alone.
@@ -1432,29 +1455,34 @@ impl server::Handler for Conn {
         }
         self.pending_mfa = None;
         self.complete_auth(raw_user, user, factor, true).await
+        })
+        .await
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.permit = None;
-        if let Ok(mut h) = self.state.server_handle.lock() {
-            *h = Some(session.handle());
-        }
-        // Start the upstream handshake now, in parallel with the client
-        // opening its channel: set-up time is the slower of the two, not
-        // their sum.
-        if let Some(auth) = self.state.authed() {
-            let allowed = auth.refusal.is_none()
-                && auth.approval.is_none()
-                && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
-            if allowed {
-                let shared = self.shared.clone();
-                let state = self.state.clone();
-                tokio::spawn(async move {
-                    let _ = upstream_for(&shared, &state, &auth).await;
-                });
+        boxed(async move {
+            self.permit = None;
+            if let Ok(mut h) = self.state.server_handle.lock() {
+                *h = Some(session.handle());
             }
-        }
-        Ok(())
+            // Start the upstream handshake now, in parallel with the client
+            // opening its channel: set-up time is the slower of the two, not
+            // their sum.
+            if let Some(auth) = self.state.authed() {
+                let allowed = auth.refusal.is_none()
+                    && auth.approval.is_none()
+                    && auth.decision.as_ref().map(|d| d.allowed).unwrap_or(false);
+                if allowed {
+                    let shared = self.shared.clone();
+                    let state = self.state.clone();
+                    tokio::spawn(async move {
+                        let _ = upstream_for(&shared, &state, &auth).await;
+                    });
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn channel_open_session(
@@ -1463,16 +1491,19 @@ impl server::Handler for Conn {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctx) = self.channel_ctx() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        self.track_channel(channel.id());
-        reply.accept().await;
-        tokio::spawn(crate::bridge::session_channel(ctx, channel));
-        Ok(())
+        boxed(async move {
+            let Some(ctx) = self.channel_ctx() else {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            };
+            self.track_channel(channel.id());
+            reply.accept().await;
+            tokio::spawn(crate::bridge::session_channel(ctx, channel));
+            Ok(())
+        })
+        .await
     }
 
     async fn channel_open_direct_tcpip(
@@ -1485,87 +1516,90 @@ impl server::Handler for Conn {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctx) = self.channel_ctx() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        if ctx.auth.target.is_none() && self.jump.is_none() && ctx.auth.refusal.is_none() {
-            return self.proxy_jump(ctx, channel, host, port, reply).await;
-        }
-        let allowed = ctx.auth.refusal.is_none()
-            && ctx.auth.approval.is_none()
-            && ctx
-                .auth
-                .decision
-                .as_ref()
-                .map(|d| d.allowed && d.port_forwarding)
-                .unwrap_or(false)
-            && ctx.auth.permit_port_forwarding();
-        let node = self.shared.node();
-        let details = serde_json::json!({
-            "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
-        });
-        if !allowed {
-            let reason = if ctx.auth.target.is_none() {
-                "port forwarding needs a target: connect as USER:TARGET".to_string()
-            } else {
-                "port forwarding is not allowed by the user's roles".to_string()
+        boxed(async move {
+            let Some(ctx) = self.channel_ctx() else {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
             };
+            if ctx.auth.target.is_none() && self.jump.is_none() && ctx.auth.refusal.is_none() {
+                return self.proxy_jump(ctx, channel, host, port, reply).await;
+            }
+            let allowed = ctx.auth.refusal.is_none()
+                && ctx.auth.approval.is_none()
+                && ctx
+                    .auth
+                    .decision
+                    .as_ref()
+                    .map(|d| d.allowed && d.port_forwarding)
+                    .unwrap_or(false)
+                && ctx.auth.permit_port_forwarding();
+            let node = self.shared.node();
+            let details = serde_json::json!({
+                "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
+            });
+            if !allowed {
+                let reason = if ctx.auth.target.is_none() {
+                    "port forwarding needs a target: connect as USER:TARGET".to_string()
+                } else {
+                    "port forwarding is not allowed by the user's roles".to_string()
+                };
+                let ev = self
+                    .state
+                    .event(
+                        &ctx.auth,
+                        EventType::PORT_FORWARD_OPEN,
+                        Severity::Warn,
+                        Outcome::Denied,
+                        &node,
+                    )
+                    .reason(reason)
+                    .details(details);
+                let _ = self
+                    .shared
+                    .audit
+                    .record(ev, ctx.auth.config.audit.on_failure)
+                    .await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
             let ev = self
                 .state
                 .event(
                     &ctx.auth,
                     EventType::PORT_FORWARD_OPEN,
-                    Severity::Warn,
-                    Outcome::Denied,
+                    Severity::Info,
+                    Outcome::Success,
                     &node,
                 )
-                .reason(reason)
                 .details(details);
-            let _ = self
+            if self
                 .shared
                 .audit
                 .record(ev, ctx.auth.config.audit.on_failure)
-                .await;
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        }
-        let ev = self
-            .state
-            .event(
-                &ctx.auth,
-                EventType::PORT_FORWARD_OPEN,
-                Severity::Info,
-                Outcome::Success,
-                &node,
-            )
-            .details(details);
-        if self
-            .shared
-            .audit
-            .record(ev, ctx.auth.config.audit.on_failure)
-            .await
-            .is_err()
-        {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        }
-        reply.accept().await;
-        tokio::spawn(crate::bridge::forward_channel(
-            ctx,
-            channel,
-            host.to_string(),
-            port,
-            orig_addr.to_string(),
-            orig_port,
-        ));
-        Ok(())
+                .await
+                .is_err()
+            {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
+            reply.accept().await;
+            tokio::spawn(crate::bridge::forward_channel(
+                ctx,
+                channel,
+                host.to_string(),
+                port,
+                orig_addr.to_string(),
+                orig_port,
+            ));
+            Ok(())
+        })
+        .await
     }
 
     async fn pty_request(

@@ -73,7 +73,9 @@ impl client::Handler for UpstreamClient {
             PublicKeyOrCertificate::Certificate(c) => c.public_key().clone().into(),
         };
         let got = fingerprint(&key);
-        let verdict = self.verify(&key, &got).await;
+        // Boxed: the store lookup would otherwise size every upstream
+        // connection's state machine for its whole life.
+        let verdict = Box::pin(self.verify(&key, &got)).await;
         let mut check = self.check.lock().unwrap_or_else(|p| p.into_inner());
         match verdict {
             Ok(()) => Ok(true),
