@@ -6,31 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-for pair in sshd:openssh-server ssh:openssh-client scp:openssh-client sftp:openssh-client \
-            rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema vi:vim-tiny less:less; do
-    bin=${pair%%:*}; pkg=${pair#*:}
-    if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
-        need+=("$pkg")
-    fi
-done
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing: ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing programs; install: ${need[*]}" >&2
-        exit 1
-    fi
-fi
-
-# The PostgreSQL store tests need a server on 127.0.0.1:5432 (user postgres).
-if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
-    if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null; then
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
-    fi
-fi
+bash scripts/deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

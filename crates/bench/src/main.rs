@@ -5,13 +5,14 @@
 //!
 //! Sizes are environment variables so that a quick run and a full run use
 //! the same code: GH_BENCH_BYTES (bulk bytes per run, default 1 GiB),
-//! GH_BENCH_RUNS (default 3), GH_BENCH_IDLE (idle sessions, default 200),
+//! GH_BENCH_RUNS (default 3), GH_BENCH_IDLE (idle sessions, default 1000),
 //! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million),
 //! GH_BENCH_STREAMS (concurrent streams, default 100; each moves
 //! GH_BENCH_BYTES / 64), GH_BENCH_ONLY (comma-separated sections: bulk,
 //! setup, keys, recording, streams, idle, audit; default all),
 //! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
-//! for a profiler; default 0).
+//! for a profiler; default 0), GH_BENCH_LOGIN (the login on the targets;
+//! see `bench_login`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -96,16 +97,68 @@ roles = ["all"]
     path
 }
 
+/// The login the benchmark uses on its targets. Its shell must start
+/// nothing of its own: a login whose rc files run tools (pyenv, conda, nvm)
+/// would put their start-up time into every set-up measurement and, with
+/// hundreds of sessions at once, their lock contention into the concurrency
+/// ones. `GH_BENCH_LOGIN` names one; otherwise, as root, the benchmark uses
+/// (and creates once) the system account `gatehouse-bench` with `/bin/sh`;
+/// as anyone else, the current login.
+fn bench_login() -> String {
+    if let Ok(l) = std::env::var("GH_BENCH_LOGIN") {
+        return l;
+    }
+    let me = kit::current_login();
+    if me != "root" {
+        return me;
+    }
+    const LOGIN: &str = "gatehouse-bench";
+    let exists = Command::new("id")
+        .arg(LOGIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let status = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh", LOGIN])
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "useradd {LOGIN} failed");
+    }
+    // No password, but not locked either: sshd refuses locked accounts
+    // (`!` in the shadow file) even for key authentication.
+    let status = Command::new("usermod")
+        .args(["-p", "*", LOGIN])
+        .status()
+        .expect("usermod");
+    assert!(status.success(), "usermod -p '*' {LOGIN} failed");
+    LOGIN.to_string()
+}
+
+/// Lets every login read the target's authorized_keys (benchmark only).
+fn open_to_login(target: &Sshd) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode(target.dir.path(), 0o755);
+    mode(&target.dir.path().join("authorized_keys"), 0o644);
+}
+
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let user = kit::keygen(d, "user").expect("keygen");
     let upstream = kit::keygen(d, "client_ed25519").expect("keygen");
     kit::keygen(d, "host_ed25519").expect("keygen");
-    let login = kit::current_login();
+    let login = bench_login();
     let target = Sshd::start(&[user.public_line.clone(), upstream.public_line.clone()])
         .expect("target sshd");
+    // sshd reads authorized_keys as the login it authenticates.
+    open_to_login(&target);
     let bastion = Sshd::start(std::slice::from_ref(&user.public_line)).expect("bastion sshd");
+    open_to_login(&bastion);
     let mut gateways = Vec::new();
     let mut ports = Vec::new();
     for (name, recording) in [("gw", true), ("gwnorec", false)] {
@@ -139,8 +192,23 @@ fn setup() -> Setup {
         "    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n",
         user.private.display()
     );
-    for cipher in ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"] {
-        let c = format!("{common}    Ciphers {cipher}\n");
+    // Three client settings: each cipher with OpenSSH's default key
+    // exchange (sntrup761x25519 where both ends have it), and chacha20 with
+    // curve25519-sha256 everywhere, the key exchange Gatehouse speaks, so
+    // that set-up can be compared like for like.
+    for (tag, cipher, kex) in [
+        ("chacha20", "chacha20-poly1305@openssh.com", ""),
+        ("aes256gcm", "aes256-gcm@openssh.com", ""),
+        (
+            "curve25519",
+            "chacha20-poly1305@openssh.com",
+            "curve25519-sha256",
+        ),
+    ] {
+        let mut c = format!("{common}    Ciphers {cipher}\n");
+        if !kex.is_empty() {
+            c.push_str(&format!("    KexAlgorithms {kex}\n"));
+        }
         let text = format!(
             "Host direct\n    HostName 127.0.0.1\n    Port {tp}\n    User {login}\n{c}\
              Host bastion\n    HostName 127.0.0.1\n    Port {bp}\n    User {login}\n{c}\
@@ -152,8 +220,7 @@ fn setup() -> Setup {
             gp = ports[0],
             np = ports[1],
         );
-        std::fs::write(d.join(format!("ssh_config.{}", cipher_tag(cipher))), text)
-            .expect("ssh config");
+        std::fs::write(d.join(format!("ssh_config.{tag}")), text).expect("ssh config");
     }
     Setup {
         gw_db: d.join("gw.db"),
@@ -162,14 +229,6 @@ fn setup() -> Setup {
         _bastion: bastion,
         gateways,
         gw_pid,
-    }
-}
-
-fn cipher_tag(c: &str) -> &'static str {
-    if c.starts_with("chacha") {
-        "chacha20"
-    } else {
-        "aes256gcm"
     }
 }
 
@@ -222,6 +281,7 @@ impl Setup {
         let children: Vec<_> = (0..n)
             .map(|_| {
                 self.ssh("aes256gcm", host, &format!("head -c {each} /dev/zero"))
+                    .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -239,11 +299,12 @@ impl Setup {
         (n * each) as f64 / t.elapsed().as_secs_f64() / 1e6
     }
 
-    fn setup_ms(&self, host: &str) -> f64 {
+    /// Median wall time of `ssh host true` with the client settings `tag`.
+    fn setup_ms(&self, tag: &str, host: &str) -> f64 {
         let mut v: Vec<f64> = (0..9)
             .map(|_| {
                 let t = Instant::now();
-                let out = self.ssh("chacha20", host, "true").output().expect("ssh");
+                let out = self.ssh(tag, host, "true").output().expect("ssh");
                 assert!(
                     out.status.success(),
                     "{}",
@@ -321,25 +382,79 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sessions the recording gateway has started and not yet ended.
+fn open_sessions(s: &Setup) -> u64 {
+    let out = Command::new(gatehouse_bin())
+        .arg("--config")
+        .arg(s.dir.path().join("gw.toml"))
+        .args([
+            "--format",
+            "json",
+            "audit",
+            "query",
+            "select count(*) as n from sessions where end_time is null",
+        ])
+        .output()
+        .expect("gatehouse audit query");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["n"].as_u64().unwrap_or(0)
+}
+
 /// Idle interactive sessions through the gateway: RSS per session and CPU
 /// while idle.
 fn idle_sessions(s: &Setup, n: u64) -> (f64, f64) {
     let before = rss_kib(s.gw_pid);
     let mut clients = Vec::new();
-    for _ in 0..n {
-        let child = Command::new("ssh")
-            .arg("-F")
-            .arg(s.cfg("chacha20"))
-            .args(["-tt", "gatehouse", "exec sleep 600"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh");
-        clients.push(child);
-        std::thread::sleep(Duration::from_millis(15));
+    let errs = s.dir.path().join("idle-clients.err");
+    // Each session is an ssh client here plus sshd processes on the target:
+    // on two cores, starting them faster than they settle overloads the
+    // machine, so sessions start in waves and each wave must be open
+    // through the gateway before the next one starts.
+    const WAVE: u64 = 25;
+    let mut open = 0;
+    while (clients.len() as u64) < n {
+        for _ in 0..WAVE.min(n - clients.len() as u64) {
+            let err = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&errs)
+                .expect("client stderr file");
+            let child = Command::new("ssh")
+                .arg("-F")
+                .arg(s.cfg("chacha20"))
+                .args(["-tt", "gatehouse", "exec sleep 600"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("ssh");
+            clients.push(child);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            open = open_sessions(s);
+            if open >= clients.len() as u64 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if open < clients.len() as u64 {
+            break;
+        }
     }
     std::thread::sleep(Duration::from_secs(5));
+    // Every session must really be open, or the per-session figure lies.
+    if open != n {
+        let e = std::fs::read_to_string(&errs).unwrap_or_default();
+        let g = std::fs::read_to_string(s.dir.path().join("gw.log")).unwrap_or_default();
+        let head = |t: &str| t.lines().take(12).collect::<Vec<_>>().join("\n");
+        eprintln!("clients' stderr:\n{}\ngateway log:\n{}", head(&e), head(&g));
+    }
+    assert_eq!(
+        open, n,
+        "only {open} of {n} idle sessions are open through the gateway"
+    );
     let rss = rss_kib(s.gw_pid);
     let t0 = cpu_ticks(s.gw_pid);
     std::thread::sleep(Duration::from_secs(10));
@@ -491,7 +606,7 @@ async fn query_bench(rows: u64) -> f64 {
 async fn main() {
     let bytes = env_u64("GH_BENCH_BYTES", 1 << 30);
     let runs = env_u64("GH_BENCH_RUNS", 3);
-    let idle = env_u64("GH_BENCH_IDLE", 200);
+    let idle = env_u64("GH_BENCH_IDLE", 1000);
     let events = env_u64("GH_BENCH_EVENTS", 10_000_000);
     let only = std::env::var("GH_BENCH_ONLY").unwrap_or_default();
     let want = |section: &str| only.is_empty() || only.split(',').any(|x| x.trim() == section);
@@ -500,13 +615,13 @@ async fn main() {
     let mut table = String::new();
     let row = |table: &mut String, name: &str, d: f64, j: f64, g: f64, unit: &str| {
         table.push_str(&format!(
-            "{name:<34} {d:>10.1} {j:>10.1} {g:>10.1} {unit:<6} {:>7.2} {:>7.2}\n",
+            "{name:<44} {d:>10.1} {j:>10.1} {g:>10.1} {unit:<6} {:>7.2} {:>7.2}\n",
             g / d,
             g / j
         ));
     };
     table.push_str(&format!(
-        "{:<34} {:>10} {:>10} {:>10} {:<6} {:>7} {:>7}\n",
+        "{:<44} {:>10} {:>10} {:>10} {:<6} {:>7} {:>7}\n",
         "measure", "direct", "proxyjump", "gatehouse", "unit", "gh/dir", "gh/pj"
     ));
     for cipher in ["chacha20", "aes256gcm"] {
@@ -528,19 +643,25 @@ async fn main() {
         }
     }
     if want("setup") {
-        let r: Vec<f64> = HOSTS.iter().map(|h| s.setup_ms(h)).collect();
-        row(
-            &mut table,
-            "connection setup (median of 9)",
-            r[0],
-            r[1],
-            r[2],
-            "ms",
-        );
-        json.insert(
-            "setup_ms".into(),
-            serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
-        );
+        for (tag, label, key) in [
+            (
+                "chacha20",
+                "connection setup, default kex (median of 9)",
+                "setup_ms",
+            ),
+            (
+                "curve25519",
+                "connection setup, curve25519 kex (median of 9)",
+                "setup_curve25519_ms",
+            ),
+        ] {
+            let r: Vec<f64> = HOSTS.iter().map(|h| s.setup_ms(tag, h)).collect();
+            row(&mut table, label, r[0], r[1], r[2], "ms");
+            json.insert(
+                key.into(),
+                serde_json::json!({"direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
+            );
+        }
     }
     if want("keys") {
         let k: Vec<(f64, f64)> = HOSTS.iter().map(|h| s.keystroke(h, 300)).collect();
