@@ -687,22 +687,31 @@ async fn main() {
         );
     }
     if want("recording") {
-        // Recording on vs off, same gateway build, same target.
-        let on = s.bulk("chacha20", "gatehouse", bytes, false, runs);
-        let off = s.bulk("chacha20", "gatehouse-norec", bytes, false, runs);
+        // Recording on vs off, same gateway build, same target; the runs
+        // alternate on, off, on, off... so that drift in the machine's
+        // speed during the section falls on both alike.
         let pty_bytes = (bytes / 16).max(16 << 20);
-        let pty = |host: &str| {
-            let script = format!(
-            "ssh -F {} -tt {host} 'head -c {pty_bytes} /dev/urandom | base64 -w 200' > /dev/null",
-            s.cfg("chacha20").display()
-        );
-            let mut v: Vec<f64> = (0..runs)
-                .map(|_| pty_bytes as f64 * 1.35 / s.time_sh(&script) / 1e6)
-                .collect();
-            median(&mut v)
+        let pty_script = |host: &str| {
+            format!(
+                "ssh -F {} -tt {host} 'head -c {pty_bytes} /dev/urandom | base64 -w 200' > /dev/null",
+                s.cfg("chacha20").display()
+            )
         };
-        let pty_on = pty("gatehouse");
-        let pty_off = pty("gatehouse-norec");
+        let (mut on, mut off, mut pty_on, mut pty_off) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            on.push(s.bulk("chacha20", "gatehouse", bytes, false, 1));
+            off.push(s.bulk("chacha20", "gatehouse-norec", bytes, false, 1));
+        }
+        for _ in 0..runs {
+            for (host, v) in [
+                ("gatehouse", &mut pty_on),
+                ("gatehouse-norec", &mut pty_off),
+            ] {
+                v.push(pty_bytes as f64 * 1.35 / s.time_sh(&pty_script(host)) / 1e6);
+            }
+        }
+        let (on, off) = (median(&mut on), median(&mut off));
+        let (pty_on, pty_off) = (median(&mut pty_on), median(&mut pty_off));
         table.push_str(&format!(
             "recording on/off, exec stream       {on:>10.1} MB/s vs {off:>8.1} MB/s  ratio {:.3}\n",
             on / off

@@ -240,6 +240,39 @@ fn exec_output_is_recorded() {
 }
 
 #[test]
+fn exec_output_recording_stops_at_the_size_cap() {
+    let env = Env::start();
+    // 3 MB of NUL bytes become 18 MB of JSON text ("\u0000" each): the
+    // cap (10 MB of recording) must hold for what is stored.
+    let out = env.ssh(
+        "alice:web01@127.0.0.1",
+        &["head -c 3000000 /dev/zero; echo done"],
+    );
+    assert_eq!(out.code, Some(0));
+    let sid = session_id(&env);
+    let rows = env.wait_rows(&format!(
+        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
+    ));
+    let rec = rows[0]["recording_id"].as_str().unwrap();
+    let path = env
+        .dir
+        .path()
+        .join("recordings")
+        .join(format!("{rec}.cast"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cap = 10 * 1024 * 1024;
+    assert!(
+        text.len() > cap / 2 && text.len() < cap + 300 * 1024,
+        "recording is {} bytes",
+        text.len()
+    );
+    assert!(
+        text.contains("output not recorded beyond the size cap"),
+        "no cap marker"
+    );
+}
+
+#[test]
 fn kill_ends_a_live_session_and_the_user_sees_why() {
     let env = Env::start();
     let mut c = env

@@ -76,10 +76,14 @@ impl<W: Write> CastWriter<W> {
         if data.is_empty() && code != "m" {
             return Ok(());
         }
-        let line = serde_json::to_string(&(round_time(t), code, data)).map_err(io::Error::other)?;
-        self.out.write_all(line.as_bytes())?;
-        self.out.write_all(b"\n")?;
-        self.bytes_written += line.len() as u64 + 1;
+        // Straight into the writer: no line is built in memory first.
+        let mut out = Counting {
+            inner: &mut self.out,
+            n: 0,
+        };
+        serde_json::to_writer(&mut out, &(round_time(t), code, data)).map_err(io::Error::other)?;
+        out.write_all(b"\n")?;
+        self.bytes_written += out.n;
         Ok(())
     }
 
@@ -97,6 +101,23 @@ impl<W: Write> CastWriter<W> {
     }
 }
 
+/// Counts the bytes that pass to the inner writer.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn round_time(t: f64) -> f64 {
     (t * 1_000_000.0).round() / 1_000_000.0
 }
@@ -104,7 +125,13 @@ fn round_time(t: f64) -> f64 {
 /// Appends `data` to `pending` and returns the longest valid UTF-8 prefix
 /// as text (invalid sequences replaced), keeping an incomplete trailing
 /// character for the next call.
-fn take_utf8(pending: &mut Vec<u8>, data: &[u8]) -> String {
+fn take_utf8<'a>(pending: &mut Vec<u8>, data: &'a [u8]) -> std::borrow::Cow<'a, str> {
+    // The usual case: nothing held back and the chunk is whole UTF-8.
+    if pending.is_empty() {
+        if let Ok(s) = std::str::from_utf8(data) {
+            return std::borrow::Cow::Borrowed(s);
+        }
+    }
     pending.extend_from_slice(data);
     let mut out = String::new();
     let mut rest: &[u8] = pending;
@@ -133,7 +160,7 @@ fn take_utf8(pending: &mut Vec<u8>, data: &[u8]) -> String {
     }
     let keep = rest.to_vec();
     *pending = keep;
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -253,9 +253,7 @@ impl LineCapture {
 /// `data`, if any (`ESC [ ? 1049|1047|47 h|l`).
 fn last_alt_switch(data: &[u8]) -> Option<bool> {
     let mut found = None;
-    let mut i = 0;
-    while let Some(p) = data[i..].iter().position(|&b| b == 0x1b) {
-        let at = i + p;
+    for at in memchr::memchr_iter(0x1b, data) {
         let rest = &data[at..];
         for code in [&b"\x1b[?1049"[..], b"\x1b[?1047", b"\x1b[?47"] {
             if rest.starts_with(code) {
@@ -266,7 +264,6 @@ fn last_alt_switch(data: &[u8]) -> Option<bool> {
                 }
             }
         }
-        i = at + 1;
     }
     found
 }

@@ -22,7 +22,8 @@ use crate::server::{Authed, ConnState, Shared};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Quiet time after which the command capture's screen is put to sleep.
 const IDLE_SLEEP: Duration = Duration::from_secs(5);
-/// Exec output kept per channel before the recording keeps metadata only.
+/// Recording size per exec channel beyond which its output is no longer
+/// recorded (metadata and events go on).
 pub const EXEC_OUTPUT_CAP: u64 = 10 * 1024 * 1024;
 const QUEUE: usize = 256;
 
@@ -206,7 +207,6 @@ async fn run<W: Write>(
     } else {
         0
     };
-    let mut output_seen: u64 = 0;
     let mut capped = false;
     let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
     let node = shared.node();
@@ -248,13 +248,14 @@ async fn run<W: Write>(
         let result = match ev {
             RecEvent::Output(data) => {
                 let mut r = Ok(());
-                if output_seen < cap {
+                // The cap counts what the recording holds, not what went
+                // by: binary output grows up to six-fold as JSON text.
+                if cast.bytes_written() < cap {
                     r = cast.output(t, &data);
-                } else if !capped && !spec.pty {
+                } else if !capped {
                     capped = true;
                     r = cast.marker(t, "output not recorded beyond the size cap");
                 }
-                output_seen = output_seen.saturating_add(data.len() as u64);
                 if let Some(c) = capture.as_mut() {
                     for command in c.output(&data) {
                         let _ = cast.marker(t, &command);
