@@ -40,6 +40,19 @@ fn session_id(env: &Env) -> String {
     rows[0]["session_id"].as_str().unwrap().to_string()
 }
 
+/// The recording file of the newest session, once that session has ended.
+fn ended_session_recording(env: &Env) -> std::path::PathBuf {
+    let sid = session_id(env);
+    let rows = env.wait_rows(&format!(
+        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
+    ));
+    let rec = rows[0]["recording_id"].as_str().unwrap();
+    env.dir
+        .path()
+        .join("recordings")
+        .join(format!("{rec}.cast"))
+}
+
 /// `asciinema cat FILE` in a pseudo-terminal (it insists on /dev/tty),
 /// via util-linux `script`.
 fn asciinema_cat(file: &std::path::Path) -> std::process::Output {
@@ -222,18 +235,7 @@ fn exec_output_is_recorded() {
     let env = Env::start();
     let out = env.ssh("alice:web01@127.0.0.1", &["echo exec-output-marker"]);
     assert_eq!(out.code, Some(0));
-    let sid = session_id(&env);
-    let rows = env.wait_rows(&format!(
-        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
-    ));
-    let rec = rows[0]["recording_id"].as_str().unwrap();
-    let text = std::fs::read_to_string(
-        env.dir
-            .path()
-            .join("recordings")
-            .join(format!("{rec}.cast")),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(ended_session_recording(&env)).unwrap();
     let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(header["command"], "echo exec-output-marker");
     assert!(text.contains("exec-output-marker\\n"), "{text}");
@@ -249,17 +251,7 @@ fn exec_output_recording_stops_at_the_size_cap() {
         &["head -c 3000000 /dev/zero; echo done"],
     );
     assert_eq!(out.code, Some(0));
-    let sid = session_id(&env);
-    let rows = env.wait_rows(&format!(
-        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
-    ));
-    let rec = rows[0]["recording_id"].as_str().unwrap();
-    let path = env
-        .dir
-        .path()
-        .join("recordings")
-        .join(format!("{rec}.cast"));
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(ended_session_recording(&env)).unwrap();
     let cap = 10 * 1024 * 1024;
     assert!(
         text.len() > cap / 2 && text.len() < cap + 300 * 1024,
@@ -354,17 +346,9 @@ fn play_keys_pause_skip_ahead_and_go_back() {
         &["echo FIRST-$((1+1)); sleep 0.3; echo SECOND-$((2+2)); sleep 0.3; echo THIRD-$((3+3))"],
     );
     assert_eq!(out.code, Some(0));
+    let file = ended_session_recording(&env);
     let sid = session_id(&env);
-    let rows = env.wait_rows(&format!(
-        "select recording_id from sessions where session_id = '{sid}' and end_time is not null"
-    ));
-    let rec = rows[0]["recording_id"].as_str().unwrap().to_string();
     // Stretch the pauses between the three lines to two minutes each.
-    let file = env
-        .dir
-        .path()
-        .join("recordings")
-        .join(format!("{rec}.cast"));
     let text = std::fs::read_to_string(&file).unwrap();
     let mut stretched = String::new();
     let mut seen = 0.0;
