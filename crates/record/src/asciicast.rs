@@ -38,7 +38,6 @@ pub struct CastWriter<W: Write> {
     out: W,
     pending_o: Vec<u8>,
     pending_i: Vec<u8>,
-    bytes_written: u64,
 }
 
 impl<W: Write> CastWriter<W> {
@@ -50,7 +49,6 @@ impl<W: Write> CastWriter<W> {
             out,
             pending_o: Vec::new(),
             pending_i: Vec::new(),
-            bytes_written: line.len() as u64 + 1,
         })
     }
 
@@ -77,44 +75,22 @@ impl<W: Write> CastWriter<W> {
             return Ok(());
         }
         // Straight into the writer: no line is built in memory first.
-        let mut out = Counting {
-            inner: &mut self.out,
-            n: 0,
-        };
-        serde_json::to_writer(&mut out, &(round_time(t), code, data)).map_err(io::Error::other)?;
-        out.write_all(b"\n")?;
-        self.bytes_written += out.n;
-        Ok(())
+        serde_json::to_writer(&mut self.out, &(round_time(t), code, data))
+            .map_err(io::Error::other)?;
+        self.out.write_all(b"\n")
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 
-    /// Bytes of cast text written so far.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
+    /// The writer the cast goes to.
+    pub fn get_ref(&self) -> &W {
+        &self.out
     }
 
     pub fn into_inner(self) -> W {
         self.out
-    }
-}
-
-/// Counts the bytes that pass to the inner writer.
-struct Counting<'a, W: Write> {
-    inner: &'a mut W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counting<'_, W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -250,7 +250,7 @@ async fn run<W: Write>(
                 let mut r = Ok(());
                 // The cap counts what the recording holds, not what went
                 // by: binary output grows up to six-fold as JSON text.
-                if cast.bytes_written() < cap {
+                if cast.get_ref().bytes < cap {
                     r = cast.output(t, &data);
                 } else if !capped {
                     capped = true;

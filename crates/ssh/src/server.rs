@@ -213,8 +213,7 @@ impl Gateway {
             auth_rejection_time: Duration::from_millis(200),
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![host_key],
-            // sshd's own window: what a client may send ahead, per channel.
-            window_size: 2 * 1024 * 1024,
+            window_size: crate::CHANNEL_WINDOW,
             maximum_packet_size: 32768,
             channel_buffer_size: 64,
             max_auth_attempts: 6,

@@ -207,12 +207,7 @@ pub fn client_config() -> Arc<client::Config> {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 4,
-        // OpenSSH's own client window. A larger one lets the target's
-        // sshd queue that much per channel whenever the user's side is
-        // slower, and OpenSSH's buffers pay for it in copying and page
-        // faults: with 8 MiB, 100 concurrent streams through the gateway
-        // moved 46 MB/s in all; with 2 MiB, 154 MB/s (BENCHMARKS.md).
-        window_size: 2 * 1024 * 1024,
+        window_size: crate::CHANNEL_WINDOW,
         maximum_packet_size: 32768,
         channel_buffer_size: 64,
         nodelay: true,
