@@ -80,6 +80,41 @@ pub struct ServerConfig {
     /// How long such an address stays blocked.
     #[serde(default = "default_block_for")]
     pub block_for: String,
+    /// Unauthenticated connections from one address, at most (OpenSSH's
+    /// PerSourceMaxStartups): one source cannot take every startup slot.
+    /// Raise it for a control host that opens more connections at once
+    /// (Ansible with many forks); further ones are refused, not queued.
+    #[serde(default = "default_per_source_max_startups")]
+    pub per_source_max_startups: usize,
+    /// Session channels per connection, at most (OpenSSH's MaxSessions).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Authenticated connections of one Gatehouse user at once, at most.
+    #[serde(default = "default_max_connections_per_user")]
+    pub max_connections_per_user: usize,
+    /// Largest terminal a session may ask for; larger requests are cut to
+    /// this size (each terminal screen the gateway keeps costs memory in
+    /// proportion to its cells).
+    #[serde(default = "default_max_pty_cols")]
+    pub max_pty_cols: u32,
+    #[serde(default = "default_max_pty_rows")]
+    pub max_pty_rows: u32,
+}
+
+fn default_per_source_max_startups() -> usize {
+    20
+}
+fn default_max_sessions() -> usize {
+    10
+}
+fn default_max_connections_per_user() -> usize {
+    100
+}
+fn default_max_pty_cols() -> u32 {
+    400
+}
+fn default_max_pty_rows() -> u32 {
+    150
 }
 
 fn default_max_auth_failures() -> u32 {
@@ -125,6 +160,11 @@ impl Default for ServerConfig {
             approval_wait: default_approval_wait(),
             max_auth_failures: default_max_auth_failures(),
             block_for: default_block_for(),
+            per_source_max_startups: default_per_source_max_startups(),
+            max_sessions: default_max_sessions(),
+            max_connections_per_user: default_max_connections_per_user(),
+            max_pty_cols: default_max_pty_cols(),
+            max_pty_rows: default_max_pty_rows(),
         }
     }
 }
@@ -201,6 +241,11 @@ pub struct RecordingConfig {
     pub input: bool,
     #[serde(default = "default_true")]
     pub exec_output: bool,
+    /// A session whose recording cannot be written is stopped (and one
+    /// whose recording cannot be created is refused), like a session whose
+    /// events cannot be written under `audit.on_failure = "refuse"`.
+    #[serde(default = "default_true")]
+    pub required: bool,
 }
 
 fn default_recording_dir() -> PathBuf {
@@ -218,6 +263,7 @@ impl Default for RecordingConfig {
             url: None,
             input: true,
             exec_output: true,
+            required: true,
         }
     }
 }
@@ -242,6 +288,26 @@ pub struct AuditConfig {
     /// How often the chain's head is signed.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: String,
+    /// Append-only file that every signed checkpoint is also written to,
+    /// outside the database (default: `audit_anchor.jsonl` next to
+    /// `signing_key`). `gatehouse audit verify --anchor FILE` proves the
+    /// chain still reaches the newest checkpoint in it.
+    #[serde(default)]
+    pub anchor_file: Option<PathBuf>,
+    /// Longest a read-only query (`audit query`, runbooks, the CLI's
+    /// views) may run before the database stops it.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout: String,
+}
+
+impl AuditConfig {
+    /// Where checkpoints are anchored: `anchor_file`, or
+    /// `audit_anchor.jsonl` next to the signing key.
+    pub fn anchor_path(&self) -> PathBuf {
+        self.anchor_file
+            .clone()
+            .unwrap_or_else(|| self.signing_key.with_file_name("audit_anchor.jsonl"))
+    }
 }
 
 fn default_signing_key() -> PathBuf {
@@ -250,6 +316,9 @@ fn default_signing_key() -> PathBuf {
 fn default_checkpoint_interval() -> String {
     "60s".into()
 }
+fn default_query_timeout() -> String {
+    "30s".into()
+}
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -257,6 +326,8 @@ impl Default for AuditConfig {
             on_failure: OnFailure::default(),
             signing_key: default_signing_key(),
             checkpoint_interval: default_checkpoint_interval(),
+            anchor_file: None,
+            query_timeout: default_query_timeout(),
         }
     }
 }
@@ -613,6 +684,27 @@ impl Config {
         if self.server.max_startups == 0 {
             err("server.max_startups".into(), "must be at least 1".into());
         }
+        for (key, value) in [
+            (
+                "server.per_source_max_startups",
+                self.server.per_source_max_startups,
+            ),
+            ("server.max_sessions", self.server.max_sessions),
+            (
+                "server.max_connections_per_user",
+                self.server.max_connections_per_user,
+            ),
+        ] {
+            if value == 0 {
+                err(key.into(), "must be at least 1".into());
+            }
+        }
+        if self.server.max_pty_cols < 20 || self.server.max_pty_rows < 5 {
+            err(
+                "server.max_pty_cols".into(),
+                "the largest terminal must be at least 20 columns by 5 rows (max_pty_cols, max_pty_rows)".into(),
+            );
+        }
         if parse_duration(&self.audit.checkpoint_interval).is_err() {
             err(
                 "audit.checkpoint_interval".into(),
@@ -621,6 +713,33 @@ impl Config {
                     self.audit.checkpoint_interval
                 ),
             );
+        }
+        match parse_duration(&self.audit.query_timeout) {
+            Ok(d) if d.is_zero() => err(
+                "audit.query_timeout".into(),
+                "must be longer than 0; write e.g. \"30s\"".into(),
+            ),
+            Ok(_) => {}
+            Err(_) => err(
+                "audit.query_timeout".into(),
+                format!(
+                    "invalid duration {:?}; write e.g. \"30s\"",
+                    self.audit.query_timeout
+                ),
+            ),
+        }
+        if let Some(anchor) = &self.audit.anchor_file {
+            if anchor.as_os_str().is_empty() || anchor.to_string_lossy().ends_with('/') {
+                err(
+                    "audit.anchor_file".into(),
+                    "must name a file; leave it out for audit_anchor.jsonl next to audit.signing_key".into(),
+                );
+            } else if *anchor == self.audit.signing_key {
+                err(
+                    "audit.anchor_file".into(),
+                    "must not be the signing key; name a file of its own".into(),
+                );
+            }
         }
         if parse_duration(&self.upstream.connect_timeout).is_err() {
             err(
@@ -908,6 +1027,9 @@ impl Config {
             }
         }
         fix(&mut self.audit.signing_key);
+        if let Some(anchor) = self.audit.anchor_file.as_mut() {
+            fix(anchor);
+        }
         fix(&mut self.runbooks.dir);
         for s in &mut self.sinks {
             if let Some(p) = s.path.as_mut() {
@@ -984,6 +1106,38 @@ roles = ["web-dev"]
         assert_eq!(c.validate(p()), vec![]);
         assert_eq!(c.targets[0].labels["env"], "prod");
         assert_eq!(c.store.url, "sqlite://data/gatehouse.db");
+    }
+
+    #[test]
+    fn audit_query_timeout_and_anchor_file_are_checked() {
+        let c = Config::parse(GOOD, p()).unwrap();
+        assert_eq!(c.audit.query_timeout, "30s");
+        assert_eq!(
+            c.audit.anchor_path(),
+            c.audit.signing_key.with_file_name("audit_anchor.jsonl")
+        );
+        let text = format!(
+            "{GOOD}\n[audit]\nquery_timeout = \"0s\"\nanchor_file = \"data/audit_signing.key\"\n"
+        );
+        let c = Config::parse(&text, p()).unwrap();
+        let errors: Vec<String> = c.validate(p()).iter().map(|e| e.to_string()).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("audit.query_timeout")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("audit.anchor_file")),
+            "{errors:?}"
+        );
+        let text = format!("{GOOD}\n[audit]\nquery_timeout = \"soon\"\n");
+        let c = Config::parse(&text, p()).unwrap();
+        let errors: Vec<String> = c.validate(p()).iter().map(|e| e.to_string()).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("audit.query_timeout") && e.contains("30s")),
+            "{errors:?}"
+        );
     }
 
     #[test]

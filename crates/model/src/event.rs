@@ -56,6 +56,9 @@ impl EventType {
     pub const SESSION_START: &'static str = "session.start";
     pub const SESSION_END: &'static str = "session.end";
     pub const SESSION_KILLED: &'static str = "session.killed";
+    /// `gatehouse sessions kill` asked the gateway to end a session
+    /// (written by the CLI before the request; `session.killed` follows).
+    pub const SESSION_KILL_REQUESTED: &'static str = "session.kill_requested";
     pub const COMMAND: &'static str = "command";
     pub const COMMAND_DENIED: &'static str = "command.denied";
     pub const PORT_FORWARD_OPEN: &'static str = "port_forward.open";
@@ -64,12 +67,26 @@ impl EventType {
     pub const TARGET_UNREACHABLE: &'static str = "target.unreachable";
     pub const CONFIG_RELOAD: &'static str = "config.reload";
     pub const RECORDING_ACCESS: &'static str = "recording.access";
+    /// A recording read by the CLI no longer matches the SHA-256 (or size)
+    /// its `session.end` event holds, or is missing.
+    pub const RECORDING_TAMPERED: &'static str = "recording.tampered";
+    /// A signed checkpoint of the chain's head (seq, hash, time,
+    /// signature in `details`), so that the sinks hold it too.
+    pub const AUDIT_CHECKPOINT: &'static str = "audit.checkpoint";
     pub const USER_LOCKED: &'static str = "user.locked";
     pub const USER_UNLOCKED: &'static str = "user.unlocked";
     pub const MFA_ENROLLED: &'static str = "mfa.enrolled";
     pub const MFA_RESET: &'static str = "mfa.reset";
     pub const RUNBOOK_RUN: &'static str = "runbook.run";
     pub const SOURCE_BLOCKED: &'static str = "source.blocked";
+    /// A source address was cut off for holding too many unauthenticated
+    /// connections (`server.per_source_max_startups`).
+    pub const SOURCE_FLOOD: &'static str = "source.flood";
+    /// A session's recording could not be created or written.
+    pub const RECORDING_FAILED: &'static str = "recording.failed";
+    /// A channel request the gateway refused or passed on: subsystems,
+    /// agent forwarding, environment variables, remote forwards.
+    pub const CHANNEL_REQUEST: &'static str = "channel.request";
     pub const ALERT: &'static str = "alert";
     pub const APPROVAL_REQUESTED: &'static str = "approval.requested";
     pub const APPROVAL_GRANTED: &'static str = "approval.granted";
@@ -77,6 +94,9 @@ impl EventType {
     pub const APPROVAL_EXPIRED: &'static str = "approval.expired";
     pub const GATEWAY_START: &'static str = "gateway.start";
     pub const GATEWAY_STOP: &'static str = "gateway.stop";
+    /// Written at start when the node closed what a crash of its previous
+    /// process left open (sessions, transfers, kill requests).
+    pub const GATEWAY_RECOVERED: &'static str = "gateway.recovered";
 }
 
 /// An event before the store has put it in the chain. `id` and `time` are

@@ -18,6 +18,7 @@ use gatehouse_model::{EventType, Outcome, Severity};
 use russh::server::{self, Msg};
 use russh::{client, Channel, ChannelMsg, Pty, Sig};
 
+use crate::limits::clamp_pty;
 use crate::recorder::{self, Recorder, RecordingSpec};
 use crate::server::{env_allowed, upstream_for, Authed, ChannelGuard, ConnState, Shared};
 
@@ -64,8 +65,17 @@ pub(crate) async fn fail(channel: &Channel<Msg>, pty: bool, message: &str, code:
     let _ = channel.close().await;
 }
 
-pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) {
-    let _guard = ChannelGuard::new(ctx.state.clone());
+/// Runs one session channel; `_guard` counts it among the connection's
+/// open channels until it ends.
+pub(crate) async fn session_channel(
+    ctx: ChannelCtx,
+    mut channel: Channel<Msg>,
+    _guard: ChannelGuard,
+) {
+    let (max_cols, max_rows) = (
+        ctx.auth.config.server.max_pty_cols,
+        ctx.auth.config.server.max_pty_rows,
+    );
     let mut setup = Setup {
         pty: None,
         env: Vec::new(),
@@ -87,10 +97,11 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
                 terminal_modes,
                 ..
             } if ctx.auth.permit_pty() => {
+                let (cols, rows) = clamp_pty(col_width, row_height, max_cols, max_rows);
                 setup.pty = Some(PtyReq {
                     term,
-                    cols: col_width,
-                    rows: row_height,
+                    cols,
+                    rows,
                     pix_w: pix_width,
                     pix_h: pix_height,
                     modes: terminal_modes,
@@ -102,8 +113,7 @@ pub(crate) async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>) 
                 ..
             } => {
                 if let Some(p) = setup.pty.as_mut() {
-                    p.cols = col_width;
-                    p.rows = row_height;
+                    (p.cols, p.rows) = clamp_pty(col_width, row_height, max_cols, max_rows);
                 }
             }
             ChannelMsg::SetEnv {
@@ -648,6 +658,12 @@ async fn pump(
                     pix_width,
                     pix_height,
                 } => {
+                    let (col_width, row_height) = clamp_pty(
+                        col_width,
+                        row_height,
+                        ctx.auth.config.server.max_pty_cols,
+                        ctx.auth.config.server.max_pty_rows,
+                    );
                     if let Some(r) = rec {
                         r.resize(col_width, row_height).await;
                     }
@@ -831,6 +847,12 @@ async fn guarded_input(
                 let mut resizes = Vec::new();
                 let code = crate::guard::read_code(user_rx, &mut resizes).await;
                 for (c, r, pw, ph) in resizes {
+                    let (c, r) = clamp_pty(
+                        c,
+                        r,
+                        ctx.auth.config.server.max_pty_cols,
+                        ctx.auth.config.server.max_pty_rows,
+                    );
                     guard.resize(c, r);
                     up_tx.window_change(c, r, pw, ph).await?;
                 }

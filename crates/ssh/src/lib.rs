@@ -17,6 +17,7 @@ pub mod bridge;
 pub mod certs;
 mod guard;
 pub mod keys;
+mod limits;
 pub mod menu;
 pub mod recorder;
 pub mod server;
@@ -26,6 +27,31 @@ pub mod upstream;
 use std::path::PathBuf;
 
 pub use server::{Gateway, GatewayHandle};
+
+/// Not API: the command guard's screen, driven without a session, for
+/// gatehouse-fuzzing (the guard itself stays private).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub struct Guard(crate::guard::LineGuard);
+
+    impl Guard {
+        pub fn new(cols: u32, rows: u32) -> Guard {
+            Guard(crate::guard::LineGuard::new(cols, rows))
+        }
+        pub fn input(&self, data: &[u8]) {
+            self.0.input(data)
+        }
+        pub fn output(&self, data: &[u8]) {
+            self.0.output(data)
+        }
+        pub fn resize(&self, cols: u32, rows: u32) {
+            self.0.resize(cols, rows)
+        }
+        pub fn line_now(&self) -> Option<String> {
+            self.0.line_now()
+        }
+    }
+}
 
 /// The SSH channel window both legs advertise: OpenSSH's own (sshd's and
 /// ssh's). A larger one lets the far side queue that much per channel

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::audit::Audit;
 use crate::certs::CertGrant;
 use crate::keys::{fingerprint, load_private_key, parse_public_line};
+use crate::limits::{Counter, FloodNotices, Killable, Slot};
 use crate::upstream::{self, Upstream, UpstreamError};
 use crate::SshError;
 
@@ -46,6 +47,13 @@ pub(crate) struct Shared {
     /// Recent authentication failures per source address and per user
     /// (brute-force defence).
     pub failures: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
+    /// Unauthenticated connections per source address
+    /// (`server.per_source_max_startups`).
+    pub unauth_by_source: Counter,
+    /// Authenticated connections per Gatehouse user
+    /// (`server.max_connections_per_user`).
+    pub conns_by_user: Counter,
+    pub flood_notices: FloodNotices,
 }
 
 /// The window in which failures count.
@@ -248,6 +256,9 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             shutdown,
             failures: Mutex::new(HashMap::new()),
+            unauth_by_source: Counter::default(),
+            conns_by_user: Counter::default(),
+            flood_notices: FloodNotices::default(),
         });
         Ok(Gateway { shared, listener })
     }
@@ -282,6 +293,18 @@ impl Gateway {
                             continue;
                         }
                     };
+                    let per_source = shared.config().server.per_source_max_startups;
+                    let source = match shared
+                        .unauth_by_source
+                        .try_take(&peer.ip().to_string(), per_source)
+                    {
+                        Ok(slot) => slot,
+                        Err(held) => {
+                            drop(socket);
+                            report_flood(&shared, peer, held, per_source);
+                            continue;
+                        }
+                    };
                     let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
                         tracing::warn!(%peer, "too many unauthenticated connections; dropping");
                         drop(socket);
@@ -290,7 +313,8 @@ impl Gateway {
                     let shared = shared.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        serve_connection(shared, socket, peer, Some(permit), None).await;
+                        let startup = Startup { permit, source };
+                        serve_connection(shared, socket, peer, Some(startup), None).await;
                         drop(done);
                     });
                 }
@@ -319,6 +343,41 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
         Ok(())
     }
+}
+
+/// What an unauthenticated connection holds: a place among
+/// `server.max_startups` and among its source's
+/// `server.per_source_max_startups`. Dropped once it authenticates.
+pub(crate) struct Startup {
+    #[allow(dead_code)] // held for its Drop
+    permit: OwnedSemaphorePermit,
+    #[allow(dead_code)] // held for its Drop
+    source: Slot,
+}
+
+/// A source went over its share of unauthenticated connections: logged
+/// always, audited as `source.flood` at most once a minute per address.
+fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, held: usize, limit: usize) {
+    tracing::warn!(%peer, held, limit, "too many unauthenticated connections from one address; dropping");
+    if !shared.flood_notices.should_report(peer.ip()) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let config = shared.config();
+        let ev = NewEvent::new(
+            EventType::SOURCE_FLOOD,
+            Severity::High,
+            Outcome::Denied,
+            &config.server.node,
+        )
+        .source_ip(peer.ip().to_string())
+        .reason(format!(
+            "{held} unauthenticated connections from this address (server.per_source_max_startups = {limit}); further connections refused until some finish or time out"
+        ))
+        .details(serde_json::json!({ "held": held, "limit": limit }));
+        let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    });
 }
 
 /// A connection that arrived inside another one: `ssh -J alice@gw
@@ -432,7 +491,7 @@ pub(crate) async fn serve_connection<S>(
     shared: Arc<Shared>,
     socket: S,
     peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    startup: Option<Startup>,
     jump: Option<Jump>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -449,14 +508,19 @@ pub(crate) async fn serve_connection<S>(
     }
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(ConnState::new(conn_id, peer));
+    let inner = jump.is_some();
     let handler = Conn {
         shared: shared.clone(),
         state: state.clone(),
         conn_id,
-        permit,
+        startup,
+        user_slot: None,
         jump,
         pending_mfa: None,
     };
+    // The login deadline closes the socket itself: before key exchange
+    // russh has no other way to end a connection (see `limits`).
+    let (socket, kill) = Killable::new(socket);
     let grace =
         parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
     let running = match tokio::time::timeout(
@@ -476,22 +540,6 @@ pub(crate) async fn serve_connection<S>(
         }
     };
     let handle = running.handle();
-    {
-        let state = state.clone();
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            if state.auth.lock().map(|a| a.is_none()).unwrap_or(true) {
-                let _ = handle
-                    .disconnect(
-                        Disconnect::ByApplication,
-                        "gatehouse: authentication took too long".into(),
-                        String::new(),
-                    )
-                    .await;
-            }
-        });
-    }
     if let Ok(mut live) = shared.live.lock() {
         live.insert(
             conn_id,
@@ -502,8 +550,34 @@ pub(crate) async fn serve_connection<S>(
             },
         );
     }
-    if let Err(e) = running.await {
+    tokio::pin!(running);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let mut timed_out = false;
+    let ended = loop {
+        tokio::select! {
+            r = &mut running => break r,
+            _ = &mut deadline, if !timed_out => {
+                if state.authed().is_some() {
+                    // Authenticated in time: no deadline from here on.
+                    timed_out = true;
+                    continue;
+                }
+                timed_out = true;
+                tracing::info!(%peer, "login grace time exceeded; closing the connection");
+                state.grace_exceeded.store(true, Ordering::Release);
+                kill.kill();
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    if state.grace_exceeded.load(Ordering::Acquire) && !inner {
+        // OpenSSH's PerSourcePenalties: a source that lets connections
+        // time out unauthenticated moves towards a block like one that
+        // fails to authenticate.
+        grace_penalty(&shared, peer).await;
     }
     if let Ok(mut live) = shared.live.lock() {
         live.remove(&conn_id);
@@ -527,7 +601,11 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
             )
             .user(user)
             .source_ip(state.peer.ip().to_string())
-            .reason("disconnected without authenticating: no acceptable key was offered");
+            .reason(if state.grace_exceeded.load(Ordering::Acquire) {
+                "closed by the gateway: not authenticated within server.login_grace_time"
+            } else {
+                "disconnected without authenticating: no acceptable key was offered"
+            });
             let _ = shared.audit.record(ev, config.audit.on_failure).await;
         }
     }
@@ -655,6 +733,8 @@ pub(crate) struct ConnState {
     /// an acceptable key still leaves an `auth.failure` behind.
     pub attempted_user: Mutex<Option<String>>,
     pub failure_recorded: AtomicBool,
+    /// The login deadline closed this connection before it authenticated.
+    pub grace_exceeded: AtomicBool,
     /// The approval request of this connection, and whether it was granted.
     pub approval_id: tokio::sync::Mutex<Option<String>>,
     pub approved: AtomicBool,
@@ -701,6 +781,7 @@ impl ConnState {
             server_handle: Mutex::new(None),
             attempted_user: Mutex::new(None),
             failure_recorded: AtomicBool::new(false),
+            grace_exceeded: AtomicBool::new(false),
             approval_id: tokio::sync::Mutex::new(None),
             approved: AtomicBool::new(false),
             recording_seq: AtomicU64::new(0),
@@ -814,14 +895,51 @@ pub(crate) async fn upstream_for(
     result.map_err(|e| e.to_string())
 }
 
+/// Blocks `ip` once its failures in the window reach
+/// `server.max_auth_failures` (with a `source.blocked` event).
+async fn block_if_over(shared: &Shared, ip: &str, failures: usize, what: &str) {
+    let config = shared.config();
+    if (failures as u32) < config.server.max_auth_failures.max(1) {
+        return;
+    }
+    let d = parse_duration(&config.server.block_for).unwrap_or(Duration::from_secs(900));
+    let until = gatehouse_model::event::format_time(
+        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
+    );
+    let reason = format!("{failures} {what} in 10 minutes");
+    if shared.store.block_source(ip, &until, &reason).await.is_ok() {
+        let ev = NewEvent::new(
+            EventType::SOURCE_BLOCKED,
+            Severity::High,
+            Outcome::Success,
+            &config.server.node,
+        )
+        .source_ip(ip.to_string())
+        .reason(reason)
+        .details(serde_json::json!({ "until": until, "by": "brute-force defence" }));
+        let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    }
+}
+
+/// A connection from `peer` ran out of login grace time: counted like an
+/// authentication failure of its address.
+async fn grace_penalty(shared: &Shared, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let n = shared.note_failure(&ip);
+    block_if_over(shared, &ip, n, "authentication failures or login timeouts").await;
+}
+
 /// The russh handler of one user connection.
 pub(crate) struct Conn {
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     conn_id: u64,
     /// Held until authentication succeeds: bounds unauthenticated
-    /// connections (MaxStartups).
-    permit: Option<OwnedSemaphorePermit>,
+    /// connections (MaxStartups, per source and in all).
+    startup: Option<Startup>,
+    /// The user's place among `server.max_connections_per_user`, taken
+    /// when authentication completes.
+    user_slot: Option<Slot>,
     /// Set for a connection served inside a ProxyJump channel.
     jump: Option<Jump>,
     /// The user whose key was accepted, waiting for the second factor.
@@ -833,7 +951,6 @@ impl Conn {
     /// wait a little longer each time (up to 4 s), and block the address
     /// once it reaches `server.max_auth_failures`.
     async fn throttle(&self, raw_user: &str) {
-        let config = self.shared.config();
         let ip = self.state.peer.ip().to_string();
         let by_ip = self.shared.note_failure(&ip);
         let user = raw_user.split(':').next().unwrap_or("").to_string();
@@ -841,31 +958,7 @@ impl Conn {
             .shared
             .note_failure(&format!("user:{}", truncate(&user, 64)));
         let n = by_ip.max(by_user).min(16) as u32;
-        if by_ip as u32 >= config.server.max_auth_failures.max(1) {
-            let d = parse_duration(&config.server.block_for).unwrap_or(Duration::from_secs(900));
-            let until = gatehouse_model::event::format_time(
-                chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
-            );
-            let reason = format!("{by_ip} authentication failures in 10 minutes");
-            if self
-                .shared
-                .store
-                .block_source(&ip, &until, &reason)
-                .await
-                .is_ok()
-            {
-                let ev = NewEvent::new(
-                    EventType::SOURCE_BLOCKED,
-                    Severity::High,
-                    Outcome::Success,
-                    &config.server.node,
-                )
-                .source_ip(ip.clone())
-                .reason(reason)
-                .details(serde_json::json!({ "until": until, "by": "brute-force defence" }));
-                let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
-            }
-        }
+        block_if_over(&self.shared, &ip, by_ip, "authentication failures").await;
         if n > 1 {
             let delay = Duration::from_millis(100u64 << (n - 1).min(6)).min(Duration::from_secs(4));
             tokio::time::sleep(delay).await;
@@ -1117,6 +1210,29 @@ impl Conn {
             .target
             .as_ref()
             .map(|t| gatehouse_policy::decide(&config, &user, t, request.login.as_deref()));
+        if refusal.is_none() {
+            let max = config.server.max_connections_per_user;
+            match self.shared.conns_by_user.try_take(&user, max) {
+                Ok(slot) => self.user_slot = Some(slot),
+                Err(held) => {
+                    let why = format!(
+                        "{user} already has {held} connections through the gateway (server.max_connections_per_user = {max}); close some and try again"
+                    );
+                    let mut ev = NewEvent::new(
+                        EventType::ACCESS_DENIED,
+                        Severity::Warn,
+                        Outcome::Denied,
+                        &node,
+                    )
+                    .user(user.clone())
+                    .source_ip(self.state.peer.ip().to_string())
+                    .reason(why.clone());
+                    ev.target = request.target.clone();
+                    let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+                    refusal = Some(why);
+                }
+            }
+        }
         let mut auth = Authed {
             user: user.clone(),
             target: request.target.clone(),
@@ -1461,7 +1577,7 @@ impl server::Handler for Conn {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         boxed(async move {
-            self.permit = None;
+            self.startup = None;
             if let Ok(mut h) = self.state.server_handle.lock() {
                 *h = Some(session.handle());
             }
@@ -1498,9 +1614,18 @@ impl server::Handler for Conn {
                     .await;
                 return Ok(());
             };
+            // OpenSSH's MaxSessions: each session channel costs a task, a
+            // recording and up to two terminal screens.
+            let max = ctx.auth.config.server.max_sessions;
+            if self.state.channels_open.load(Ordering::Acquire) >= max {
+                tracing::warn!(session = %self.state.session_id, max, "session channel refused: server.max_sessions reached");
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return Ok(());
+            }
+            let guard = ChannelGuard::new(self.state.clone());
             self.track_channel(channel.id());
             reply.accept().await;
-            tokio::spawn(crate::bridge::session_channel(ctx, channel));
+            tokio::spawn(crate::bridge::session_channel(ctx, channel, guard));
             Ok(())
         })
         .await

@@ -125,6 +125,16 @@ impl Env {
     /// As [`Env::start_with`], with `upstream_extra` lines added to the
     /// `[upstream]` section.
     pub fn start_full(extra: &str, upstream_extra: &str) -> Env {
+        Env::start_all(extra, upstream_extra, "")
+    }
+
+    /// As [`Env::start_with`], with `server_extra` lines added to the
+    /// `[server]` section (limits, grace time).
+    pub fn start_server(server_extra: &str, extra: &str) -> Env {
+        Env::start_all(extra, "", server_extra)
+    }
+
+    fn start_all(extra: &str, upstream_extra: &str, server_extra: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let upstream = kit::keygen(dir.path(), "client_ed25519").expect("keygen");
         kit::keygen(dir.path(), "host_ed25519").expect("keygen");
@@ -145,6 +155,10 @@ impl Env {
         .replace(
             "connect_timeout = \"5s\"\n",
             &format!("connect_timeout = \"5s\"\n{upstream_extra}\n"),
+        )
+        .replace(
+            "node = \"test-node\"\n",
+            &format!("node = \"test-node\"\n{server_extra}\n"),
         );
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -1,0 +1,259 @@
+//! What one client may hold of the gateway before and after it has
+//! authenticated: the login deadline that closes a socket whatever state
+//! its handshake is in, unauthenticated connections per source address,
+//! and authenticated connections per user.
+//!
+//! russh runs each connection in a task of its own and offers no way to
+//! abort it before key exchange (its `disconnect` is a message the
+//! session reads only once encrypted), so the deadline works on the
+//! socket itself: [`Killable`] wraps the stream, and once its
+//! [`KillSwitch`] is thrown every read and write fails, which ends the
+//! session task, drops the handler and frees the slot it held.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Throws the switch of one [`Killable`] stream.
+#[derive(Clone, Default)]
+pub(crate) struct KillSwitch(Arc<KillInner>);
+
+#[derive(Default)]
+struct KillInner {
+    killed: AtomicBool,
+    read_waker: AtomicWaker,
+    write_waker: AtomicWaker,
+}
+
+impl KillSwitch {
+    /// From now on the stream's reads and writes fail; a pending read or
+    /// write is woken to see it.
+    pub fn kill(&self) {
+        self.0.killed.store(true, Ordering::Release);
+        self.0.read_waker.wake();
+        self.0.write_waker.wake();
+    }
+
+    pub fn killed(&self) -> bool {
+        self.0.killed.load(Ordering::Acquire)
+    }
+}
+
+/// A stream that fails once its [`KillSwitch`] is thrown.
+pub(crate) struct Killable<S> {
+    inner: S,
+    switch: KillSwitch,
+}
+
+impl<S> Killable<S> {
+    pub fn new(inner: S) -> (Killable<S>, KillSwitch) {
+        let switch = KillSwitch::default();
+        (
+            Killable {
+                inner,
+                switch: switch.clone(),
+            },
+            switch,
+        )
+    }
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "closed by the gateway: login grace time exceeded",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.switch.0.read_waker.register(cx.waker());
+        if self.switch.killed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.switch.0.write_waker.register(cx.waker());
+        if self.switch.killed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.switch.killed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts per key (a source address, a user) with a cap; a [`Slot`] is
+/// one counted holder and gives its place back when dropped.
+#[derive(Clone, Default)]
+pub(crate) struct Counter(Arc<Mutex<HashMap<String, usize>>>);
+
+pub(crate) struct Slot {
+    counter: Counter,
+    key: String,
+}
+
+impl Counter {
+    /// Takes a place for `key` if fewer than `max` are held; else returns
+    /// how many are held.
+    pub fn try_take(&self, key: &str, max: usize) -> Result<Slot, usize> {
+        let Ok(mut map) = self.0.lock() else {
+            return Err(0);
+        };
+        let n = map.entry(key.to_string()).or_insert(0);
+        if *n >= max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Slot {
+            counter: self.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn held(&self, key: &str) -> usize {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counter.0.lock() {
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// At most one `source.flood` event per source address per window: a
+/// flood must not become a flood of audit events.
+#[derive(Default)]
+pub(crate) struct FloodNotices(Mutex<HashMap<IpAddr, Instant>>);
+
+const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(60);
+const FLOOD_TRACKED: usize = 10_000;
+
+impl FloodNotices {
+    /// True when this source has not been reported within the window.
+    pub fn should_report(&self, ip: IpAddr) -> bool {
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if map.len() >= FLOOD_TRACKED {
+            map.retain(|_, t| now.duration_since(*t) < FLOOD_NOTICE_EVERY);
+        }
+        match map.get(&ip) {
+            Some(t) if now.duration_since(*t) < FLOOD_NOTICE_EVERY => false,
+            _ => {
+                map.insert(ip, now);
+                true
+            }
+        }
+    }
+}
+
+/// Clamps a requested terminal size to the configured largest one.
+pub(crate) fn clamp_pty(cols: u32, rows: u32, max_cols: u32, max_rows: u32) -> (u32, u32) {
+    (cols.min(max_cols), rows.min(max_rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn counter_caps_and_releases() {
+        let c = Counter::default();
+        let a = c.try_take("10.0.0.1", 2).ok();
+        let b = c.try_take("10.0.0.1", 2).ok();
+        assert!(a.is_some() && b.is_some());
+        assert_eq!(c.try_take("10.0.0.1", 2).err(), Some(2));
+        assert!(c.try_take("10.0.0.2", 2).is_ok());
+        drop(a);
+        assert_eq!(c.held("10.0.0.1"), 1);
+        assert!(c.try_take("10.0.0.1", 2).is_ok());
+        drop(b);
+    }
+
+    #[test]
+    fn flood_notices_once_per_window() {
+        let f = FloodNotices::default();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap_or(IpAddr::from([127, 0, 0, 2]));
+        assert!(f.should_report(ip));
+        assert!(!f.should_report(ip));
+        assert!(f.should_report(IpAddr::from([127, 0, 0, 3])));
+    }
+
+    #[test]
+    fn pty_clamped() {
+        assert_eq!(clamp_pty(1000, 1000, 500, 200), (500, 200));
+        assert_eq!(clamp_pty(80, 24, 500, 200), (80, 24));
+    }
+
+    #[tokio::test]
+    async fn a_pending_read_fails_when_killed() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut killable, switch) = Killable::new(server);
+        client.write_all(b"SSH-2.0-x\r\n").await.expect("write");
+        let mut buf = [0u8; 11];
+        killable
+            .read_exact(&mut buf)
+            .await
+            .expect("read before kill");
+        let reader = tokio::spawn(async move {
+            let mut more = [0u8; 4];
+            killable.read(&mut more).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        switch.kill();
+        let r = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the read ends")
+            .expect("task");
+        assert_eq!(
+            r.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionAborted)
+        );
+        drop(client);
+    }
+}
