@@ -446,6 +446,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     })?;
     let store = open_store(&config).await?;
     let node = config.server.node.clone();
+    let recording_dir = config.recording.dir.clone();
     let on_failure = config.audit.on_failure;
     let signing_key = config.audit.signing_key.clone();
     let sink_configs = config.sinks.clone();
@@ -466,6 +467,24 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         if on_failure == gatehouse_model::OnFailure::Refuse {
             bail!("cannot write the audit trail ({e}); fix the store or set audit.on_failure = \"continue\"");
         }
+    }
+    // Before accepting connections: close what a crash of this node left
+    // open (see docs/security-model.md, "After a crash").
+    match gatehouse_store::recover_crashed_sessions(&store, &node, &recording_dir).await {
+        Ok(r) if !r.is_empty() => {
+            tracing::warn!(
+                sessions = r.sessions.len(),
+                transfers = r.transfers,
+                port_forwards = r.port_forwards,
+                kill_requests = r.kill_requests,
+                "closed what a crash of this node left open"
+            )
+        }
+        Ok(_) => {}
+        Err(e) if on_failure == gatehouse_model::OnFailure::Refuse => {
+            bail!("cannot close the sessions a crash left open ({e}); fix the store or set audit.on_failure = \"continue\"")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot close the sessions a crash left open"),
     }
     eprintln!("gatehouse: listening on {addr} (config {})", path.display());
     tracing::info!(%addr, "listening");

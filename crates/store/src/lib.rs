@@ -12,6 +12,7 @@ mod checkpoint;
 mod format;
 mod identity;
 pub mod recordings;
+mod recovery;
 mod schema;
 
 use std::str::FromStr;
@@ -31,6 +32,7 @@ pub use approvals::Approval;
 pub use checkpoint::{CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::UserLock;
+pub use recovery::{recover_crashed_sessions, Recovery, CRASH_REASON};
 
 /// The hash that the first event's `prev_hash` holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
