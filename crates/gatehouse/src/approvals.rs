@@ -6,16 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use gatehouse_model::{Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{escape_control, Config, EventType, NewEvent, Outcome, Severity};
 use gatehouse_store::Store;
 
 use crate::cli::{ApprovalsCmd, Format};
 
 fn operator() -> String {
-    let who = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{who}")
+    format!("cli:{}", crate::operator::current().name)
 }
 
 pub async fn run(
@@ -39,7 +36,12 @@ pub async fn run(
                 for a in pending {
                     println!(
                         "{}  {} wants {}@{}  approvers: {}  since {}",
-                        a.id, a.user, a.login, a.target, a.approvers, a.requested_at
+                        escape_control(&a.id),
+                        escape_control(&a.user),
+                        escape_control(&a.login),
+                        escape_control(&a.target),
+                        escape_control(&a.approvers),
+                        escape_control(&a.requested_at)
                     );
                 }
             }
@@ -80,7 +82,7 @@ async fn decide(
         .user(by.clone())
         .target(a.target.clone())
         .login(a.login.clone())
-        .details(serde_json::json!({"request": id, "requester": a.user, "grant_until": grant.then_some(until.clone())}));
+        .details(crate::operator::current().annotate(serde_json::json!({"request": id, "requester": a.user, "grant_until": grant.then_some(until.clone())})));
     ev.reason = reason.clone();
     store
         .append(&ev)
@@ -100,11 +102,14 @@ async fn decide(
     }
     if grant {
         println!(
-            "approved {id}: {} may use {}@{} until {until}",
-            a.user, a.login, a.target
+            "approved {}: {} may use {}@{} until {until}",
+            escape_control(id),
+            escape_control(&a.user),
+            escape_control(&a.login),
+            escape_control(&a.target)
         );
     } else {
-        println!("denied {id}");
+        println!("denied {}", escape_control(id));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,8 @@
 mod approvals;
 mod cli;
 mod init;
+mod logging;
+mod operator;
 mod runbooks;
 mod sessions;
 mod users;
@@ -295,6 +297,42 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let problems = config_problems(&config, path);
+    let warnings: Vec<String> = Vec::new();
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": problems.is_empty(), "errors": problems, "warnings": warnings,
+                "users": config.users.len(), "roles": config.roles.len(), "targets": config.targets.len()})
+        );
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        if problems.is_empty() {
+            println!(
+                "OK: {} ({} users, {} roles, {} targets)",
+                path.display(),
+                config.users.len(),
+                config.roles.len(),
+                config.targets.len()
+            );
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// What `gatehouse check` finds wrong with a config that parsed: keys,
+/// CAs, password hashes, known_hosts files, alert rules, runbooks, sinks.
+/// A reload refuses a config with any of these.
+fn config_problems(config: &Config, path: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) =
         gatehouse_ssh::keys::load_private_key(&config.server.host_key, "server.host_key")
@@ -309,7 +347,7 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
             problems.push(format!("{}: upstream.ca_key: {e}", path.display()));
         }
     }
-    if let Err(e) = gatehouse_ssh::certs::trusted_cas(&config) {
+    if let Err(e) = gatehouse_ssh::certs::trusted_cas(config) {
         problems.push(format!("{}: {e}", path.display()));
     }
     for (i, u) in config.users.iter().enumerate() {
@@ -343,35 +381,58 @@ fn check(path: &Path, format: Format) -> Result<ExitCode> {
     for e in gatehouse_sinks::check(&config.sinks) {
         problems.push(format!("{}: sinks: {e}", path.display()));
     }
-    let warnings: Vec<String> = Vec::new();
-    if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::json!({"ok": problems.is_empty(), "errors": problems, "warnings": warnings,
-                "users": config.users.len(), "roles": config.roles.len(), "targets": config.targets.len()})
-        );
-    } else {
-        for w in &warnings {
-            eprintln!("warning: {w}");
+    problems
+}
+
+/// The config a SIGHUP would switch to, or why it is refused: everything
+/// `gatehouse check` refuses, a file with nothing but blanks and comments
+/// (a truncated write, the wrong file), and a config without any users or
+/// targets while the running one has them (`running`: its user and target
+/// counts). Such a change needs a restart.
+fn reload_candidate(path: &Path, running: (usize, usize)) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let blank = text
+        .lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'));
+    if blank {
+        return Err(format!(
+            "{} is empty; a reload needs a complete config (see `gatehouse check`)",
+            path.display()
+        ));
+    }
+    let config = match Config::load(path) {
+        Ok(mut c) => {
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            c.resolve_paths(base);
+            c
         }
-        for p in &problems {
-            eprintln!("{p}");
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(list.join("; "));
         }
-        if problems.is_empty() {
-            println!(
-                "OK: {} ({} users, {} roles, {} targets)",
-                path.display(),
-                config.users.len(),
-                config.roles.len(),
-                config.targets.len()
-            );
+    };
+    let problems = config_problems(&config, path);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let (users, targets) = running;
+    for (what, had, has) in [
+        ("users", users, config.users.len()),
+        ("targets", targets, config.targets.len()),
+    ] {
+        if had > 0 && has == 0 {
+            return Err(format!(
+                "{} declares no {what} (the running config has {had}); restart the gateway to apply a config without {what}",
+                path.display()
+            ));
         }
     }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(config)
 }
 
 fn explain(
@@ -453,6 +514,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let checkpoint_every = gatehouse_model::parse_duration(&config.audit.checkpoint_interval)
         .unwrap_or(std::time::Duration::from_secs(60))
         .max(std::time::Duration::from_secs(1));
+    let policy_size = (config.users.len(), config.targets.len());
     let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;
     let addr = gateway.local_addr()?;
     let handle = gateway.handle();
@@ -495,6 +557,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         path.to_path_buf(),
         store.clone(),
         node.clone(),
+        policy_size,
     ));
     let signer = std::sync::Arc::new(
         gatehouse_store::Signer::load_or_create(&signing_key)
@@ -574,6 +637,7 @@ async fn handle_signals(
     path: PathBuf,
     store: Store,
     node: String,
+    mut policy_size: (usize, usize),
 ) {
     let Signals {
         mut term,
@@ -585,20 +649,26 @@ async fn handle_signals(
             _ = term.recv() => { handle.shutdown("the gateway is shutting down"); return; }
             _ = int.recv() => { handle.shutdown("the gateway is shutting down"); return; }
             _ = hup.recv() => {
-                let (result, reason) = match load_config(&path) {
-                    Ok(cfg) => match handle.reload(cfg) {
-                        Ok(()) => (Outcome::Success, None),
-                        Err(e) => (Outcome::Error, Some(e.to_string())),
-                    },
-                    Err(e) => (Outcome::Error, Some(format!("{e:#}"))),
+                let (result, reason) = match reload_candidate(&path, policy_size) {
+                    Ok(cfg) => {
+                        let size = (cfg.users.len(), cfg.targets.len());
+                        match handle.reload(cfg) {
+                            Ok(()) => {
+                                policy_size = size;
+                                (Outcome::Success, None)
+                            }
+                            Err(e) => (Outcome::Error, Some(e.to_string())),
+                        }
+                    }
+                    Err(e) => (Outcome::Error, Some(e)),
                 };
                 match &reason {
-                    None => tracing::info!("configuration reloaded"),
-                    Some(r) => tracing::error!(error = %r, "configuration reload failed; keeping the previous configuration"),
+                    None => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Some(r) => tracing::error!(config = %path.display(), reason = %r, "configuration reload refused; the running configuration stays"),
                 }
                 let sev = if reason.is_some() { Severity::Warn } else { Severity::Info };
                 let mut ev = NewEvent::new(EventType::CONFIG_RELOAD, sev, result, &node)
-                    .details(serde_json::json!({"config": path.display().to_string()}));
+                    .details(serde_json::json!({"config": path.display().to_string(), "refused": reason.is_some()}));
                 ev.reason = reason;
                 let _ = store.append(&ev).await;
             }
@@ -613,16 +683,12 @@ async fn handle_signals(
     _path: PathBuf,
     _store: Store,
     _node: String,
+    _policy_size: (usize, usize),
 ) {
     let _ = tokio::signal::ctrl_c().await;
     handle.shutdown("the gateway is shutting down");
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }

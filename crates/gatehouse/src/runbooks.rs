@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gatehouse_audit::{ActionKind, Runbook};
-use gatehouse_model::{parse_duration, Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{
+    escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
+};
 use gatehouse_store::{QueryResult, Store};
 
 use crate::cli::{Format, RunbookCmd};
@@ -28,9 +30,7 @@ fn find(books: Vec<Runbook>, name: &str) -> Result<Runbook> {
 }
 
 fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::operator::current().name
 }
 
 pub async fn run<F, Fut>(
@@ -105,8 +105,9 @@ where
                     }
                     for (kind, subject) in &plan {
                         println!(
-                            "{} {kind:?} {subject}",
-                            if *apply { "taking:" } else { "would take:" }
+                            "{} {kind:?} {}",
+                            if *apply { "taking:" } else { "would take:" },
+                            escape_control(subject)
                         );
                     }
                     if !*apply && !plan.is_empty() {
@@ -126,11 +127,11 @@ where
             }
             let ev = NewEvent::new(EventType::RUNBOOK_RUN, Severity::Info, Outcome::Success, &config.server.node)
                 .user(operator())
-                .details(serde_json::json!({
+                .details(crate::operator::current().annotate(serde_json::json!({
                     "runbook": b.name, "params": given, "rows": rows.rows.len(),
                     "applied": apply, "planned": plan.iter().map(|(k, s)| format!("{k:?} {s}")).collect::<Vec<_>>(),
                     "actions": outcome,
-                }));
+                })));
             store
                 .append(&ev)
                 .await

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use gatehouse_model::{parse_duration, Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{
+    escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
+};
 use gatehouse_store::recordings::{valid_recording_id, LocalDir, RecordingStorage};
 use gatehouse_store::{QueryResult, Store};
 
@@ -19,9 +21,7 @@ fn lit(s: &str) -> String {
 
 /// Who runs the CLI, for `recording.access` and kill requests.
 fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::operator::current().name
 }
 
 fn print(result: &QueryResult, format: Format) {
@@ -139,7 +139,21 @@ pub async fn run(
             if active.rows.is_empty() {
                 bail!("no running session {id}; see `gatehouse sessions list --active`");
             }
-            store.request_kill(id, reason, &operator()).await?;
+            let op = crate::operator::current();
+            let ev = NewEvent::new(
+                EventType::SESSION_KILL_REQUESTED,
+                Severity::Warn,
+                Outcome::Success,
+                &config.server.node,
+            )
+            .session(id.clone())
+            .reason(reason.clone())
+            .details(op.annotate(serde_json::json!({"by": op.name, "via": "cli"})));
+            store
+                .append(&ev)
+                .await
+                .context("cannot audit the kill request, so it was not made")?;
+            store.request_kill(id, reason, &op.name).await?;
             // Wait (bounded) for the gateway to carry it out.
             for _ in 0..50 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -198,7 +212,7 @@ async fn show(store: &Store, id: &str, format: Format) -> Result<ExitCode> {
             serde_json::Value::Null => "-".into(),
             other => other.to_string(),
         };
-        println!("{col:>16}: {text}");
+        println!("{:>16}: {}", escape_control(col), escape_control(&text));
     }
     println!("\ncommands:");
     print(&commands, Format::Table);
@@ -245,7 +259,10 @@ async fn audit_access(
     )
     .user(operator())
     .session(session)
-    .details(serde_json::json!({"recording_id": rec, "action": action, "via": "cli"}));
+    .details(
+        crate::operator::current()
+            .annotate(serde_json::json!({"recording_id": rec, "action": action, "via": "cli"})),
+    );
     store
         .append(&ev)
         .await

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use gatehouse_model::{parse_duration, Config, EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{
+    escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
+};
 use gatehouse_store::Store;
 
 use crate::cli::Format;
@@ -40,9 +42,7 @@ pub fn hash_password(format: Format) -> Result<ExitCode> {
 }
 
 fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::operator::current().name
 }
 
 fn known(config: &Config, user: &str) -> Result<()> {
@@ -62,7 +62,7 @@ async fn audit(
 ) -> Result<()> {
     let mut ev = NewEvent::new(kind, Severity::Warn, Outcome::Success, &config.server.node)
         .user(user)
-        .details(details);
+        .details(crate::operator::current().annotate(details));
     ev.reason = reason;
     store
         .append(&ev)
@@ -98,11 +98,11 @@ pub async fn run(
                 for r in rows {
                     println!(
                         "{:<20} {:<30} {:>4} {:<5} {}",
-                        r["user"].as_str().unwrap_or(""),
-                        r["roles"].as_str().unwrap_or(""),
+                        escape_control(r["user"].as_str().unwrap_or("")),
+                        escape_control(r["roles"].as_str().unwrap_or("")),
                         r["keys"],
                         r["totp"],
-                        r["locked"].as_str().unwrap_or("-")
+                        escape_control(r["locked"].as_str().unwrap_or("-"))
                     );
                 }
             }

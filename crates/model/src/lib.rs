@@ -9,6 +9,7 @@
 pub mod config;
 pub mod duration;
 pub mod event;
+pub mod text;
 pub mod username;
 
 pub use config::{
@@ -18,4 +19,5 @@ pub use config::{
 };
 pub use duration::{parse_duration, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};
+pub use text::escape_control;
 pub use username::{ConnectRequest, UsernameError};

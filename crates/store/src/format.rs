@@ -1,5 +1,6 @@
 //! Rendering query results as a table, CSV or JSON.
 
+use gatehouse_model::escape_control;
 use serde_json::Value;
 
 /// Columns and rows of a read-only query.
@@ -11,11 +12,13 @@ pub struct QueryResult {
 
 const MAX_CELL: usize = 80;
 
+/// A cell as a person sees it: control characters escaped (the stored
+/// text is evidence; a terminal must not act on it).
 fn cell_text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => escape_control(s).into_owned(),
+        other => escape_control(&other.to_string()).into_owned(),
     }
 }
 
@@ -31,7 +34,7 @@ impl QueryResult {
             .map(|r| {
                 r.iter()
                     .map(|v| {
-                        let t = cell_text(v).replace('\n', " ");
+                        let t = cell_text(v);
                         if t.chars().count() > MAX_CELL {
                             let mut s: String = t.chars().take(MAX_CELL - 1).collect();
                             s.push('…');
@@ -63,7 +66,12 @@ impl QueryResult {
                 .trim_end()
                 .to_string()
         };
-        let mut out = line(&self.columns);
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| escape_control(c).into_owned())
+            .collect();
+        let mut out = line(&columns);
         out.push('\n');
         out.push_str(
             &widths
@@ -82,7 +90,9 @@ impl QueryResult {
         out
     }
 
-    /// RFC 4180 CSV with a header line.
+    /// RFC 4180 CSV with a header line. Control characters in cells are
+    /// escaped as in the table (so no cell spans lines); `--format json`
+    /// has the exact text.
     pub fn to_csv(&self) -> String {
         let esc = |s: &str| {
             if s.contains([',', '"', '\n', '\r']) {
@@ -94,7 +104,7 @@ impl QueryResult {
         let mut out = self
             .columns
             .iter()
-            .map(|c| esc(c))
+            .map(|c| esc(&escape_control(c)))
             .collect::<Vec<_>>()
             .join(",");
         out.push('\n');
@@ -158,6 +168,28 @@ mod tests {
         assert_eq!(v[0]["type"], "a,b");
         assert_eq!(v[0]["n"], 3);
         assert!(v[1]["n"].is_null());
+    }
+
+    #[test]
+    fn table_and_csv_escape_control_characters_json_keeps_them() {
+        let raw = "true; \x1b[2K\r\x1b[1Aecho harmless\u{202e}\n\x07\0";
+        let r = QueryResult {
+            columns: vec!["command".into()],
+            rows: vec![vec![json!(raw)]],
+        };
+        let shown = "true; \\e[2K\\r\\e[1Aecho harmless\\u{202e}\\n\\x07\\x00";
+        for out in [r.to_table(), r.to_csv()] {
+            assert!(out.contains(shown), "{out}");
+            assert!(
+                !out.trim_end_matches('\n')
+                    .chars()
+                    .any(|c| c != '\n' && gatehouse_model::text::is_unsafe_char(c)),
+                "{out:?}"
+            );
+            assert_eq!(out.lines().filter(|l| l.contains("harmless")).count(), 1);
+        }
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v[0]["command"], raw);
     }
 
     #[test]
