@@ -73,9 +73,13 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 async fn open_store(config: &Config) -> Result<Store> {
-    Store::open(&config.store.url).await.with_context(|| {
+    let store = Store::open(&config.store.url).await.with_context(|| {
         "the store is unavailable; check store.url and that the database is reachable".to_string()
-    })
+    })?;
+    if let Ok(limit) = gatehouse_model::parse_duration(&config.audit.query_timeout) {
+        store.set_query_timeout(limit);
+    }
+    Ok(store)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -103,7 +107,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(AuditCmd::Query { sql }) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
-            let result = store.query_readonly(sql).await?;
+            let (result, truncated) = store.query_readonly_capped(sql).await?;
+            if let Some(rows) = truncated {
+                eprintln!(
+                    "gatehouse: the result was truncated at {rows} rows; add a WHERE or LIMIT to see the rest"
+                );
+            }
             let out = match cli.format {
                 Format::Table | Format::Cast => result.to_table(),
                 Format::Json => result.to_json(),

@@ -11,6 +11,7 @@ mod approvals;
 mod checkpoint;
 mod format;
 mod identity;
+mod query;
 pub mod recordings;
 mod recovery;
 mod schema;
@@ -26,12 +27,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
 
 pub use approvals::Approval;
 pub use checkpoint::{CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::UserLock;
+pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
 pub use recovery::{recover_crashed_sessions, Recovery, CRASH_REASON};
 
 /// The hash that the first event's `prev_hash` holds.
@@ -50,6 +52,8 @@ pub enum StoreError {
     ReadOnly(String),
     #[error("query failed: {0}")]
     Query(String),
+    #[error("the query ran longer than {0:?} and was stopped; narrow it (WHERE, LIMIT) or raise audit.query_timeout")]
+    Timeout(Duration),
     #[error("store error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("stored event {id} is unreadable: {message}")]
@@ -105,6 +109,8 @@ struct Inner {
     /// every caller still returns only once its event is durable, but
     /// concurrent callers share one fsync.
     queue: std::sync::Mutex<Vec<Waiting>>,
+    /// How long a read-only query may run, in milliseconds.
+    query_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -171,6 +177,7 @@ impl Store {
                 SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| Box::pin(query::restrict_sqlite(conn)))
                     .connect_with(base.read_only(true).pragma("query_only", "ON"))
                     .await
                     .map_err(|e| open_err(&e))?
@@ -207,6 +214,9 @@ impl Store {
                 pool,
                 append: tokio::sync::Mutex::new(()),
                 queue: std::sync::Mutex::new(Vec::new()),
+                query_timeout_ms: std::sync::atomic::AtomicU64::new(
+                    query::DEFAULT_QUERY_TIMEOUT.as_millis() as u64,
+                ),
             }),
         })
     }
@@ -408,32 +418,6 @@ impl Store {
             events_checked: checked,
             first_bad: None,
         })
-    }
-
-    /// Runs `sql` read-only; the database refuses any write.
-    pub async fn query_readonly(&self, sql: &str) -> Result<QueryResult, StoreError> {
-        let sql = sql.trim().trim_end_matches(';').to_string();
-        match &self.inner.pool {
-            Pool::Sqlite { ro, .. } => {
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .fetch_all(ro)
-                    .await
-                    .map_err(classify)?;
-                Ok(to_result(&rows, sqlite_value))
-            }
-            Pool::Postgres(pg) => {
-                let mut tx = pg.begin().await?;
-                sqlx::query("SET TRANSACTION READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(classify);
-                let _ = tx.rollback().await;
-                Ok(to_result(&rows?, pg_value))
-            }
-        }
     }
 
     pub async fn known_host_key(&self, target: &str) -> Result<Option<String>, StoreError> {
@@ -769,19 +753,6 @@ where
         })
     })();
     (seq, result)
-}
-
-fn to_result<R: Row>(rows: &[R], value: fn(&R, usize) -> serde_json::Value) -> QueryResult {
-    let columns = rows
-        .first()
-        .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
-        .unwrap_or_default();
-    let rows = rows
-        .iter()
-        .take(MAX_ROWS)
-        .map(|r| (0..r.columns().len()).map(|i| value(r, i)).collect())
-        .collect();
-    QueryResult { columns, rows }
 }
 
 fn sqlite_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> serde_json::Value {

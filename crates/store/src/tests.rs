@@ -577,3 +577,108 @@ async fn approvals_are_decided_once_and_grants_expire(db: Db) {
     db.done().await;
 }
 both!(approvals_are_decided_once_and_grants_expire);
+
+const ENDLESS: &str = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) ";
+
+/// Peak resident memory of this process, in KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn runaway_queries_stop_at_the_cap_or_the_timeout(db: Db) {
+    seed(&db).await;
+    db.store
+        .set_query_timeout(std::time::Duration::from_secs(2));
+    let bounded = |sql: String| {
+        let store = db.store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                store.query_readonly_capped(&sql),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{sql}: still running after 60 s"));
+            (out, started.elapsed())
+        }
+    };
+    // Endless rows: cut at the cap while streaming.
+    let (out, took) = bounded(format!("{ENDLESS}SELECT n FROM r")).await;
+    let (result, truncated) = out.unwrap();
+    assert_eq!(truncated, Some(MAX_ROWS));
+    assert_eq!(result.rows.len(), MAX_ROWS);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    // No rows, endless work: stopped by the statement timeout.
+    let (out, took) = bounded(format!("{ENDLESS}SELECT count(*) FROM r")).await;
+    match out {
+        Err(e @ StoreError::Timeout(_)) => {
+            assert!(e.to_string().contains("audit.query_timeout"), "{e}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    // Endless rows that are too wide to keep: cut by size or time.
+    let (out, _) = bounded(format!(
+        "{ENDLESS}SELECT n, {} AS wide FROM r",
+        match db.store.backend() {
+            Backend::Sqlite => "printf('%.*c', 100000, 'x')",
+            Backend::Postgres => "repeat('x', 100000)",
+        }
+    ))
+    .await;
+    match out {
+        Ok((_, Some(_))) | Err(StoreError::Timeout(_)) => {}
+        other => panic!("expected a cut-off result, got {:?}", other.map(|r| r.1)),
+    }
+    assert!(
+        peak_rss_kib() < 2 * 1024 * 1024,
+        "peak memory {} KiB",
+        peak_rss_kib()
+    );
+    // The store is still healthy afterwards.
+    let n = db
+        .store
+        .query_readonly("SELECT count(*) AS n FROM events")
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], json!(4));
+    db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    assert_eq!(db.store.verify_chain().await.unwrap().first_bad, None);
+    db.done().await;
+}
+both!(runaway_queries_stop_at_the_cap_or_the_timeout);
+
+async fn read_only_queries_create_no_files(db: Db) {
+    seed(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (sql, file) in [
+        ("VACUUM INTO '{}'", "copy.db"),
+        ("ATTACH DATABASE '{}' AS other", "attached.db"),
+    ] {
+        let path = dir.path().join(file);
+        let sql = sql.replace("{}", &path.display().to_string());
+        let out = db.store.query_readonly(&sql).await;
+        match (db.store.backend(), &out) {
+            (Backend::Sqlite, Err(StoreError::ReadOnly(_))) | (Backend::Postgres, Err(_)) => {}
+            _ => panic!("{sql}: expected a refusal, got {out:?}"),
+        }
+        assert!(!path.exists(), "{sql} created {}", path.display());
+    }
+    // Ordinary queries still work on the same connections.
+    let n = db
+        .store
+        .query_readonly("SELECT count(*) AS n FROM events")
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], json!(4));
+    db.done().await;
+}
+both!(read_only_queries_create_no_files);
