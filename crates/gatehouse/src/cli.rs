@@ -194,8 +194,17 @@ pub enum PolicyCmd {
 pub enum AuditCmd {
     /// Run read-only SQL over the events, sessions and commands views.
     Query { sql: String },
-    /// Check the hash chain.
-    Verify,
+    /// Check the hash chain, the signed checkpoints and the anchor file.
+    Verify {
+        /// Also check every finished recording against the SHA-256 in its
+        /// session.end event.
+        #[arg(long)]
+        recordings: bool,
+        /// Prove the chain reaches the newest checkpoint in FILE: the
+        /// anchor file (audit.anchor_file) or a jsonl sink's file.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
+    },
     /// Print the latest events as JSON lines.
     Tail {
         #[arg(short = 'n', long, default_value_t = 20)]

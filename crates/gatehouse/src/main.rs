@@ -9,6 +9,7 @@ mod operator;
 mod runbooks;
 mod sessions;
 mod users;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,62 +125,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCmd::Verify) => {
+        Command::Audit(AuditCmd::Verify { recordings, anchor }) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
-            let report = store.verify_chain().await?;
-            let checkpoints = if config.audit.signing_key.exists() {
-                let signer = gatehouse_store::Signer::load_or_create(&config.audit.signing_key)?;
-                Some(store.verify_checkpoints(&signer.public_key_hex()).await?)
-            } else {
-                None
-            };
-            if report.first_bad.is_none() {
-                if let Some(problem) = checkpoints.as_ref().and_then(|c| c.problem.clone()) {
-                    if cli.format == Format::Json {
-                        println!("{}", serde_json::json!({"ok": false, "problem": problem}));
-                    } else {
-                        println!("FAILED: {problem}");
-                    }
-                    return Ok(ExitCode::from(1));
-                }
-            }
-            match report.first_bad {
-                None => {
-                    if cli.format == Format::Json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"ok": true, "events_checked": report.events_checked})
-                        );
-                    } else {
-                        let signed = checkpoints
-                            .as_ref()
-                            .map(|c| format!(", {} signed checkpoints valid", c.checked))
-                            .unwrap_or_else(|| {
-                                ", no signing key found: checkpoints not checked".into()
-                            });
-                        println!(
-                            "OK: {} events, hash chain intact{signed}",
-                            report.events_checked
-                        );
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(bad) => {
-                    if cli.format == Format::Json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"ok": false, "seq": bad.seq, "id": bad.id, "problem": bad.problem})
-                        );
-                    } else {
-                        println!(
-                            "FAILED at event {} (seq {}): {}",
-                            bad.id, bad.seq, bad.problem
-                        );
-                    }
-                    Ok(ExitCode::from(1))
-                }
-            }
+            verify::run(&config, &store, cli.format, *recordings, anchor.as_deref()).await
         }
         Command::Approvals(cmd) => {
             let config = load_config(&path)?;
@@ -519,6 +468,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let recording_dir = config.recording.dir.clone();
     let on_failure = config.audit.on_failure;
     let signing_key = config.audit.signing_key.clone();
+    let anchor_file = config.audit.anchor_path();
     let sink_configs = config.sinks.clone();
     let checkpoint_every = gatehouse_model::parse_duration(&config.audit.checkpoint_interval)
         .unwrap_or(std::time::Duration::from_secs(60))
@@ -577,13 +527,16 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         let sink = gatehouse_sinks::Sink::new(cfg)?;
         sink_tasks.push(tokio::spawn(sink.run(store.clone())));
     }
+    // Checkpoints are anchored outside the database: in the anchor file
+    // and, as audit.checkpoint events, in every sink.
     let checkpoints = {
         let (store, signer) = (store.clone(), signer.clone());
+        let (anchor, node) = (anchor_file.clone(), node.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(checkpoint_every);
             loop {
                 tick.tick().await;
-                if let Err(e) = store.checkpoint(&signer).await {
+                if let Err(e) = store.checkpoint_anchored(&signer, &anchor, &node).await {
                     tracing::warn!(error = %e, "cannot write an audit checkpoint");
                 }
             }
@@ -592,11 +545,6 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     gateway.run().await?;
     signals.abort();
     checkpoints.abort();
-    // Let the sinks catch up with the last events (bounded), then stop.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    for t in sink_tasks {
-        t.abort();
-    }
     let stop = NewEvent::new(
         EventType::GATEWAY_STOP,
         Severity::Info,
@@ -604,7 +552,18 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         &node,
     );
     let _ = store.append(&stop).await;
-    let _ = store.checkpoint(&signer).await;
+    // The final checkpoint goes out with the last events.
+    if let Err(e) = store
+        .checkpoint_anchored(&signer, &anchor_file, &node)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot write the final audit checkpoint");
+    }
+    // Let the sinks catch up with the last events (bounded), then stop.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for t in sink_tasks {
+        t.abort();
+    }
     store.close().await;
     eprintln!("gatehouse: stopped");
     Ok(ExitCode::SUCCESS)

@@ -81,9 +81,13 @@ pub async fn run(
             print(&store.query_readonly(&sql).await?, format);
             Ok(ExitCode::SUCCESS)
         }
-        SessionsCmd::Show { id } => show(store, id, format).await,
+        SessionsCmd::Show { id } => {
+            check_recordings(store, config, id, None, "show").await?;
+            show(store, id, format).await
+        }
         SessionsCmd::Export { id, output } => {
             let rec = recording_id(store, id).await?;
+            check_recordings(store, config, id, Some(&rec), "export").await?;
             let storage = LocalDir::new(config.recording.dir.clone());
             let mut text = String::new();
             storage
@@ -108,6 +112,7 @@ pub async fn run(
             idle_limit,
         } => {
             let rec = recording_id(store, id).await?;
+            check_recordings(store, config, id, Some(&rec), "play").await?;
             let storage = LocalDir::new(config.recording.dir.clone());
             let open = || -> Result<Box<dyn Read + Send>> {
                 storage
@@ -267,6 +272,90 @@ async fn audit_access(
         .append(&ev)
         .await
         .context("cannot audit the recording access, so it is refused")?;
+    Ok(())
+}
+
+/// Compares the recordings of a finished session (only `only`, when
+/// given) with the SHA-256 and size its `session.end` event holds. A
+/// mismatch or a missing file is a one-line warning on stderr and a
+/// `recording.tampered` event; the command goes on (the file may still be
+/// evidence). A session still running has no digest yet: nothing to check.
+async fn check_recordings(
+    store: &Store,
+    config: &Config,
+    session: &str,
+    only: Option<&str>,
+    action: &str,
+) -> Result<()> {
+    use gatehouse_store::recordings::{check, listed, Integrity};
+    let end = store
+        .query_readonly(&format!(
+            "SELECT details FROM events WHERE session_id = {} AND type = 'session.end' ORDER BY seq LIMIT 1",
+            lit(session)
+        ))
+        .await?;
+    let details = match end.rows.first().and_then(|r| r.first()) {
+        Some(serde_json::Value::String(text)) => {
+            serde_json::from_str::<serde_json::Value>(text).unwrap_or_default()
+        }
+        _ => return Ok(()),
+    };
+    let storage = LocalDir::new(config.recording.dir.clone());
+    for expected in listed(&details) {
+        if only.is_some_and(|o| o != expected.id) {
+            continue;
+        }
+        let path = storage.locate(&expected.id);
+        let (problem, found, warning) = match check(&storage, &expected) {
+            Integrity::Intact => continue,
+            Integrity::Modified { sha256, bytes } => (
+                "modified",
+                serde_json::json!({"sha256": sha256, "bytes": bytes}),
+                format!(
+                    "recording {path} of session {session} was changed after the session ended (its SHA-256 no longer matches the session.end event): do not trust its contents, restore it from a backup and investigate who wrote to {}",
+                    config.recording.dir.display()
+                ),
+            ),
+            Integrity::Missing => (
+                "missing",
+                serde_json::Value::Null,
+                format!(
+                    "recording {path} of session {session} is missing although its session.end event lists it: restore it from a backup and investigate who removed it"
+                ),
+            ),
+            // Not evidence of tampering (permissions, say): warn only.
+            Integrity::Unreadable(e) => {
+                eprintln!(
+                    "gatehouse: warning: recording {path} of session {session} cannot be read to check its SHA-256 ({e}); fix its permissions and run the command again"
+                );
+                continue;
+            }
+        };
+        eprintln!("gatehouse: warning: {warning}");
+        let ev = NewEvent::new(
+            EventType::RECORDING_TAMPERED,
+            Severity::High,
+            Outcome::Failure,
+            &config.server.node,
+        )
+        .user(operator())
+        .session(session)
+        .reason(format!("recording {problem}"))
+        .details(serde_json::json!({
+            "recording_id": expected.id,
+            "problem": problem,
+            "expected": {"sha256": expected.sha256, "bytes": expected.bytes},
+            "found": found,
+            "path": path,
+            "action": action,
+            "via": "cli",
+        }));
+        if let Err(e) = store.append(&ev).await {
+            eprintln!(
+                "gatehouse: warning: cannot write the recording.tampered event ({e}); check the store"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
 
 pub use approvals::Approval;
-pub use checkpoint::{CheckpointReport, Signer};
+pub use checkpoint::{append_anchor, AnchorReport, Checkpoint, CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::UserLock;
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};

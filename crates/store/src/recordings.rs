@@ -63,6 +63,94 @@ impl RecordingStorage for LocalDir {
     }
 }
 
+/// A recording as its `session.end` event describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub id: String,
+    pub sha256: String,
+    /// Absent in events written before sizes were recorded.
+    pub bytes: Option<u64>,
+}
+
+/// The recordings a `session.end` event's details list with their
+/// digests (`recordings[]`, else `recording_id` / `recording_sha256`).
+pub fn listed(details: &serde_json::Value) -> Vec<Expected> {
+    let mut out: Vec<Expected> = details
+        .get("recordings")
+        .and_then(|r| r.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|r| {
+                    Some(Expected {
+                        id: r.get("id")?.as_str()?.to_string(),
+                        sha256: r.get("sha256")?.as_str()?.to_string(),
+                        bytes: r.get("bytes").and_then(|b| b.as_u64()),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if out.is_empty() {
+        if let (Some(id), Some(sha256)) = (
+            details.get("recording_id").and_then(|v| v.as_str()),
+            details.get("recording_sha256").and_then(|v| v.as_str()),
+        ) {
+            out.push(Expected {
+                id: id.to_string(),
+                sha256: sha256.to_string(),
+                bytes: None,
+            });
+        }
+    }
+    out
+}
+
+/// Lowercase hex SHA-256 and length of everything `r` yields.
+pub fn digest(mut r: impl Read) -> io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let sha = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((sha, bytes))
+}
+
+/// How a finished recording compares with its `session.end` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    Intact,
+    /// The bytes differ from what the session wrote.
+    Modified {
+        sha256: String,
+        bytes: u64,
+    },
+    Missing,
+    Unreadable(String),
+}
+
+/// Reads the recording `e` names from `storage` and compares it.
+pub fn check(storage: &dyn RecordingStorage, e: &Expected) -> Integrity {
+    match storage.open(&e.id).and_then(digest) {
+        Ok((sha256, bytes)) => {
+            if sha256.eq_ignore_ascii_case(&e.sha256) && e.bytes.is_none_or(|b| b == bytes) {
+                Integrity::Intact
+            } else {
+                Integrity::Modified { sha256, bytes }
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Integrity::Missing,
+        Err(err) => Integrity::Unreadable(err.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +171,24 @@ mod tests {
             .unwrap();
         assert_eq!(text, "x");
         assert!(s.create("01ABC-2").is_err(), "never overwrites a recording");
+    }
+
+    #[test]
+    fn a_changed_byte_or_a_missing_file_is_not_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalDir::new(dir.path());
+        s.create("01ABC").unwrap().write_all(b"hello\n").unwrap();
+        let (sha256, bytes) = digest(&b"hello\n"[..]).unwrap();
+        let details =
+            serde_json::json!({"recordings": [{"id": "01ABC", "sha256": sha256, "bytes": bytes}]});
+        let e = &listed(&details)[0];
+        assert_eq!(check(&s, e), Integrity::Intact);
+        std::fs::write(dir.path().join("01ABC.cast"), b"hellO\n").unwrap();
+        assert!(matches!(check(&s, e), Integrity::Modified { bytes: 6, .. }));
+        std::fs::remove_file(dir.path().join("01ABC.cast")).unwrap();
+        assert_eq!(check(&s, e), Integrity::Missing);
+        // Older events: only recording_id and recording_sha256.
+        let old = serde_json::json!({"recording_id": "01ABC", "recording_sha256": "ab"});
+        assert_eq!(listed(&old)[0].bytes, None);
     }
 }

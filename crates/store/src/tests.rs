@@ -682,3 +682,72 @@ async fn read_only_queries_create_no_files(db: Db) {
     db.done().await;
 }
 both!(read_only_queries_create_no_files);
+
+async fn anchored_checkpoints_reveal_a_cut_tail(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer::load_or_create(&dir.path().join("sign.key")).unwrap();
+    let key = signer.public_key_hex();
+    let anchor = dir.path().join("anchor.jsonl");
+    seed(&db).await;
+    let made = db
+        .store
+        .checkpoint_anchored(&signer, &anchor, "node-1")
+        .await
+        .unwrap();
+    // The head, then the audit.checkpoint event that carries it.
+    assert_eq!(made.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let carried = db.store.events_after(4, 10).await.unwrap();
+    assert_eq!(carried.len(), 1);
+    assert_eq!(carried[0].1.event.kind, EventType::AUDIT_CHECKPOINT);
+    assert_eq!(carried[0].1.event.details["seq"], json!(4));
+    assert_eq!(carried[0].1.event.details["hash"], json!(made[0].hash));
+    // An idle chain gets no new checkpoints.
+    assert!(db
+        .store
+        .checkpoint_anchored(&signer, &anchor, "node-1")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(std::fs::read_to_string(&anchor).unwrap().lines().count(), 2);
+    // What a jsonl sink holds: every event as a JSON line.
+    let sink = dir.path().join("sink.jsonl");
+    let lines: Vec<String> = db
+        .store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, e)| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(&sink, lines.join("\n") + "\n").unwrap();
+    for file in [&anchor, &sink] {
+        let ok = db.store.verify_anchor(file, Some(&key)).await.unwrap();
+        assert_eq!(ok.problem, None, "{}", file.display());
+    }
+    // Cut the tail and the checkpoints after it: chain and table agree...
+    db.tamper("DELETE FROM audit_events WHERE seq >= 3; DELETE FROM audit_checkpoints")
+        .await;
+    assert_eq!(db.store.verify_chain().await.unwrap().first_bad, None);
+    let table = db.store.verify_checkpoints(&key).await.unwrap();
+    assert_eq!(table.problem, None);
+    // ...the anchors outside the database do not.
+    let bad = db.store.verify_anchor(&anchor, Some(&key)).await.unwrap();
+    let problem = bad.problem.unwrap();
+    assert!(
+        problem.contains("ends at seq 2") && problem.contains("3..=5"),
+        "{problem}"
+    );
+    let bad = db.store.verify_anchor(&sink, Some(&key)).await.unwrap();
+    let problem = bad.problem.unwrap();
+    assert!(problem.contains("3..=4"), "{problem}");
+    // A forged anchor line is refused.
+    let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
+    let forged = db
+        .store
+        .verify_anchor(&anchor, Some(&other.public_key_hex()))
+        .await
+        .unwrap();
+    assert!(forged.problem.unwrap().contains("invalid signature"));
+    db.done().await;
+}
+both!(anchored_checkpoints_reveal_a_cut_tail);
