@@ -361,24 +361,13 @@ async fn check_recordings(
 
 /// `{"header": {...}, "events": [[t, code, data], ...]}`.
 fn cast_to_json(text: &str) -> Result<String> {
-    let mut lines = text.lines();
-    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("{}"))
+    let (json, skipped) = gatehouse_record::asciicast::cast_to_json(text)
         .context("the recording's header is not JSON: the file is corrupt")?;
-    let mut events = Vec::new();
-    for (n, line) in lines.enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(v) => events.push(v),
-            // A crash can leave a partial last line: keep what is whole.
-            Err(_) => eprintln!(
-                "gatehouse: skipping unreadable line {} of the recording",
-                n + 2
-            ),
-        }
+    // A crash can leave a partial last line: keep what is whole.
+    for n in skipped {
+        eprintln!("gatehouse: skipping unreadable line {n} of the recording");
     }
-    Ok(serde_json::json!({"header": header, "events": events}).to_string())
+    Ok(json)
 }
 
 /// Replays `o` events with their timing. Keys (when stdin is a
@@ -403,7 +392,7 @@ fn play(
         let mut paused = false;
         for line in reader.lines() {
             let line = line?;
-            let Ok((t, code, data)) = serde_json::from_str::<(f64, String, String)>(&line) else {
+            let Some((t, code, data)) = gatehouse_record::asciicast::parse_event(&line) else {
                 continue;
             };
             let mut gap = (t - last).max(0.0);
@@ -492,8 +481,7 @@ async fn watch(store: &Store, storage: &LocalDir, session: &str, rec: &str) -> R
             first = false;
             continue;
         }
-        if let Ok((_, code, data)) = serde_json::from_str::<(f64, String, String)>(whole.trim_end())
-        {
+        if let Some((_, code, data)) = gatehouse_record::asciicast::parse_event(&whole) {
             if code == "o" {
                 out.write_all(data.as_bytes())?;
                 out.flush()?;

@@ -94,6 +94,35 @@ impl<W: Write> CastWriter<W> {
     }
 }
 
+/// One event line `[time, code, data]` of a cast, or `None` for anything
+/// else (the header, a corrupt line, a partial last line left by a crash).
+pub fn parse_event(line: &str) -> Option<(f64, String, String)> {
+    serde_json::from_str(line.trim_end()).ok()
+}
+
+/// A whole cast as one JSON document, `{"header": {...}, "events":
+/// [[t, code, data], ...]}` (what `sessions export --format json` prints).
+/// Fails when the header line is not JSON; other lines that are not JSON
+/// are skipped (a crash can leave a partial last line) and their 1-based
+/// line numbers returned alongside.
+pub fn cast_to_json(text: &str) -> Result<(String, Vec<usize>), serde_json::Error> {
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or("{}"))?;
+    let mut events = Vec::new();
+    let mut skipped = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => events.push(v),
+            Err(_) => skipped.push(n + 2),
+        }
+    }
+    let doc = serde_json::json!({"header": header, "events": events});
+    Ok((doc.to_string(), skipped))
+}
+
 fn round_time(t: f64) -> f64 {
     (t * 1_000_000.0).round() / 1_000_000.0
 }
@@ -178,6 +207,25 @@ mod tests {
         assert_eq!(lines[2], r#"[0.75,"i","ls\r"]"#);
         assert_eq!(lines[3], r#"[1.0,"r","100x30"]"#);
         assert_eq!(lines[4], r#"[1.25,"m","ls"]"#);
+    }
+
+    #[test]
+    fn casts_are_read_back_skipping_broken_lines() {
+        let mut w = CastWriter::new(Vec::new(), &header()).unwrap();
+        w.output(0.5, b"hi").unwrap();
+        let mut text = String::from_utf8(w.into_inner()).unwrap();
+        text.push_str("[1.0, \"o\", \"cut");
+        let (json, skipped) = cast_to_json(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["header"]["gatehouse"]["user"], "alice");
+        assert_eq!(v["events"], serde_json::json!([[0.5, "o", "hi"]]));
+        assert_eq!(skipped, vec![3]);
+        assert_eq!(
+            parse_event(text.lines().nth(1).unwrap()),
+            Some((0.5, "o".to_string(), "hi".to_string()))
+        );
+        assert_eq!(parse_event(text.lines().next().unwrap()), None);
+        assert!(cast_to_json("not json\n").is_err());
     }
 
     #[test]

@@ -94,6 +94,11 @@ impl LineGuard {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.line_now()
+    }
+
+    /// The line the screen shows now (what [`Self::settled_line`] judges).
+    pub fn line_now(&self) -> Option<String> {
         self.with(|s| s.capture.pending_line())
     }
 }
