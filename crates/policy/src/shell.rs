@@ -208,6 +208,50 @@ impl Parser<'_> {
         self.depth -= 1;
     }
 
+    /// `((` … `))` at `self.i` (pointing at the first `(`): arithmetic,
+    /// whose command substitutions are still parsed. Returns false, with
+    /// nothing consumed, when the parentheses do not close with `))`:
+    /// bash then reads a subshell (`$((id) )` runs `id`).
+    fn arithmetic(&mut self) -> bool {
+        let start = self.i;
+        let mut i = self.i + 2;
+        let mut level = 2usize;
+        while let Some(&c) = self.s.get(i) {
+            match c {
+                '(' => level += 1,
+                ')' => {
+                    level -= 1;
+                    if level == 1 {
+                        if self.s.get(i + 1) == Some(&')') {
+                            // Parse the substitutions inside, then skip.
+                            self.i = start + 2;
+                            let end = i;
+                            while self.i < end {
+                                match self.peek(0) {
+                                    Some('$') if self.peek(1) == Some('(') => {
+                                        self.i += 2;
+                                        self.nested(')');
+                                    }
+                                    Some('`') => {
+                                        self.i += 1;
+                                        self.nested('`');
+                                    }
+                                    _ => self.i += 1,
+                                }
+                            }
+                            self.i = end + 2;
+                            return true;
+                        }
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        false
+    }
+
     /// Parses commands until `end` (consumed) or the end of the input.
     fn list(&mut self, end: Option<char>) {
         let mut cur = Current::default();
@@ -255,6 +299,13 @@ impl Parser<'_> {
                     }
                     self.end_command(&mut cur, false);
                 }
+                '(' if self.peek(1) == Some('(')
+                    && cur.word.is_none()
+                    && cur.cmd.words.iter().all(is_reserved)
+                    && self.arithmetic() =>
+                {
+                    // `(( … ))`: an arithmetic command, no command name.
+                }
                 '(' => {
                     // A subshell, or the `()` of a function definition.
                     self.i += 1;
@@ -262,9 +313,12 @@ impl Parser<'_> {
                     self.nested(')');
                 }
                 ')' => {
-                    // Unbalanced, or a `case` pattern: a separator either way.
+                    // Unbalanced: the end of a `case` pattern (`a|*)`), which
+                    // runs nothing, or a syntax error, which runs nothing.
                     self.i += 1;
-                    self.end_command(&mut cur, false);
+                    cur.word = None;
+                    cur.cmd.words.clear();
+                    cur.redirect_target = false;
                 }
                 '`' => {
                     self.i += 1;
@@ -417,6 +471,12 @@ impl Parser<'_> {
     fn dollar(&mut self, cur: &mut Current, in_quotes: bool) {
         self.i += 1;
         match self.peek(0) {
+            Some('(') if self.peek(1) == Some('(') && self.arithmetic() => {
+                // `$(( … ))`: a number, not a command.
+                let w = Self::word(cur);
+                w.dynamic = true;
+                w.text.push_str("$((…))");
+            }
             Some('(') => {
                 self.i += 1;
                 let w = Self::word(cur);
