@@ -37,8 +37,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: what happened and, through the context, what to do.
+            // Errors can quote stored or user-sent text: escaped.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("gatehouse: {}", chain.join(": "));
+            eprintln!(
+                "gatehouse: {}",
+                gatehouse_model::escape_control(&chain.join(": "))
+            );
             ExitCode::from(1)
         }
     }

@@ -117,6 +117,11 @@ fn control_characters_are_stored_exactly_and_shown_escaped() {
     );
     let out = gh_ok(&env, &["users", "list"]);
     assert_safe("users list", &out);
+    // Error messages quote what they were given, escaped.
+    let out = env.gatehouse(&["sessions", "show", "x\u{1b}[2Jy"]);
+    assert_eq!(out.code, Some(1));
+    assert_safe("an error message", out.stderr.as_bytes());
+    assert!(out.stderr.contains("x\\e[2Jy"), "{}", out.stderr);
 
     // JSON keeps the exact text (escaped the JSON way).
     let out = gh_ok(&env, &["--format", "json", "audit", "query", commands_sql]);
