@@ -61,6 +61,9 @@ impl EventType {
     pub const SESSION_KILL_REQUESTED: &'static str = "session.kill_requested";
     pub const COMMAND: &'static str = "command";
     pub const COMMAND_DENIED: &'static str = "command.denied";
+    /// The target refused an exec request the gateway had audited as
+    /// `command` and passed on: the command never ran.
+    pub const COMMAND_FAILED: &'static str = "command.failed";
     pub const PORT_FORWARD_OPEN: &'static str = "port_forward.open";
     pub const PORT_FORWARD_CLOSE: &'static str = "port_forward.close";
     pub const HOST_KEY_MISMATCH: &'static str = "target.host_key_mismatch";

@@ -3,6 +3,7 @@
 //! before the caller proceeds; when the store cannot be written and
 //! `audit.on_failure = "refuse"`, the caller is told to refuse.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_audit::alert::{Alerts, Firing};
@@ -28,6 +29,89 @@ pub struct Audit {
     pub store: Store,
     /// Alert rules, evaluated on every event this gateway writes.
     pub alerts: Arc<Mutex<Alerts>>,
+    /// Events of things that already happened (a command the shell ran,
+    /// a session that ended) that the store could not take: kept in order
+    /// and written when it takes writes again ([`Audit::flush_spool`]).
+    pub spool: Arc<Mutex<VecDeque<NewEvent>>>,
+}
+
+/// Most events the spool keeps; sessions are stopped at the first event
+/// that cannot be written (under `audit.on_failure = "refuse"`), so it
+/// holds little more than one `session.end` per session.
+const SPOOL_MAX: usize = 100_000;
+
+impl Audit {
+    pub fn new(store: Store, alerts: Alerts) -> Audit {
+        Audit {
+            store,
+            alerts: Arc::new(Mutex::new(alerts)),
+            spool: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    /// Records an event of something that has already happened. If the
+    /// store cannot take it, the event is spooled (so it is not lost while
+    /// this process lives) and, under `refuse`, the caller is told so it
+    /// can stop the session. Events wait behind spooled ones, keeping
+    /// their order.
+    pub async fn record_fact(
+        &self,
+        event: NewEvent,
+        on_failure: OnFailure,
+    ) -> Result<(), AuditUnavailable> {
+        let spooled = self.spool.lock().map(|s| !s.is_empty()).unwrap_or(false);
+        if spooled {
+            self.push_spool(event);
+            return match self.flush_spool().await {
+                Ok(()) => Ok(()),
+                Err(e) => match on_failure {
+                    OnFailure::Refuse => Err(e),
+                    OnFailure::Continue => Ok(()),
+                },
+            };
+        }
+        match self.record(event.clone(), OnFailure::Refuse).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.push_spool(event);
+                match on_failure {
+                    OnFailure::Refuse => Err(e),
+                    OnFailure::Continue => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn push_spool(&self, event: NewEvent) {
+        if let Ok(mut spool) = self.spool.lock() {
+            if spool.len() >= SPOOL_MAX {
+                tracing::error!(kind = %event.kind, "audit spool full; event dropped");
+                return;
+            }
+            spool.push_back(event);
+        }
+    }
+
+    /// Writes spooled events in order; stops at the first the store
+    /// refuses (it stays first in line).
+    pub async fn flush_spool(&self) -> Result<(), AuditUnavailable> {
+        loop {
+            let Some(next) = self.spool.lock().ok().and_then(|s| s.front().cloned()) else {
+                return Ok(());
+            };
+            self.record(next, OnFailure::Refuse).await?;
+            if let Ok(mut spool) = self.spool.lock() {
+                spool.pop_front();
+                if spool.is_empty() {
+                    tracing::info!("audit spool written to the store");
+                }
+            }
+        }
+    }
+
+    pub fn spooled(&self) -> usize {
+        self.spool.lock().map(|s| s.len()).unwrap_or(0)
+    }
 }
 
 impl Audit {

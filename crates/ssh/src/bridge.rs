@@ -20,9 +20,12 @@ use russh::{client, Channel, ChannelMsg, Pty, Sig};
 
 use crate::limits::clamp_pty;
 use crate::recorder::{self, Recorder, RecordingSpec};
-use crate::server::{env_allowed, upstream_for, Authed, ChannelGuard, ConnState, Shared};
+use crate::server::{
+    env_allowed, record_in_session, upstream_for, Authed, ChannelGuard, ConnState, Shared,
+};
 
 /// What a channel task needs from its connection.
+#[derive(Clone)]
 pub(crate) struct ChannelCtx {
     pub shared: Arc<Shared>,
     pub state: Arc<ConnState>,
@@ -82,6 +85,8 @@ pub(crate) async fn session_channel(
         agent: false,
     };
     let accept_env = ctx.auth.config.server.accept_env.clone();
+    let mut env_dropped: Vec<String> = Vec::new();
+    let mut agent_requested = false;
     let request = loop {
         let Some(msg) = channel.wait().await else {
             return;
@@ -123,7 +128,11 @@ pub(crate) async fn session_channel(
             } if env_allowed(&accept_env, &variable_name) && setup.env.len() < 64 => {
                 setup.env.push((variable_name, variable_value));
             }
+            ChannelMsg::SetEnv { variable_name, .. } if env_dropped.len() < 64 => {
+                env_dropped.push(variable_name);
+            }
             ChannelMsg::AgentForward { .. } => {
+                agent_requested = true;
                 setup.agent = ctx
                     .auth
                     .decision
@@ -147,6 +156,45 @@ pub(crate) async fn session_channel(
     if let Some(refusal) = &ctx.auth.refusal {
         fail(&channel, pty, refusal, 1).await;
         return;
+    }
+    // Requests that shape what runs, beyond the command itself.
+    let subsystem = match &request {
+        Request::Subsystem(name) => Some(name.clone()),
+        _ => None,
+    };
+    if subsystem.is_some() || agent_requested || !env_dropped.is_empty() {
+        let refused = (agent_requested && !setup.agent) || !env_dropped.is_empty();
+        let ev = ctx
+            .state
+            .event(
+                &ctx.auth,
+                EventType::CHANNEL_REQUEST,
+                if refused {
+                    Severity::Warn
+                } else {
+                    Severity::Info
+                },
+                if refused {
+                    Outcome::Denied
+                } else {
+                    Outcome::Success
+                },
+                &ctx.shared.node(),
+            )
+            .details(serde_json::json!({
+                "subsystem": subsystem,
+                "agent_forwarding": if agent_requested {
+                    serde_json::json!(if setup.agent { "granted" } else { "refused" })
+                } else {
+                    serde_json::Value::Null
+                },
+                "env_accepted": setup.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+                "env_dropped": env_dropped,
+            }));
+        let on_failure = ctx.auth.config.audit.on_failure;
+        if !record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await {
+            return;
+        }
     }
     if ctx.auth.target.is_none() {
         match request {
@@ -217,7 +265,7 @@ pub(crate) async fn run_on_target(
                 )
                 .reason(format!("denied by {}", denial.rule))
                 .details(serde_json::json!({ "command": command, "source": "exec" }));
-            let _ = ctx.shared.audit.record(ev, on_failure).await;
+            record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
             fail(
                 &channel,
                 pty,
@@ -276,10 +324,72 @@ pub(crate) async fn run_on_target(
             return;
         }
     }
+    // The recording exists before anything runs on the target.
+    // File-transfer protocols are audited per file, not recorded as bytes:
+    // bulk transfers must not balloon recordings.
+    let transfer_command = match &request {
+        Request::Exec(cmd) => {
+            let c = String::from_utf8_lossy(cmd);
+            gatehouse_record::scp_ops::ScpTracker::from_command(&c).is_some()
+                || c.trim_start().starts_with("rsync --server")
+        }
+        _ => false,
+    };
+    let recorder = match &request {
+        _ if !ctx.auth.config.recording.enabled => None,
+        Request::Subsystem(_) => None,
+        Request::Exec(_) if transfer_command => None,
+        Request::Shell | Request::Exec(_) => Some(recorder::start(
+            ctx.shared.clone(),
+            ctx.state.clone(),
+            ctx.auth.clone(),
+            RecordingSpec {
+                cols: setup.pty.as_ref().map(|p| p.cols).unwrap_or(80),
+                rows: setup.pty.as_ref().map(|p| p.rows).unwrap_or(24),
+                command: match &request {
+                    Request::Exec(cmd) => Some(String::from_utf8_lossy(cmd).to_string()),
+                    _ => None,
+                },
+                term: setup.pty.as_ref().map(|p| p.term.clone()),
+                pty,
+            },
+        )),
+    };
+    let recorder = match recorder {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(why)) => {
+            let required = ctx.auth.config.recording.required;
+            let ev = ctx
+                .state
+                .event(
+                    &ctx.auth,
+                    EventType::RECORDING_FAILED,
+                    Severity::High,
+                    Outcome::Error,
+                    &node,
+                )
+                .reason(why.clone())
+                .details(serde_json::json!({ "required": required }));
+            let recorded = record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
+            if required || !recorded {
+                fail(
+                    &channel,
+                    pty,
+                    &format!("{why}; recording is required, so the session cannot start — tell your administrator"),
+                    1,
+                )
+                .await;
+                return;
+            }
+            None
+        }
+    };
     let upstream = match Box::pin(upstream_for(&ctx.shared, &ctx.state, &ctx.auth)).await {
         Ok(u) => u,
         Err(e) => {
             fail(&channel, pty, &e, 255).await;
+            keep_recording(&ctx, recorder).await;
             return;
         }
     };
@@ -293,6 +403,7 @@ pub(crate) async fn run_on_target(
                 255,
             )
             .await;
+            keep_recording(&ctx, recorder).await;
             return;
         }
     };
@@ -327,38 +438,9 @@ pub(crate) async fn run_on_target(
             255,
         )
         .await;
+        keep_recording(&ctx, recorder).await;
         return;
     }
-    // File-transfer protocols are audited per file, not recorded as bytes:
-    // bulk transfers must not balloon recordings.
-    let transfer_command = match &request {
-        Request::Exec(cmd) => {
-            let c = String::from_utf8_lossy(cmd);
-            gatehouse_record::scp_ops::ScpTracker::from_command(&c).is_some()
-                || c.trim_start().starts_with("rsync --server")
-        }
-        _ => false,
-    };
-    let recorder = match &request {
-        _ if !ctx.auth.config.recording.enabled => None,
-        Request::Subsystem(_) => None,
-        Request::Exec(_) if transfer_command => None,
-        Request::Shell | Request::Exec(_) => recorder::start(
-            ctx.shared.clone(),
-            ctx.state.clone(),
-            ctx.auth.clone(),
-            RecordingSpec {
-                cols: setup.pty.as_ref().map(|p| p.cols).unwrap_or(80),
-                rows: setup.pty.as_ref().map(|p| p.rows).unwrap_or(24),
-                command: match &request {
-                    Request::Exec(cmd) => Some(String::from_utf8_lossy(cmd).to_string()),
-                    _ => None,
-                },
-                term: setup.pty.as_ref().map(|p| p.term.clone()),
-                pty,
-            },
-        ),
-    };
     let transfers =
         match &request {
             Request::Subsystem(name) if name == "sftp" => Some(
@@ -401,6 +483,38 @@ pub(crate) async fn run_on_target(
     if let Some(code) = outcome.exit_status {
         ctx.state.exit_status.store(code as i64, Ordering::Release);
     }
+    if outcome.lost {
+        ctx.state.target_lost.store(true, Ordering::Release);
+    }
+    if outcome.refused {
+        // The `command` event said it was sent; this says it never ran.
+        let (kind, details) = match &request {
+            Request::Exec(cmd) => (
+                EventType::COMMAND_FAILED,
+                serde_json::json!({ "command": String::from_utf8_lossy(cmd), "source": "exec" }),
+            ),
+            Request::Shell => (
+                EventType::CHANNEL_REQUEST,
+                serde_json::json!({ "request": "shell" }),
+            ),
+            Request::Subsystem(name) => (
+                EventType::CHANNEL_REQUEST,
+                serde_json::json!({ "request": "subsystem", "subsystem": name }),
+            ),
+        };
+        let ev = ctx
+            .state
+            .event(&ctx.auth, kind, Severity::Warn, Outcome::Failure, &node)
+            .reason("the target refused the request; nothing ran")
+            .details(details);
+        record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
+    }
+    keep_recording(&ctx, recorder).await;
+}
+
+/// Ends a channel's recording and adds it to the session's, for
+/// `session.end`.
+async fn keep_recording(ctx: &ChannelCtx, recorder: Option<Recorder>) {
     if let Some(r) = recorder {
         if let Some(summary) = r.finish().await {
             if let Ok(mut list) = ctx.state.recordings.lock() {
@@ -604,6 +718,11 @@ pub(crate) struct PumpOutcome {
     pub exit_status: Option<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The target answered the shell/exec/subsystem request with a
+    /// failure: nothing ran.
+    pub refused: bool,
+    /// The target's connection died under the channel.
+    pub lost: bool,
 }
 
 /// Copies a session channel both ways until either side closes.
@@ -688,7 +807,16 @@ async fn pump(
     let to_user = async {
         let mut n = 0u64;
         let mut exit = None;
-        while let Some(msg) = up_rx.wait().await {
+        let mut refused = false;
+        let mut eof_sent = false;
+        // The upstream channel vanished without a close: its connection
+        // died (the target's sshd, the network).
+        let mut lost = false;
+        loop {
+            let Some(msg) = up_rx.wait().await else {
+                lost = true;
+                break;
+            };
             let r = match msg {
                 ChannelMsg::Data { data } => {
                     n += data.len() as u64;
@@ -716,7 +844,10 @@ async fn pump(
                     }
                     user_tx.extended_data_bytes(ext, data).await
                 }
-                ChannelMsg::Eof => user_tx.eof().await,
+                ChannelMsg::Eof => {
+                    eof_sent = true;
+                    user_tx.eof().await
+                }
                 ChannelMsg::ExitStatus { exit_status } => {
                     exit = Some(exit_status);
                     user_tx.exit_status(exit_status).await
@@ -748,6 +879,7 @@ async fn pump(
                         )
                         .await;
                     exit = Some(1);
+                    refused = true;
                     let _ = user_tx.exit_status(1).await;
                     break;
                 }
@@ -758,9 +890,23 @@ async fn pump(
                 break;
             }
         }
-        let _ = user_tx.eof().await;
+        let lost = lost && exit.is_none();
+        if lost {
+            let eol = if pty { "\r\n" } else { "\n" };
+            let _ = user_tx
+                .extended_data_bytes(
+                    1,
+                    format!("gatehouse: the connection to the target was lost{eol}").into_bytes(),
+                )
+                .await;
+            let _ = user_tx.exit_status(255).await;
+        }
+        // One EOF only: clients such as asyncssh treat a second as an error.
+        if !eof_sent {
+            let _ = user_tx.eof().await;
+        }
         let _ = user_tx.close().await;
-        (n, exit)
+        (n, exit, refused, lost)
     };
     tokio::pin!(to_target);
     tokio::pin!(to_user);
@@ -769,14 +915,17 @@ async fn pump(
         n = &mut to_target => {
             outcome.bytes_in = n;
             // The user closed: give the target a moment to confirm.
-            if let Ok((m, exit)) = tokio::time::timeout(Duration::from_secs(5), &mut to_user).await {
+            if let Ok((m, exit, refused, _)) = tokio::time::timeout(Duration::from_secs(5), &mut to_user).await {
                 outcome.bytes_out = m;
                 outcome.exit_status = exit;
+                outcome.refused = refused;
             }
         }
-        (m, exit) = &mut to_user => {
+        (m, exit, refused, lost) = &mut to_user => {
             outcome.bytes_out = m;
             outcome.exit_status = exit;
+            outcome.refused = refused;
+            outcome.lost = lost;
         }
     }
     outcome
@@ -832,7 +981,7 @@ async fn guarded_input(
                     )
                     .reason(format!("denied by {}", d.rule))
                     .details(serde_json::json!({ "command": line, "source": "interactive" }));
-                let _ = ctx.shared.audit.record(ev, on_failure).await;
+                record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
                 Some(format!("command denied by {}", d.rule))
             }
             Verdict::StepUp(r) => {
@@ -944,15 +1093,21 @@ async fn step_up(
 }
 
 /// Copies a non-session channel (port forward, agent) both ways.
+///
+/// A `close` from either side ends the copy: the peer that closed takes
+/// no more data, and russh does not deliver the other side's answering
+/// close once the gateway has sent its own, so waiting for it would keep
+/// the task (and the forward's `port_forward.close`) forever.
 async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
+    use std::sync::atomic::AtomicU64;
     let (mut user_rx, user_tx) = user.split();
     let (mut up_rx, up_tx) = up.split();
+    let (sent_in, sent_out) = (AtomicU64::new(0), AtomicU64::new(0));
     let to_target = async {
-        let mut n = 0u64;
         while let Some(msg) = user_rx.wait().await {
             let r = match msg {
                 ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
+                    sent_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                     up_tx.data_bytes(data).await
                 }
                 ChannelMsg::Eof => up_tx.eof().await,
@@ -964,14 +1119,12 @@ async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
             }
         }
         let _ = up_tx.close().await;
-        n
     };
     let to_user = async {
-        let mut n = 0u64;
         while let Some(msg) = up_rx.wait().await {
             let r = match msg {
                 ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
+                    sent_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     user_tx.data_bytes(data).await
                 }
                 ChannelMsg::Eof => user_tx.eof().await,
@@ -983,9 +1136,23 @@ async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
             }
         }
         let _ = user_tx.close().await;
-        n
     };
-    tokio::join!(to_target, to_user)
+    tokio::pin!(to_target);
+    tokio::pin!(to_user);
+    // Whichever side is done first, the other gets a moment to pass on
+    // what it already holds.
+    tokio::select! {
+        _ = &mut to_target => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut to_user).await;
+        }
+        _ = &mut to_user => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut to_target).await;
+        }
+    }
+    (
+        sent_in.load(Ordering::Relaxed),
+        sent_out.load(Ordering::Relaxed),
+    )
 }
 
 /// A `direct-tcpip` channel (`ssh -L`), already authorised and audited.
@@ -1023,11 +1190,13 @@ pub(crate) async fn forward_channel(
                 )
                 .reason(format!("the target could not open {host}:{port}: {e}"))
                 .details(serde_json::json!({ "host": host, "port": port }));
-            let _ = ctx
-                .shared
-                .audit
-                .record(ev, ctx.auth.config.audit.on_failure)
-                .await;
+            record_in_session(
+                &ctx.shared,
+                &ctx.state,
+                ctx.auth.config.audit.on_failure,
+                ev,
+            )
+            .await;
             let _ = channel.close().await;
             return;
         }
@@ -1047,11 +1216,96 @@ pub(crate) async fn forward_channel(
         .details(serde_json::json!({
             "host": host, "port": port, "bytes_in": bytes_in, "bytes_out": bytes_out,
         }));
-    let _ = ctx
-        .shared
-        .audit
-        .record(ev, ctx.auth.config.audit.on_failure)
-        .await;
+    record_in_session(
+        &ctx.shared,
+        &ctx.state,
+        ctx.auth.config.audit.on_failure,
+        ev,
+    )
+    .await;
+}
+
+/// Carries the connections the target accepts on `ssh -R` ports back to
+/// the user, each audited like a local forward (`direction = "remote"`).
+pub(crate) async fn remote_forwards(ctx: ChannelCtx, upstream: Arc<crate::upstream::Upstream>) {
+    let Some(mut rx) = upstream.forwarded_rx.lock().await.take() else {
+        return;
+    };
+    while let Some(f) = rx.recv().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let node = ctx.shared.node();
+            let on_failure = ctx.auth.config.audit.on_failure;
+            let details = serde_json::json!({
+                "direction": "remote",
+                "host": f.connected_address,
+                "port": f.connected_port,
+                "originator": format!("{}:{}", f.originator_address, f.originator_port),
+            });
+            let user = match ctx
+                .handle
+                .channel_open_forwarded_tcpip(
+                    f.connected_address.clone(),
+                    f.connected_port,
+                    f.originator_address.clone(),
+                    f.originator_port,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let ev = ctx
+                        .state
+                        .event(
+                            &ctx.auth,
+                            EventType::PORT_FORWARD_CLOSE,
+                            Severity::Info,
+                            Outcome::Failure,
+                            &node,
+                        )
+                        .reason(format!(
+                            "the user's client refused the forwarded connection: {e}"
+                        ))
+                        .details(details);
+                    record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
+                    let _ = f.channel.close().await;
+                    return;
+                }
+            };
+            let ev = ctx
+                .state
+                .event(
+                    &ctx.auth,
+                    EventType::PORT_FORWARD_OPEN,
+                    Severity::Info,
+                    Outcome::Success,
+                    &node,
+                )
+                .details(details.clone());
+            if !record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await {
+                let _ = f.channel.close().await;
+                let _ = user.close().await;
+                return;
+            }
+            let (bytes_in, bytes_out) = raw_pump(user, f.channel).await;
+            ctx.state.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            ctx.state.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+            let mut details = details;
+            details["bytes_in"] = bytes_in.into();
+            details["bytes_out"] = bytes_out.into();
+            let ev = ctx
+                .state
+                .event(
+                    &ctx.auth,
+                    EventType::PORT_FORWARD_CLOSE,
+                    Severity::Info,
+                    Outcome::Success,
+                    &node,
+                )
+                .details(details);
+            record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
+        });
+    }
 }
 
 fn signal_number(sig: &Sig) -> u32 {

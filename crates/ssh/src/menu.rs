@@ -122,7 +122,7 @@ pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: S
         fail(
             &channel,
             true,
-            &format!("access denied: {}", decision.reason),
+            &crate::server::denial_shown(&ctx.auth.config, &decision),
             1,
         )
         .await;

@@ -17,7 +17,7 @@ use gatehouse_store::recordings::{LocalDir, RecordingStorage};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::{Authed, ConnState, Shared};
+use crate::server::{record_in_session, stop_session, Authed, ConnState, Shared};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Quiet time after which the command capture's screen is put to sleep.
@@ -33,12 +33,15 @@ pub(crate) enum RecEvent {
     Resize(u32, u32),
 }
 
-/// What a finished recording is: its id and the SHA-256 of its bytes.
+/// What a finished recording is: its id, and the size and SHA-256 of
+/// the bytes that reached the file (not of what was meant to).
 #[derive(Debug, Clone)]
 pub struct RecordingSummary {
     pub id: String,
     pub sha256: String,
     pub bytes: u64,
+    /// Why writing stopped before the end, if it did.
+    pub error: Option<String>,
 }
 
 pub(crate) struct Recorder {
@@ -73,13 +76,15 @@ pub(crate) struct RecordingSpec {
     pub pty: bool,
 }
 
-/// A `Write` that hashes everything that reaches the file, with a write
-/// buffer that exists only while data waits in it: an idle session's
-/// recording holds no buffer at all.
+/// A `Write` that hashes exactly the bytes that reach the file, with a
+/// write buffer that exists only while data waits in it: an idle
+/// session's recording holds no buffer at all. After a failed write
+/// (a full disk) `bytes` and `hash` still describe what is on disk.
 struct Hashing<W: Write> {
     inner: W,
     buf: Vec<u8>,
     hash: Sha256,
+    /// Bytes written to the file.
     bytes: u64,
 }
 
@@ -87,10 +92,38 @@ struct Hashing<W: Write> {
 const WRITE_BUFFER: usize = 16 * 1024;
 
 impl<W: Write> Hashing<W> {
+    /// Bytes handed to this writer: on disk or waiting in the buffer.
+    fn accepted(&self) -> u64 {
+        self.bytes + self.buf.len() as u64
+    }
+
+    /// Writes `data` to the file, hashing and counting what the file took.
+    fn put(
+        inner: &mut W,
+        hash: &mut Sha256,
+        bytes: &mut u64,
+        mut data: &[u8],
+    ) -> std::io::Result<()> {
+        while !data.is_empty() {
+            match inner.write(data) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    hash.update(&data[..n]);
+                    *bytes += n as u64;
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn drain(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            self.inner.write_all(&self.buf)?;
+            let r = Self::put(&mut self.inner, &mut self.hash, &mut self.bytes, &self.buf);
             self.buf.clear();
+            r?;
         }
         Ok(())
     }
@@ -98,13 +131,11 @@ impl<W: Write> Hashing<W> {
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.hash.update(data);
-        self.bytes += data.len() as u64;
         if self.buf.len() + data.len() > WRITE_BUFFER {
             self.drain()?;
         }
         if data.len() >= WRITE_BUFFER {
-            self.inner.write_all(data)?;
+            Self::put(&mut self.inner, &mut self.hash, &mut self.bytes, data)?;
         } else {
             self.buf.extend_from_slice(data);
         }
@@ -117,15 +148,15 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Starts recording a channel of this session. Returns None (and logs)
-/// when the recording cannot be created; the session goes on, since
-/// refusing it would not make the missing recording appear.
+/// Starts recording a channel of this session; the error says what could
+/// not be created (the caller decides, by `recording.required`, whether
+/// the channel may run without it).
 pub(crate) fn start(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     auth: Authed,
     spec: RecordingSpec,
-) -> Option<Recorder> {
+) -> Result<Recorder, String> {
     let n = state
         .recording_seq
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -138,8 +169,9 @@ pub(crate) fn start(
     let file = match storage.create(&id) {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!(error = %e, path = %storage.locate(&id), "cannot create the recording");
-            return None;
+            let path = storage.locate(&id);
+            tracing::error!(error = %e, %path, "cannot create the recording");
+            return Err(format!("cannot create the recording {path}: {e}"));
         }
     };
     let mut env = serde_json::Map::new();
@@ -173,11 +205,16 @@ pub(crate) fn start(
         hash: Sha256::new(),
         bytes: 0,
     };
-    let cast = match CastWriter::new(hashing, &header) {
+    // The header goes to disk at once: a recording that cannot be
+    // written is known before anything runs on the target.
+    let cast = match CastWriter::new(hashing, &header).and_then(|mut c| c.flush().map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot write the recording header");
-            return None;
+            return Err(format!(
+                "cannot write the recording {}: {e}",
+                storage.locate(&id)
+            ));
         }
     };
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -186,7 +223,7 @@ pub(crate) fn start(
         let summary = run(shared, state, auth, spec, id, cast, rx).await;
         let _ = done_tx.send(summary);
     });
-    Some(Recorder { tx, done })
+    Ok(Recorder { tx, done })
 }
 
 async fn run<W: Write>(
@@ -200,6 +237,7 @@ async fn run<W: Write>(
 ) -> Option<RecordingSummary> {
     let start = Instant::now();
     let record_input = auth.config.recording.input;
+    let on_failure = auth.config.audit.on_failure;
     let cap = if spec.pty {
         u64::MAX
     } else if auth.config.recording.exec_output {
@@ -210,6 +248,9 @@ async fn run<W: Write>(
     let mut capped = false;
     let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
     let node = shared.node();
+    // Set at the first failed write: nothing more is written (the file
+    // ends where the disk refused), the session is told.
+    let mut failed: Option<String> = None;
     // Timers only while there is something to do: a flush when data is
     // waiting in the buffer, then putting the screen to sleep. An idle
     // session's recorder costs no wake-ups.
@@ -227,8 +268,11 @@ async fn run<W: Write>(
                 }
             } => {
                 if flush_at.take().is_some() {
-                    if let Err(e) = cast.flush() {
-                        tracing::error!(error = %e, "recording flush failed");
+                    if failed.is_none() {
+                        if let Err(e) = cast.flush() {
+                            failed = Some(e.to_string());
+                            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
+                        }
                     }
                 } else if sleep_at.take().is_some() {
                     if let Some(c) = capture.as_mut() {
@@ -245,12 +289,14 @@ async fn run<W: Write>(
         }
         sleep_at = Some(now + IDLE_SLEEP);
         let t = start.elapsed().as_secs_f64();
+        let writing = failed.is_none();
         let result = match ev {
             RecEvent::Output(data) => {
                 let mut r = Ok(());
                 // The cap counts what the recording holds, not what went
                 // by: binary output grows up to six-fold as JSON text.
-                if cast.get_ref().bytes < cap {
+                if !writing {
+                } else if cast.get_ref().accepted() < cap {
                     r = cast.output(t, &data);
                 } else if !capped {
                     capped = true;
@@ -258,7 +304,9 @@ async fn run<W: Write>(
                 }
                 if let Some(c) = capture.as_mut() {
                     for command in c.output(&data) {
-                        let _ = cast.marker(t, &command);
+                        if writing && r.is_ok() {
+                            r = cast.marker(t, &command);
+                        }
                         let ev = state
                             .event(
                                 &auth,
@@ -273,7 +321,7 @@ async fn run<W: Write>(
                                 "recording_id": id,
                                 "offset": (t * 1000.0).round() / 1000.0,
                             }));
-                        let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+                        record_in_session(&shared, &state, on_failure, ev).await;
                     }
                 }
                 r
@@ -282,7 +330,7 @@ async fn run<W: Write>(
                 if let Some(c) = capture.as_mut() {
                     c.input(&data);
                 }
-                if record_input && spec.pty {
+                if writing && record_input && spec.pty {
                     cast.input(t, &data)
                 } else {
                     Ok(())
@@ -292,15 +340,23 @@ async fn run<W: Write>(
                 if let Some(c) = capture.as_mut() {
                     c.resize(cols, rows);
                 }
-                cast.resize(t, cols, rows)
+                if writing {
+                    cast.resize(t, cols, rows)
+                } else {
+                    Ok(())
+                }
             }
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "recording write failed");
+        if let (true, Err(e)) = (writing, result) {
+            failed = Some(e.to_string());
+            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
         }
     }
-    if let Err(e) = cast.flush() {
-        tracing::error!(error = %e, "recording flush failed");
+    if failed.is_none() {
+        if let Err(e) = cast.flush() {
+            failed = Some(e.to_string());
+            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
+        }
     }
     let hashing = cast.into_inner();
     let sha256 = hashing
@@ -313,5 +369,43 @@ async fn run<W: Write>(
         id,
         sha256,
         bytes: hashing.bytes,
+        error: failed,
     })
+}
+
+/// A recording write failed (a full disk, a vanished directory): a
+/// `recording.failed` event, and with `recording.required` the session
+/// is stopped like one whose events cannot be written.
+async fn write_failed(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    auth: &Authed,
+    id: &str,
+    error: &std::io::Error,
+    on_disk: u64,
+) {
+    tracing::error!(error = %error, recording = %id, "recording write failed");
+    let required = auth.config.recording.required;
+    let ev = state
+        .event(
+            auth,
+            EventType::RECORDING_FAILED,
+            Severity::High,
+            Outcome::Error,
+            &shared.node(),
+        )
+        .reason(format!("cannot write the recording: {error}"))
+        .details(serde_json::json!({
+            "recording_id": id,
+            "bytes_on_disk": on_disk,
+            "required": required,
+        }));
+    record_in_session(shared, state, auth.config.audit.on_failure, ev).await;
+    if required {
+        stop_session(
+            shared,
+            state,
+            format!("the session recording cannot be written ({error})"),
+        );
+    }
 }

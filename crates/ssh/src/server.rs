@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use gatehouse_model::{
-    event::format_time, parse_duration, Config, ConnectRequest, EventType, NewEvent, Outcome,
-    Severity, User,
+    event::format_time, parse_duration, Config, ConnectRequest, EventType, NewEvent, OnFailure,
+    Outcome, Severity, User,
 };
 use gatehouse_policy::Decision;
 use gatehouse_store::Store;
@@ -242,12 +242,10 @@ impl Gateway {
         let shared = Arc::new(Shared {
             startups: Arc::new(Semaphore::new(config.server.max_startups)),
             config: RwLock::new(Arc::new(config)),
-            audit: Audit {
-                store: store.clone(),
-                alerts: Arc::new(Mutex::new(
-                    gatehouse_audit::alert::Alerts::new(&alert_rules).map_err(SshError::Config)?,
-                )),
-            },
+            audit: Audit::new(
+                store.clone(),
+                gatehouse_audit::alert::Alerts::new(&alert_rules).map_err(SshError::Config)?,
+            ),
             store,
             upstream_key: RwLock::new(Arc::new(upstream_key)),
             upstream_ca: RwLock::new(upstream_ca),
@@ -282,6 +280,7 @@ impl Gateway {
         // returns None (the mini-redis shutdown pattern).
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let killer = tokio::spawn(carry_out_kills(shared.clone()));
+        let spooler = tokio::spawn(flush_spool_forever(shared.clone()));
         let reason = loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
@@ -341,6 +340,12 @@ impl Gateway {
             end_connection(&handle, &channels, &message).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
+        spooler.abort();
+        if shared.audit.spooled() > 0 {
+            if let Err(e) = shared.audit.flush_spool().await {
+                tracing::error!(error = %e.0, lost = shared.audit.spooled(), "stopping with audit events the store did not take");
+            }
+        }
         Ok(())
     }
 }
@@ -446,11 +451,77 @@ async fn carry_out_kills(shared: Arc<Shared>) {
                     )
                     .reason(req.reason.clone())
                     .details(serde_json::json!({ "by": req.requested_by }));
-                let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+                let _ = shared
+                    .audit
+                    .record_fact(ev, auth.config.audit.on_failure)
+                    .await;
             }
             end_connection(&handle, &channels, &reason).await;
             if let Err(e) = shared.store.kill_done(req.id).await {
                 tracing::warn!(error = %e, "cannot mark a kill request done");
+            }
+        }
+    }
+}
+
+/// Records an event of something that already happened in this session
+/// (a command, a refusal, a transfer). When the store cannot take it the
+/// event is spooled, and under `audit.on_failure = "refuse"` the session
+/// is stopped: nothing more runs that the trail cannot show. False when
+/// the session is being stopped.
+pub(crate) async fn record_in_session(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    on_failure: OnFailure,
+    ev: NewEvent,
+) -> bool {
+    match shared.audit.record_fact(ev, on_failure).await {
+        Ok(()) => true,
+        Err(e) => {
+            stop_session(
+                shared,
+                state,
+                format!("the audit trail cannot be written ({})", e.0),
+            );
+            false
+        }
+    }
+}
+
+/// Stops a session whose record cannot be kept: the user is told why on
+/// every channel, the connection is closed, and `session.end` carries the
+/// reason. The first reason given wins.
+pub(crate) fn stop_session(shared: &Arc<Shared>, state: &Arc<ConnState>, why: String) {
+    if let Ok(mut slot) = state.stopped.lock() {
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(why.clone());
+    }
+    tracing::error!(session = %state.session_id, reason = %why, "session stopped");
+    let live = shared.live.lock().ok().and_then(|l| {
+        l.get(&state.conn_id)
+            .map(|c| (c.handle.clone(), c.channels.clone()))
+    });
+    if let Some((handle, channels)) = live {
+        let message = format!(
+            "{why}; this session is stopped so that nothing runs unrecorded — tell your administrator"
+        );
+        tokio::spawn(async move { end_connection(&handle, &channels, &message).await });
+    }
+}
+
+/// How often spooled events are offered to the store again.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
+
+/// Writes spooled events once the store takes writes again.
+async fn flush_spool_forever(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SPOOL_RETRY);
+    loop {
+        tick.tick().await;
+        if shared.audit.spooled() > 0 {
+            if let Err(e) = shared.audit.flush_spool().await {
+                tracing::warn!(error = %e.0, spooled = shared.audit.spooled(), "audit store still refuses writes");
             }
         }
     }
@@ -481,7 +552,10 @@ fn enforce_max_session(shared: Arc<Shared>, state: Arc<ConnState>, auth: Authed,
             )
             .reason(reason.clone())
             .details(serde_json::json!({ "by": "max_session" }));
-        let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+        let _ = shared
+            .audit
+            .record_fact(ev, auth.config.audit.on_failure)
+            .await;
         end_connection(&handle, &channels, &reason).await;
     });
 }
@@ -648,19 +722,40 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
         "recording_sha256": first.map(|r| r.sha256.clone()),
         "recordings": recordings
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "sha256": r.sha256, "bytes": r.bytes}))
+            .map(|r| serde_json::json!({"id": r.id, "sha256": r.sha256, "bytes": r.bytes, "error": r.error}))
             .collect::<Vec<_>>(),
     });
-    let ev = state
+    let stopped = state.stopped.lock().ok().and_then(|s| s.clone());
+    let lost = state.target_lost.load(Ordering::Acquire);
+    let mut ev = state
         .event(
             &auth,
             EventType::SESSION_END,
-            Severity::Info,
-            Outcome::Success,
+            if stopped.is_some() {
+                Severity::High
+            } else {
+                Severity::Info
+            },
+            if stopped.is_some() {
+                Outcome::Error
+            } else {
+                Outcome::Success
+            },
             &shared.node(),
         )
         .details(details);
-    let _ = shared.audit.record(ev, auth.config.audit.on_failure).await;
+    if let Some(why) = stopped {
+        ev = ev.reason(format!("stopped by the gateway: {why}"));
+    } else if lost {
+        ev.result = Outcome::Error;
+        ev.severity = Severity::Warn;
+        ev = ev.reason("the connection to the target was lost");
+    }
+    // What happened is kept even if the store cannot take it now.
+    let _ = shared
+        .audit
+        .record_fact(ev, auth.config.audit.on_failure)
+        .await;
 }
 
 /// Who the user is and what they asked for, fixed at authentication.
@@ -735,6 +830,11 @@ pub(crate) struct ConnState {
     pub failure_recorded: AtomicBool,
     /// The login deadline closed this connection before it authenticated.
     pub grace_exceeded: AtomicBool,
+    /// Why the gateway stopped this session (its record could not be
+    /// written); `session.end` says so.
+    pub stopped: Mutex<Option<String>>,
+    /// The connection to the target died under a channel.
+    pub target_lost: AtomicBool,
     /// The approval request of this connection, and whether it was granted.
     pub approval_id: tokio::sync::Mutex<Option<String>>,
     pub approved: AtomicBool,
@@ -782,6 +882,8 @@ impl ConnState {
             attempted_user: Mutex::new(None),
             failure_recorded: AtomicBool::new(false),
             grace_exceeded: AtomicBool::new(false),
+            stopped: Mutex::new(None),
+            target_lost: AtomicBool::new(false),
             approval_id: tokio::sync::Mutex::new(None),
             approved: AtomicBool::new(false),
             recording_seq: AtomicU64::new(0),
@@ -1067,16 +1169,14 @@ impl Conn {
         }
     }
 
-    /// The methods to offer this user first: publickey, and password when
-    /// the user has one (keyboard-interactive only ever follows a first
-    /// factor).
-    fn first_methods(&self, config: &Config, raw_user: &str) -> MethodSet {
+    /// The methods offered first: publickey, and password when any user
+    /// has one — the same for every username, so the answer does not tell
+    /// which users exist or have a password (keyboard-interactive only
+    /// ever follows a first factor).
+    fn first_methods(&self, config: &Config, _raw_user: &str) -> MethodSet {
         let mut m = MethodSet::empty();
         m.push(MethodKind::PublicKey);
-        if self
-            .gatehouse_user(config, raw_user)
-            .is_ok_and(|u| u.password_hash.is_some())
-        {
+        if config.users.iter().any(|u| u.password_hash.is_some()) {
             m.push(MethodKind::Password);
         }
         m
@@ -1166,7 +1266,7 @@ impl Conn {
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
-                    reason: format!("gatehouse: unknown target {host:?}"),
+                    reason: format!("gatehouse: access denied to {host:?}"),
                 })
                 .await;
             return Ok(());
@@ -1284,7 +1384,7 @@ impl Conn {
         if refusal.is_none() {
             if let Some(d) = &decision {
                 if !d.allowed {
-                    refusal = Some(format!("access denied: {}", d.reason));
+                    refusal = Some(denial_shown(&config, d));
                     let ev = self
                         .state
                         .event(
@@ -1460,9 +1560,13 @@ impl server::Handler for Conn {
             let config = self.shared.config();
             let user = match self.gatehouse_user(&config, raw_user) {
                 Ok(u) => u.clone(),
-                Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+                Err(reason) => {
+                    spend_a_password_check(password).await;
+                    return Ok(self.refuse(&config, raw_user, reason).await);
+                }
             };
             let Some(hash) = user.password_hash.clone() else {
+                spend_a_password_check(password).await;
                 let reason = format!("user {:?} has no password", user.name);
                 return Ok(self.refuse(&config, raw_user, reason).await);
             };
@@ -1651,15 +1755,7 @@ impl server::Handler for Conn {
             if ctx.auth.target.is_none() && self.jump.is_none() && ctx.auth.refusal.is_none() {
                 return self.proxy_jump(ctx, channel, host, port, reply).await;
             }
-            let allowed = ctx.auth.refusal.is_none()
-                && ctx.auth.approval.is_none()
-                && ctx
-                    .auth
-                    .decision
-                    .as_ref()
-                    .map(|d| d.allowed && d.port_forwarding)
-                    .unwrap_or(false)
-                && ctx.auth.permit_port_forwarding();
+            let allowed = forwarding_allowed(&ctx.auth);
             let node = self.shared.node();
             let details = serde_json::json!({
                 "host": host, "port": port, "originator": format!("{orig_addr}:{orig_port}"),
@@ -1815,14 +1911,174 @@ impl server::Handler for Conn {
         session.channel_failure(channel)
     }
 
+    /// `ssh -R`: the target listens on the user's behalf (when their
+    /// roles allow port forwarding), audited like `ssh -L`.
     async fn tcpip_forward(
         &mut self,
-        _address: &str,
-        _port: &mut u32,
+        address: &str,
+        port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(false)
+        boxed(async move {
+            let Some(ctx) = self.channel_ctx() else {
+                return Ok(false);
+            };
+            let node = self.shared.node();
+            let on_failure = ctx.auth.config.audit.on_failure;
+            let mut details = serde_json::json!({
+                "direction": "remote", "listen": format!("{address}:{port}"),
+            });
+            let refused = |reason: String, details: serde_json::Value| {
+                self.state
+                    .event(
+                        &ctx.auth,
+                        EventType::PORT_FORWARD_OPEN,
+                        Severity::Warn,
+                        Outcome::Denied,
+                        &node,
+                    )
+                    .reason(reason)
+                    .details(details)
+            };
+            if !forwarding_allowed(&ctx.auth) {
+                let reason = if ctx.auth.target.is_none() {
+                    "port forwarding needs a target: connect as USER:TARGET".to_string()
+                } else {
+                    "port forwarding is not allowed by the user's roles".to_string()
+                };
+                let _ = self
+                    .shared
+                    .audit
+                    .record(refused(reason, details), on_failure)
+                    .await;
+                return Ok(false);
+            }
+            let upstream = match upstream_for(&self.shared, &self.state, &ctx.auth).await {
+                Ok(u) => u,
+                Err(e) => {
+                    let _ = self
+                        .shared
+                        .audit
+                        .record(refused(e, details), on_failure)
+                        .await;
+                    return Ok(false);
+                }
+            };
+            // Audit first: the target listens only once this is recorded.
+            let ev = self
+                .state
+                .event(
+                    &ctx.auth,
+                    EventType::PORT_FORWARD_OPEN,
+                    Severity::Info,
+                    Outcome::Success,
+                    &node,
+                )
+                .details(details.clone());
+            if self.shared.audit.record(ev, on_failure).await.is_err() {
+                return Ok(false);
+            }
+            match upstream.handle.tcpip_forward(address, *port).await {
+                Ok(bound) => {
+                    if *port == 0 {
+                        *port = bound;
+                    }
+                    tokio::spawn(crate::bridge::remote_forwards(ctx, upstream));
+                    Ok(true)
+                }
+                Err(e) => {
+                    details["port"] = (*port).into();
+                    let ev = self
+                        .state
+                        .event(
+                            &ctx.auth,
+                            EventType::PORT_FORWARD_CLOSE,
+                            Severity::Info,
+                            Outcome::Failure,
+                            &node,
+                        )
+                        .reason(format!(
+                            "the target refused to listen on {address}:{port}: {e}"
+                        ))
+                        .details(details);
+                    let _ = self.shared.audit.record_fact(ev, on_failure).await;
+                    Ok(false)
+                }
+            }
+        })
+        .await
     }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        boxed(async move {
+            let upstream = self.state.upstream.lock().await.clone();
+            match upstream {
+                Some(Ok(up)) => Ok(up.handle.cancel_tcpip_forward(address, port).await.is_ok()),
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+}
+
+/// What a refused user is told. A target that does not exist reads like
+/// one their roles do not allow, so that trying names does not map the
+/// gateway's targets; the event keeps the precise reason.
+pub(crate) fn denial_shown(config: &Config, d: &Decision) -> String {
+    if config.target(&d.target).is_some() {
+        return format!("access denied: {}", d.reason);
+    }
+    let user = &d.user;
+    let target = &d.target;
+    match &d.login {
+        None => {
+            format!("access denied: no role of user {user:?} allows any login on target {target:?}")
+        }
+        Some(login) => {
+            let roles = config
+                .user(user)
+                .map(|u| u.roles.join(", "))
+                .unwrap_or_default();
+            let roles = if roles.is_empty() {
+                "none".to_string()
+            } else {
+                roles
+            };
+            format!(
+                "access denied: no role of user {user:?} allows login {login:?} on target {target:?} (roles: {roles})"
+            )
+        }
+    }
+}
+
+/// May this connection forward ports (`ssh -L` / `ssh -R`)?
+fn forwarding_allowed(auth: &Authed) -> bool {
+    auth.refusal.is_none()
+        && auth.approval.is_none()
+        && auth
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.allowed && d.port_forwarding)
+        && auth.permit_port_forwarding()
+}
+
+/// Takes as long as checking a real password, so that the time to an
+/// answer does not tell which users exist or have a password.
+async fn spend_a_password_check(password: &str) {
+    static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let password = password.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        let dummy = DUMMY.get_or_init(|| gatehouse_auth::password::hash("gatehouse").ok());
+        if let Some(h) = dummy {
+            let _ = gatehouse_auth::password::verify(h, &password);
+        }
+    })
+    .await;
 }
 
 /// Does any of the user's roles demand a second factor?

@@ -57,10 +57,12 @@ impl TransferAudit {
     ) -> (TransferAudit, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<NewEvent>(1024);
         let writer_shared = shared.clone();
+        let writer_state = state.clone();
         let on_failure = auth.config.audit.on_failure;
         let writer = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
-                let _ = writer_shared.audit.record(ev, on_failure).await;
+                crate::server::record_in_session(&writer_shared, &writer_state, on_failure, ev)
+                    .await;
             }
         });
         (

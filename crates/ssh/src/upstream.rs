@@ -54,11 +54,22 @@ struct KeyCheck {
 /// Channels the target opens towards the gateway (agent forwarding).
 pub type AgentChannelTx = tokio::sync::mpsc::Sender<russh::Channel<client::Msg>>;
 
+/// A connection the target accepted on a port the user asked it to
+/// listen on (`ssh -R`), to be carried back to the user.
+pub struct Forwarded {
+    pub channel: russh::Channel<client::Msg>,
+    pub connected_address: String,
+    pub connected_port: u32,
+    pub originator_address: String,
+    pub originator_port: u32,
+}
+
 pub struct UpstreamClient {
     target: Target,
     store: Store,
     check: Arc<Mutex<KeyCheck>>,
     agent_tx: Option<AgentChannelTx>,
+    forwarded_tx: tokio::sync::mpsc::Sender<Forwarded>,
 }
 
 impl client::Handler for UpstreamClient {
@@ -88,6 +99,36 @@ impl client::Handler for UpstreamClient {
                 Ok(false)
             }
         }
+    }
+
+    /// Only ports the gateway asked for on the user's behalf are
+    /// forwarded (the target opens these channels for them alone).
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let forwarded = Forwarded {
+            channel,
+            connected_address: connected_address.to_string(),
+            connected_port,
+            originator_address: originator_address.to_string(),
+            originator_port,
+        };
+        match self.forwarded_tx.try_send(forwarded) {
+            Ok(()) => reply.accept().await,
+            Err(_) => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
     }
 
     async fn server_channel_open_agent_forward(
@@ -186,6 +227,9 @@ pub struct Upstream {
     pub handle: client::Handle<UpstreamClient>,
     pub agent_rx:
         tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<russh::Channel<client::Msg>>>>,
+    /// Connections to ports forwarded with `ssh -R`; taken by the first
+    /// remote forward the user sets up.
+    pub forwarded_rx: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Forwarded>>>,
 }
 
 /// The gateway's own leg prefers AES-256-GCM, which runs on the CPU's AES
@@ -289,11 +333,13 @@ pub async fn connect(
     } else {
         (None, None)
     };
+    let (forwarded_tx, forwarded_rx) = tokio::sync::mpsc::channel(16);
     let handler = UpstreamClient {
         target: target.clone(),
         store,
         check: check.clone(),
         agent_tx,
+        forwarded_tx,
     };
     let addr = target.socket_address();
     let connecting = client::connect(client_config(), addr.clone(), handler);
@@ -346,6 +392,7 @@ pub async fn connect(
             return Ok(Upstream {
                 handle,
                 agent_rx: tokio::sync::Mutex::new(agent_rx),
+                forwarded_rx: tokio::sync::Mutex::new(Some(forwarded_rx)),
             });
         }
     }
@@ -378,6 +425,7 @@ pub async fn connect(
     Ok(Upstream {
         handle,
         agent_rx: tokio::sync::Mutex::new(agent_rx),
+        forwarded_rx: tokio::sync::Mutex::new(Some(forwarded_rx)),
     })
 }
 

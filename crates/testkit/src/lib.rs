@@ -196,6 +196,11 @@ impl Sshd {
     }
 
     /// sshd's own log (it runs with `-e`).
+    /// The listening sshd's process id (its sessions are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
