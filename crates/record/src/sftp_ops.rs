@@ -114,12 +114,10 @@ struct Frame {
 
 impl Framer {
     /// Feeds bytes; `keep_for(type)` says how much of a packet's body the
-    /// tracker needs (the rest is counted, not copied).
-    fn feed(
-        &mut self,
-        mut data: &[u8],
-        keep_for: impl Fn(u8, u32) -> u32,
-    ) -> Result<Vec<Frame>, ()> {
+    /// tracker needs (the rest is counted, not copied). Returns the whole
+    /// packets, and `true` when this chunk killed the stream: the packets
+    /// before the bad length still count (the peer acts on them too).
+    fn feed(&mut self, mut data: &[u8], keep_for: impl Fn(u8, u32) -> u32) -> (Vec<Frame>, bool) {
         let mut frames = Vec::new();
         while !data.is_empty() && !self.dead {
             if self.skip > 0 {
@@ -141,13 +139,13 @@ impl Framer {
             let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
             if len == 0 || len > MAX_PACKET.max(u32::MAX / 2) {
                 self.dead = true;
-                return Err(());
+                return (frames, true);
             }
             let kind = self.buf[4];
             let keep = keep_for(kind, len).min(len);
             if keep > MAX_PACKET {
                 self.dead = true;
-                return Err(());
+                return (frames, true);
             }
             let want = 4 + keep as usize;
             if self.buf.len() < want {
@@ -165,7 +163,7 @@ impl Framer {
                 total_len: len,
             });
         }
-        Ok(frames)
+        (frames, false)
     }
 }
 
@@ -250,28 +248,39 @@ impl SftpTracker {
     }
 
     fn remember(&mut self, id: u32, p: Pending) {
-        if self.pending.len() >= MAX_PENDING {
-            if let Some(old) = self.order.pop_front() {
-                self.pending.remove(&old);
-            }
+        // Answered requests leave their id in `order`; drop those (and
+        // repeats) before it outgrows the map, or a long session's ids
+        // would pile up there for good.
+        if self.order.len() >= 2 * MAX_PENDING {
+            let mut seen = std::collections::HashSet::new();
+            let pending = &self.pending;
+            self.order
+                .retain(|id| pending.contains_key(id) && seen.insert(*id));
         }
-        self.pending.insert(id, p);
-        self.order.push_back(id);
+        while self.pending.len() >= MAX_PENDING {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.pending.remove(&old);
+        }
+        if self.pending.insert(id, p).is_none() {
+            self.order.push_back(id);
+        }
     }
 
     /// Bytes from the client (requests).
     pub fn client_bytes(&mut self, data: &[u8]) -> Vec<SftpOp> {
         // For WRITE keep type, id, handle (≤ 256 bytes + lengths) and the
         // data length; the data itself is skipped.
-        let frames = match self.client.feed(data, |kind, len| match kind {
+        let (frames, failed) = self.client.feed(data, |kind, len| match kind {
             WRITE => (1 + 4 + 4 + 256 + 8 + 4).min(len),
             _ => len,
-        }) {
-            Ok(f) => f,
-            Err(()) => return self.malformed(),
-        };
+        });
         for f in frames {
             self.request(&f);
+        }
+        if failed {
+            return self.malformed();
         }
         Vec::new()
     }
@@ -363,18 +372,18 @@ impl SftpTracker {
     /// Bytes from the server (responses). Returns the operations they
     /// complete.
     pub fn server_bytes(&mut self, data: &[u8]) -> Vec<SftpOp> {
-        let frames = match self.server.feed(data, |kind, len| match kind {
+        let (frames, failed) = self.server.feed(data, |kind, len| match kind {
             DATA => (1 + 4 + 4).min(len),
             _ => len.min(64 * 1024),
-        }) {
-            Ok(f) => f,
-            Err(()) => return self.malformed(),
-        };
+        });
         let mut ops = Vec::new();
         for f in frames {
             if let Some(op) = self.response(&f) {
                 ops.push(op);
             }
+        }
+        if failed {
+            ops.extend(self.malformed());
         }
         ops
     }
@@ -658,6 +667,51 @@ mod tests {
             9,
         ));
         assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn requests_before_a_bad_length_in_the_same_chunk_are_still_reported() {
+        // Found by fuzzing (chunking changed the result): a REMOVE and a
+        // bad length in one packet lost the REMOVE, so the file the server
+        // removed went unaudited.
+        let mut t = SftpTracker::new();
+        let mut c = packet(REMOVE, Some(1), &s(b"/etc/important"));
+        c.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 3]);
+        let ops = t.client_bytes(&c);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].op, "malformed");
+        let mut sv = status(1, 0, "");
+        sv.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let ops = t.server_bytes(&sv);
+        let names: Vec<_> = ops.iter().map(|o| o.op).collect();
+        assert_eq!(names, vec!["remove"], "malformed is reported once");
+        assert_eq!(ops[0].path.as_deref(), Some("/etc/important"));
+    }
+
+    #[test]
+    fn a_long_session_keeps_no_trace_of_answered_requests() {
+        // Found while writing the fuzz body: every request id stayed in
+        // `order` after its answer, growing it by 4 bytes a request.
+        let mut t = SftpTracker::new();
+        for id in 0..(5 * MAX_PENDING as u32) {
+            t.client_bytes(&packet(REMOVE, Some(id), &s(b"/a")));
+            t.server_bytes(&status(id, 0, ""));
+            // The same id asked again and again, never answered.
+            t.client_bytes(&packet(OPENDIR, Some(u32::MAX), &s(b"/")));
+        }
+        assert!(t.order.len() <= 2 * MAX_PENDING, "{}", t.order.len());
+        assert!(t.pending.len() <= MAX_PENDING);
+        // Unanswered requests are still evicted oldest first.
+        let mut t = SftpTracker::new();
+        for id in 0..(MAX_PENDING as u32 + 10) {
+            t.client_bytes(&packet(REMOVE, Some(id), &s(b"/a")));
+        }
+        assert_eq!(t.pending.len(), MAX_PENDING);
+        assert!(!t.pending.contains_key(&0));
+        assert_eq!(
+            t.server_bytes(&status(MAX_PENDING as u32 + 9, 0, "")).len(),
+            1
+        );
     }
 
     #[test]
