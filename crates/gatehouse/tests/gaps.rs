@@ -268,3 +268,58 @@ fn answers_do_not_tell_users_or_targets_apart() {
         shape(forbidden.stderr.trim(), "prod01")
     );
 }
+
+#[test]
+fn keys_offered_before_the_right_one_are_no_failure() {
+    let env = Env::start();
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        keys.push(kit::keygen(env.dir.path(), &format!("spare{i}")).expect("keygen"));
+    }
+    // `-i` several times: OpenSSH offers them in order, alice's last.
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &env.port.to_string(),
+    ]);
+    for k in &keys {
+        cmd.arg("-i").arg(&k.private);
+    }
+    cmd.arg("-i")
+        .arg(&env.alice.private)
+        .args(["alice:web01@127.0.0.1", "echo", "in"]);
+    let out = kit::run(cmd, T).expect("ssh");
+    assert_eq!(stdout(&out).trim(), "in", "{}", out.stderr);
+    env.wait_rows("SELECT 1 FROM events WHERE type = 'session.end'");
+    let failures = env.query("SELECT reason FROM events WHERE type = 'auth.failure'");
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // A client that offers only keys that are not alice's leaves one
+    // failure naming the last key it offered.
+    let mut cmd = Command::new("ssh");
+    cmd.args(kit::Client::new(&keys[0].private).opts()).args([
+        "-p",
+        &env.port.to_string(),
+        "alice:web01@127.0.0.1",
+        "true",
+    ]);
+    assert_eq!(kit::run(cmd, T).expect("ssh").code, Some(255));
+    let failures = env.wait_rows("SELECT reason FROM events WHERE type = 'auth.failure'");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not registered for user \"alice\""));
+}

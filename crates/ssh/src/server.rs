@@ -591,6 +591,7 @@ pub(crate) async fn serve_connection<S>(
         user_slot: None,
         jump,
         pending_mfa: None,
+        failures: 0,
     };
     // The login deadline closes the socket itself: before key exchange
     // russh has no other way to end a connection (see `limits`).
@@ -677,10 +678,22 @@ async fn finish_session(shared: &Shared, state: &ConnState) {
             .source_ip(state.peer.ip().to_string())
             .reason(if state.grace_exceeded.load(Ordering::Acquire) {
                 "closed by the gateway: not authenticated within server.login_grace_time"
+                    .to_string()
             } else {
-                "disconnected without authenticating: no acceptable key was offered"
+                match state.offer_refused.lock().ok().and_then(|r| r.clone()) {
+                    Some(why) => format!("disconnected without authenticating: {why}"),
+                    None => "disconnected without authenticating: no acceptable key was offered"
+                        .to_string(),
+                }
             });
             let _ = shared.audit.record(ev, config.audit.on_failure).await;
+            // One failure for the address per connection that offered
+            // only keys it does not hold (OpenSSH's "authfail" penalty).
+            if !state.grace_exceeded.load(Ordering::Acquire) {
+                let ip = state.peer.ip().to_string();
+                let n = shared.note_failure(&ip);
+                block_if_over(shared, &ip, n, "authentication failures").await;
+            }
         }
     }
     if let Some(Ok(up)) = state.upstream.lock().await.take() {
@@ -833,6 +846,9 @@ pub(crate) struct ConnState {
     /// Why the gateway stopped this session (its record could not be
     /// written); `session.end` says so.
     pub stopped: Mutex<Option<String>>,
+    /// Why the last key offered was not one of the user's: the reason of
+    /// the `auth.failure` if the client leaves without a good one.
+    pub offer_refused: Mutex<Option<String>>,
     /// The connection to the target died under a channel.
     pub target_lost: AtomicBool,
     /// The approval request of this connection, and whether it was granted.
@@ -883,6 +899,7 @@ impl ConnState {
             failure_recorded: AtomicBool::new(false),
             grace_exceeded: AtomicBool::new(false),
             stopped: Mutex::new(None),
+            offer_refused: Mutex::new(None),
             target_lost: AtomicBool::new(false),
             approval_id: tokio::sync::Mutex::new(None),
             approved: AtomicBool::new(false),
@@ -1046,20 +1063,22 @@ pub(crate) struct Conn {
     jump: Option<Jump>,
     /// The user whose key was accepted, waiting for the second factor.
     pending_mfa: Option<(String, FirstFactor)>,
+    /// Authentication failures on this connection.
+    failures: u32,
 }
 
 impl Conn {
-    /// After an authentication failure: count it per address and per user,
-    /// wait a little longer each time (up to 4 s), and block the address
-    /// once it reaches `server.max_auth_failures`.
-    async fn throttle(&self, raw_user: &str) {
+    /// After an authentication failure (a failed proof, a wrong password
+    /// or code — not a key merely offered): count it per address and per
+    /// connection, wait a little longer each time (up to 4 s), and block
+    /// the address once it reaches `server.max_auth_failures`. Not per
+    /// user: someone hammering alice's name from one address must not
+    /// slow alice's own login from another.
+    async fn throttle(&mut self, _raw_user: &str) {
         let ip = self.state.peer.ip().to_string();
         let by_ip = self.shared.note_failure(&ip);
-        let user = raw_user.split(':').next().unwrap_or("").to_string();
-        let by_user = self
-            .shared
-            .note_failure(&format!("user:{}", truncate(&user, 64)));
-        let n = by_ip.max(by_user).min(16) as u32;
+        self.failures += 1;
+        let n = by_ip.max(self.failures as usize).min(16) as u32;
         block_if_over(&self.shared, &ip, by_ip, "authentication failures").await;
         if n > 1 {
             let delay = Duration::from_millis(100u64 << (n - 1).min(6)).min(Duration::from_secs(4));
@@ -1209,7 +1228,7 @@ impl Conn {
     }
 
     /// Refuses an authentication attempt: audited, throttled.
-    async fn refuse(&self, config: &Config, raw_user: &str, reason: String) -> Auth {
+    async fn refuse(&mut self, config: &Config, raw_user: &str, reason: String) -> Auth {
         let ev = self.failure_event(raw_user, reason);
         let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
         self.throttle(raw_user).await;
@@ -1498,7 +1517,20 @@ impl server::Handler for Conn {
                 {
                     Ok(Auth::Accept)
                 }
-                Err(reason) => Ok(self.refuse(&config, user, reason).await),
+                // Only a query: OpenSSH's clients offer every key they
+                // hold in turn, so an unregistered one is no failure (a
+                // client that never offers a good one still leaves an
+                // `auth.failure` when it goes).
+                Err(reason) => {
+                    self.note_attempt(user);
+                    if let Ok(mut r) = self.state.offer_refused.lock() {
+                        *r = Some(reason);
+                    }
+                    Ok(Auth::Reject {
+                        proceed_with_methods: Some(self.first_methods(&config, user)),
+                        partial_success: false,
+                    })
+                }
             }
         })
         .await
