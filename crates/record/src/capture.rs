@@ -145,12 +145,17 @@ impl LineCapture {
         self.wake();
         let mut commands = Vec::new();
         let mut rest = data;
+        // After the first line, `rest` starts with the newline that ended
+        // the line just read: look for the next one past it.
+        let mut from = 0;
         while self.submits > 0 {
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = rest[from..].iter().position(|&b| b == b'\n') else {
                 break;
             };
+            let nl = from + nl;
             self.parser.process(&rest[..nl]);
             rest = &rest[nl..];
+            from = 1;
             self.submits -= 1;
             if self.alternate() {
                 self.prompt = None;
@@ -417,6 +422,20 @@ mod tests {
             ("", "uname -a\r\nLinux\r\n$ "),
         ]);
         assert_eq!(cmds, vec!["uname -a"]);
+    }
+
+    #[test]
+    fn lines_typed_ahead_and_answered_in_one_chunk_are_each_captured() {
+        // Found by fuzzing the guard: with several Enters pending, every
+        // one re-read the first line (logged "a" twice, never "b").
+        let cmds = run(&[("", "$ "), ("a\rb\r", "a\r\n$ b\r\n$ ")]);
+        assert_eq!(cmds, vec!["a", "b"]);
+        let cmds = run(&[
+            ("", "$ "),
+            ("echo x \\\r", ""),
+            ("y\r", "echo x \\\r\n> y\r\nx y\r\n$ "),
+        ]);
+        assert_eq!(cmds, vec!["echo x y"]);
     }
 
     #[test]
