@@ -19,4 +19,5 @@ set -e
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" = 0 ] || exit "$status"
+bash bench/fuzz.sh --ci || { echo "FUZZING FAILED: a fuzz target crashed (see above; reproducers in fuzz/artifacts/)"; exit 1; }
