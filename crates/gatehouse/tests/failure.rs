@@ -122,7 +122,8 @@ fn a_session_whose_events_cannot_be_written_is_stopped_and_loses_nothing() {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let ran = loop {
-            let screen = tmux.capture().unwrap_or_default();
+            // Long lines wrap on the 120-column screen.
+            let screen = tmux.capture().unwrap_or_default().replace('\n', "");
             let ran = screen.contains(&format!("after-{n}-2"));
             if screen.contains("nothing runs unrecorded") {
                 stopped = true;
@@ -141,7 +142,7 @@ fn a_session_whose_events_cannot_be_written_is_stopped_and_loses_nothing() {
         // Each command's event has its chance to fail before the next.
         std::thread::sleep(Duration::from_millis(300));
     }
-    let screen = tmux.capture().unwrap_or_default();
+    let screen = tmux.capture().unwrap_or_default().replace('\n', "");
     assert!(
         stopped,
         "the session ran on with a full store:\n{screen}\n{}",

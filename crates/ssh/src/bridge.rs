@@ -376,7 +376,7 @@ pub(crate) async fn run_on_target(
                 fail(
                     &channel,
                     pty,
-                    &format!("{why}; recording is required, so the session cannot start — tell your administrator"),
+                    &format!("{why}; recording is required, so the session cannot start; tell your administrator"),
                     1,
                 )
                 .await;

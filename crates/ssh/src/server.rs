@@ -505,7 +505,7 @@ pub(crate) fn stop_session(shared: &Arc<Shared>, state: &Arc<ConnState>, why: St
     });
     if let Some((handle, channels)) = live {
         let message = format!(
-            "{why}; this session is stopped so that nothing runs unrecorded — tell your administrator"
+            "{why}; this session is stopped so that nothing runs unrecorded; tell your administrator"
         );
         tokio::spawn(async move { end_connection(&handle, &channels, &message).await });
     }
