@@ -6,9 +6,10 @@
 # bounded memory; the script fails when any target crashes, leaks past
 # the memory limit or hangs.
 #
-#   bash bench/fuzz.sh              60 s per target; new finds are added to
-#                                   fuzz/corpus/<target>/, then minimised
-#                                   with `cargo fuzz cmin`
+#   bash bench/fuzz.sh              60 s per target; new finds go to the
+#                                   working corpus fuzz/target/corpus/<target>/
+#                                   (kept between runs, not committed), then
+#                                   minimised (what `cargo fuzz cmin` does)
 #   bash bench/fuzz.sh --ci         12 s per target; the checked-in corpus
 #                                   is read, never written
 #   bash bench/fuzz.sh 300 sftp scp 300 s each for the targets named
@@ -67,7 +68,11 @@ for t in "${targets[@]}"; do
         dirs=("$logs/$t" "fuzz/corpus/$t")
         mkdir -p "$logs/$t"
     else
-        dirs=("fuzz/corpus/$t")
+        # New units go to a working corpus kept between runs (not
+        # committed: it grows to megabytes); the checked-in seeds and
+        # regressions stay as they are.
+        mkdir -p "fuzz/target/corpus/$t"
+        dirs=("fuzz/target/corpus/$t" "fuzz/corpus/$t")
     fi
     echo "fuzz: $t for ${seconds}s"
     set +e
@@ -97,9 +102,9 @@ for t in "${targets[@]}"; do
         # with the same coverage.
         rm -rf "$logs/min"
         mkdir "$logs/min"
-        if "$bin_dir/$t" -merge=1 -rss_limit_mb="$rss_mb" "$logs/min" "fuzz/corpus/$t" >"$logs/$t.cmin.log" 2>&1; then
-            rm -f "fuzz/corpus/$t"/*
-            cp "$logs/min"/* "fuzz/corpus/$t"/
+        if "$bin_dir/$t" -merge=1 -rss_limit_mb="$rss_mb" "$logs/min" "fuzz/target/corpus/$t" >"$logs/$t.cmin.log" 2>&1; then
+            rm -f "fuzz/target/corpus/$t"/*
+            cp "$logs/min"/* "fuzz/target/corpus/$t"/
         else
             echo "fuzz: minimising $t failed:"
             tail -5 "$logs/$t.cmin.log"
@@ -111,7 +116,7 @@ echo
 echo "$summary"
 if [ $ci = 0 ]; then
     echo
-    echo "corpus after cmin: $(find fuzz/corpus -type f | wc -l) files, $(du -sb fuzz/corpus | cut -f1) bytes"
+    echo "working corpus after cmin: $(find fuzz/target/corpus -type f | wc -l) files, $(du -sb fuzz/target/corpus | cut -f1) bytes (fuzz/target/corpus)"
 fi
 echo "fuzz: $(( $(date +%s) - start )) s in all"
 if [ ${#failed[@]} -gt 0 ]; then

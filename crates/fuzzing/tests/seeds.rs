@@ -184,6 +184,15 @@ fn sftp() {
             (false, &status(2, 0, "")),
         ]),
     );
+    // Regression (found by fuzzing): a request and a bad length in one
+    // chunk; the request must still be reported.
+    let mut bad = path_op(13, 1, "/etc/important", false);
+    bad.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 3]);
+    write(
+        "sftp",
+        "regression-valid-then-bad-length",
+        &stream(&[(true, &bad), (false, &status(1, 0, ""))]),
+    );
     write(
         "sftp",
         "huge-length",
@@ -276,6 +285,12 @@ fn terminal_sessions() -> Vec<(&'static str, Vec<u8>)> {
                     ("ls -la\r", &format!("ls -la\r\ntotal 0\r\n{bash}")),
                 ],
             ),
+        ),
+        (
+            // Regression (found by fuzzing): two lines typed ahead, both
+            // answered in one chunk.
+            "regression-typed-ahead",
+            session(40, 10, &[("", "$ "), ("a\rb\r", "a\r\n$ b\r\n$ ")]),
         ),
         (
             "backspace",
@@ -413,7 +428,7 @@ fn terminal_sessions() -> Vec<(&'static str, Vec<u8>)> {
     );
     h.extend(record(3, b""));
     h.extend(record(1, b" /etc"));
-    h.extend(record(2, &[100, 0, 30, 0]));
+    h.extend(record(2, &[100, 30]));
     h.extend(record(4, b""));
     h.extend(record(0, b"\r"));
     h.extend(record(1, b"\r\ntotal 0\r\nuser@host:~$ "));
@@ -470,7 +485,7 @@ fn cast() {
     w.extend(record(64, &snow[2..4]));
     w.extend(record(0, &snow[4..]));
     w.extend(record(1, b"ls\r"));
-    w.extend(record(2, &[120, 0, 40, 0]));
+    w.extend(record(2, &[120, 40]));
     w.extend(record(3, b"ls"));
     w.extend(record(4, &[0xff, b'a', 0xe2, 0x98]));
     write("asciicast", "writer-utf8", &w);
