@@ -59,8 +59,9 @@ pub fn field(ev: &NewEvent, field: &str) -> String {
 
 fn parse_when(expr: &str) -> Result<Vec<Clause>, String> {
     let mut clauses = Vec::new();
-    let lower = expr.to_lowercase();
-    // Split on ` and ` outside quotes.
+    // Split on ` and ` (any case) outside quotes. Byte-wise and ASCII
+    // only: the split points are ASCII, so slicing there never cuts a
+    // character (lowercasing the whole text could move them).
     let mut parts = Vec::new();
     let (mut start, mut quoted) = (0usize, false);
     let bytes = expr.as_bytes();
@@ -68,7 +69,11 @@ fn parse_when(expr: &str) -> Result<Vec<Clause>, String> {
     while i < bytes.len() {
         if bytes[i] == b'\'' {
             quoted = !quoted;
-        } else if !quoted && lower[i..].starts_with(" and ") {
+        } else if !quoted
+            && bytes
+                .get(i..i + 5)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b" and "))
+        {
             parts.push(&expr[start..i]);
             i += 5;
             start = i;
@@ -240,6 +245,14 @@ mod tests {
             sinks: vec![],
             action: None,
         }
+    }
+
+    #[test]
+    fn non_ascii_outside_quotes_is_an_error_not_a_panic() {
+        for when in ["é = 'x'", "İİİİİ and type = 'x'", "type = 'x' AND é"] {
+            let _ = Compiled::new(&rule(Some(when), None));
+        }
+        assert!(Compiled::new(&rule(Some("type = 'a' AND user = 'b'"), None)).is_ok());
     }
 
     fn cmd(command: &str) -> NewEvent {

@@ -186,7 +186,10 @@ impl Runbook {
             let literal = match p.kind {
                 ParamType::Since => {
                     let d = gatehouse_model::parse_duration(raw).map_err(|e| e.to_string())?;
-                    let t = now - chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
+                    let t = chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| now.checked_sub_signed(d))
+                        .ok_or_else(|| format!("parameter {name}: {raw:?} reaches too far back"))?;
                     format!("'{}'", gatehouse_model::event::format_time(t))
                 }
                 _ => literal,
@@ -325,6 +328,29 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
             .unwrap()
             .into()
+    }
+
+    #[test]
+    fn a_since_beyond_the_calendar_is_an_error_not_a_panic() {
+        let books = load_all(None).unwrap();
+        let b = books
+            .iter()
+            .find(|b| b.params.values().any(|p| p.kind == ParamType::Since))
+            .expect("a built-in with a since parameter");
+        let (name, _) = b
+            .params
+            .iter()
+            .find(|(_, p)| p.kind == ParamType::Since)
+            .expect("since");
+        let mut given = BTreeMap::new();
+        for (n, p) in &b.params {
+            if p.default.is_none() && n != name {
+                given.insert(n.clone(), "3".to_string());
+            }
+        }
+        given.insert(name.clone(), "100000000d".to_string());
+        let r = b.render(&given, now());
+        assert!(r.is_err(), "{r:?}");
     }
 
     #[test]
