@@ -64,7 +64,10 @@ pub async fn run(
             }
             if let Some(s) = since {
                 let d = parse_duration(s)?;
-                let from = chrono::Utc::now() - chrono::Duration::from_std(d)?;
+                let from = chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                    .ok_or_else(|| anyhow::anyhow!("--since {s:?} reaches too far back"))?;
                 filters.push(format!(
                     "start_time >= {}",
                     lit(&gatehouse_model::event::format_time(from))
