@@ -104,7 +104,7 @@ fn parse_when(expr: &str) -> Result<Vec<Clause>, String> {
             "!=" => Op::Ne(value.to_string()),
             _ => {
                 // `'\b'` written inside a TOML basic string arrives as a
-                // backspace character (PRODUCT.md's own example does this);
+                // backspace character (an easy mistake in a config file);
                 // nobody means a literal backspace in a regex.
                 let value = value.replace('\u{8}', "\\b");
                 let re = regex::Regex::new(&value).map_err(|e| {

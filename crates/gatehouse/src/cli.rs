@@ -1,4 +1,4 @@
-//! Command-line surface (PRODUCT.md section 3).
+//! Command-line surface (the commands in README.md).
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! The configuration file (PRODUCT.md section 4). Policy is code: users,
+//! The configuration file (`docs/configuration.md`). Policy is code: users,
 //! roles and targets are declared here and validated before anything runs.
 //!
 //! Parsing rejects unknown keys (a typo must never silently widen or narrow
@@ -36,9 +36,7 @@ pub struct Config {
     pub roles: Vec<Role>,
     #[serde(default)]
     pub users: Vec<User>,
-    /// Sections of PRODUCT.md section 7 (sinks, alerts, runbooks) are
-    /// accepted so that a full config parses; `gatehouse check` warns that
-    /// this build does not act on them yet.
+    /// Forwarding, alert rules and runbooks (`docs/configuration.md`).
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
@@ -638,7 +636,7 @@ impl Config {
                 } else {
                     String::new()
                 },
-                message: format!("{message}; see PRODUCT.md section 4 for the valid keys"),
+                message: format!("{message}; see docs/configuration.md for the valid keys"),
             }
         })
     }
@@ -1147,6 +1145,7 @@ roles = ["web-dev"]
         assert!(s.contains("gatehouse.toml"), "{s}");
         assert!(s.contains("listne"), "{s}");
         assert!(s.contains("line 3"), "{s}");
+        assert!(s.contains("docs/configuration.md"), "{s}");
     }
 
     #[test]

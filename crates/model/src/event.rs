@@ -1,4 +1,4 @@
-//! The audit event schema of PRODUCT.md section 5: one row per event,
+//! The audit event schema: one row per event,
 //! append-only, identical across store backends.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -46,7 +46,7 @@ impl Outcome {
 }
 
 /// Event type names. Strings rather than an enum so that the store and the
-/// SQL views see exactly what PRODUCT.md names.
+/// SQL views see exactly these names.
 pub struct EventType;
 
 impl EventType {

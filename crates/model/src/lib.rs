@@ -3,8 +3,8 @@
 //!
 //! This crate is pure: apart from [`Config::load`] reading the one file it is
 //! given, it does no I/O. Every other crate depends on it; it depends on none
-//! of them. It is an API boundary: the names here are the names in
-//! `PRODUCT.md`.
+//! of them. It is an API boundary: the names here are the names in the
+//! config file (`docs/configuration.md`) and the audit trail.
 
 pub mod config;
 pub mod duration;

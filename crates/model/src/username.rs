@@ -1,4 +1,4 @@
-//! How a user names a target in the SSH username (PRODUCT.md section 2):
+//! How a user names a target in the SSH username (see README.md):
 //! `alice` (menu), `alice:web01`, `alice:root@web01`.
 
 /// The longest SSH username accepted. OpenSSH itself caps user names far

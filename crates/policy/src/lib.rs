@@ -1,4 +1,4 @@
-//! Allow/deny decisions for Gatehouse (PRODUCT.md sections 1 and 4).
+//! Allow/deny decisions for Gatehouse (roles in `docs/configuration.md`).
 //!
 //! Pure functions of the configuration: no I/O, no clock. The same
 //! [`decide`] runs for a live connection and for `gatehouse policy
