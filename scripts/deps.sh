@@ -23,6 +23,19 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# Ansible for crates/gatehouse/tests/ansible.rs: Debian's ansible-core, and
+# paramiko for the same /usr/bin/python3 (its paramiko connection plugin).
+if ! command -v ansible-playbook >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import paramiko' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing: ansible-core python3-paramiko"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ansible-core python3-paramiko >/dev/null
+    else
+        echo "missing programs; install: ansible-core python3-paramiko" >&2
+        exit 1
+    fi
+fi
+
 # The PostgreSQL store tests need a server on 127.0.0.1:5432 (user postgres).
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
     if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null; then

@@ -263,6 +263,35 @@ impl Env {
         panic!("no rows for {sql}\n{}", self.gateway_log());
     }
 
+    /// Targets `web02`..`webNN` (`n` in all with web01), each on a real
+    /// sshd of its own that trusts the gateway's upstream key, pinned and
+    /// labelled like web01 so alice's `dev` role reaches them; the gateway
+    /// is restarted with them. Returns the new sshds in order.
+    pub fn add_web_targets(&mut self, n: usize) -> Vec<Sshd> {
+        let upstream = std::fs::read_to_string(self.dir.path().join("client_ed25519.pub"))
+            .expect("upstream key")
+            .trim()
+            .to_string();
+        let mut sshds = Vec::new();
+        let mut text = String::new();
+        for i in 2..=n {
+            let sshd = Sshd::start(std::slice::from_ref(&upstream)).expect("start sshd");
+            text.push_str(&format!(
+                "\n[[targets]]\nname = \"web{i:02}\"\naddress = \"{}\"\nlabels = {{ env = \"test\", team = \"web\" }}\nhost_key = \"{}\"\ndefault_login = \"{}\"\n",
+                sshd.address(),
+                sshd.host_key_fingerprint,
+                self.login
+            ));
+            sshds.push(sshd);
+        }
+        let mut config = std::fs::read_to_string(&self.config_path).expect("read config");
+        config.push_str(&text);
+        std::fs::write(&self.config_path, config).expect("write config");
+        self.stop_gateway();
+        self.spawn_gateway();
+        sshds
+    }
+
     pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.gateway.take()?;
         let _ = Command::new("kill")
