@@ -483,7 +483,9 @@ pub(crate) async fn run_on_target(
     if let Some(code) = outcome.exit_status {
         ctx.state.exit_status.store(code as i64, Ordering::Release);
     }
-    if outcome.lost {
+    // A user who left first makes the gateway close the target's side,
+    // which the pump may see as a vanished channel: not a lost target.
+    if outcome.lost && !ctx.state.user_gone.load(Ordering::Acquire) {
         ctx.state.target_lost.store(true, Ordering::Release);
     }
     if outcome.refused {

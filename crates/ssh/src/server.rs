@@ -645,6 +645,7 @@ pub(crate) async fn serve_connection<S>(
             }
         }
     };
+    state.user_gone.store(true, Ordering::Release);
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
@@ -851,6 +852,9 @@ pub(crate) struct ConnState {
     pub offer_refused: Mutex<Option<String>>,
     /// The connection to the target died under a channel.
     pub target_lost: AtomicBool,
+    /// The user's connection has ended: from here the gateway closes the
+    /// target's side itself, which is no loss of the target.
+    pub user_gone: AtomicBool,
     /// The approval request of this connection, and whether it was granted.
     pub approval_id: tokio::sync::Mutex<Option<String>>,
     pub approved: AtomicBool,
@@ -901,6 +905,7 @@ impl ConnState {
             stopped: Mutex::new(None),
             offer_refused: Mutex::new(None),
             target_lost: AtomicBool::new(false),
+            user_gone: AtomicBool::new(false),
             approval_id: tokio::sync::Mutex::new(None),
             approved: AtomicBool::new(false),
             recording_seq: AtomicU64::new(0),
