@@ -13,6 +13,9 @@
 //! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
 //! for a profiler; default 0), GH_BENCH_LOGIN (the login on the targets;
 //! see `bench_login`).
+//!
+//! `gatehouse-bench soak [--short]` (or `bench/soak.sh`) runs the soak
+//! test instead; see `soak.rs` and BENCHMARKS.md, "Soak".
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{self as kit, Sshd};
+
+mod soak;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -604,6 +609,13 @@ async fn query_bench(rows: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("soak") {
+        let ok = tokio::task::spawn_blocking(move || soak::run(&args[1..]))
+            .await
+            .expect("soak");
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     let bytes = env_u64("GH_BENCH_BYTES", 1 << 30);
     let runs = env_u64("GH_BENCH_RUNS", 3);
     let idle = env_u64("GH_BENCH_IDLE", 1000);
