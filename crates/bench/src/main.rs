@@ -74,6 +74,10 @@ fn write_gateway_config(
 listen = "127.0.0.1:{port}"
 host_key = "host_ed25519"
 max_startups = 2000
+# Every client is alice from 127.0.0.1: the per-source and per-user
+# limits would otherwise cap the idle and concurrent sections.
+per_source_max_startups = 2000
+max_connections_per_user = 5000
 [upstream]
 key = "client_ed25519"
 [store]
