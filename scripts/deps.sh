@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 set -euo pipefail
 # Installs what cargo does not (OpenSSH server and client, rsync, tmux,
-# sqlite3, asciinema, vim, less) with apt-get when missing and running as
-# root, and starts the local PostgreSQL server when it is installed but down.
+# sqlite3, asciinema, vim, less; Dropbear's and PuTTY's clients and lftp for
+# the interop test) with apt-get when missing and running as root, and
+# starts the local PostgreSQL server when it is installed but down.
 # Run by scripts/test.sh and bench/run.sh.
 need=()
 for pair in sshd:openssh-server ssh:openssh-client scp:openssh-client sftp:openssh-client \
-            rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema vi:vim-tiny less:less; do
+            rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema vi:vim-tiny less:less \
+            dbclient:dropbear-bin plink:putty-tools psftp:putty-tools pscp:putty-tools lftp:lftp; do
     bin=${pair%%:*}; pkg=${pair#*:}
     if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
         need+=("$pkg")
@@ -34,6 +36,24 @@ if ! command -v ansible-playbook >/dev/null 2>&1 || ! /usr/bin/python3 -c 'impor
         echo "missing programs; install: ansible-core python3-paramiko" >&2
         exit 1
     fi
+fi
+
+# paramiko and asyncssh from PyPI for crates/gatehouse/tests/interop.rs, in
+# a venv of their own (target/interop-venv) at the versions pinned in
+# crates/gatehouse/tests/interop/requirements.txt; redone when that changes.
+venv="$(dirname "$0")/../target/interop-venv"
+req="$(dirname "$0")/../crates/gatehouse/tests/interop/requirements.txt"
+if ! cmp -s "$req" "$venv/requirements.txt"; then
+    echo "installing: $(tr '\n' ' ' < "$req")into target/interop-venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/requirements.txt"
 fi
 
 # The PostgreSQL store tests need a server on 127.0.0.1:5432 (user postgres).
