@@ -4,6 +4,13 @@
 //! `target/interop-venv`), Dropbear's `dbclient`, PuTTY's `plink`, `psftp`
 //! and `pscp`, and `lftp` over `sftp://`. Every client checks the
 //! gateway's host key (known_hosts, `-hostkey`), never a prompt.
+//!
+//! What a client cannot do is left out rather than faked: plink and psftp
+//! take one `-i` key (more only through Pageant), so "several keys" runs
+//! with paramiko, asyncssh and dbclient; pscp has no rename or remove, so
+//! it only uploads and downloads; key + TOTP runs with the two libraries
+//! (plink and dbclient would need the code typed into a terminal); several
+//! channels on one connection runs with asyncssh.
 
 mod common;
 
