@@ -323,3 +323,38 @@ fn keys_offered_before_the_right_one_are_no_failure() {
         .unwrap_or_default()
         .contains("not registered for user \"alice\""));
 }
+
+#[test]
+fn a_line_typed_before_the_prompt_is_still_judged() {
+    let env = Env::start();
+    let mut ssh = env
+        .alice()
+        .ssh(env.port, "alice:web01@127.0.0.1", &["-tt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    let mut stdin = ssh.stdin.take().expect("stdin");
+    // Typed at once, before the shell has drawn its first prompt.
+    stdin
+        .write_all(b"rm -rf /nonexistent-gatehouse-dir; echo ran-$((6*7))\n")
+        .expect("type ahead");
+    std::thread::sleep(Duration::from_secs(2));
+    stdin
+        .write_all(b"echo after-$((6*7))\nexit\n")
+        .expect("type");
+    drop(stdin);
+    let mut out = String::new();
+    if let Some(mut o) = ssh.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let _ = ssh.wait();
+    assert!(!out.contains("ran-42"), "the denied line ran:\n{out}");
+    assert!(out.contains("after-42"), "{out}");
+    let denied = env.wait_rows("SELECT details FROM events WHERE type = 'command.denied'");
+    assert!(details(&denied[0])["command"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("rm -rf /nonexistent-gatehouse-dir"));
+}

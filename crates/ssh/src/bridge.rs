@@ -965,11 +965,28 @@ async fn guarded_input(
         }
         let enter = rest[at];
         rest = &rest[at + 1..];
-        let Some(line) = guard.settled_line().await else {
+        let Some(shown) = guard.settled_line().await else {
             send(vec![enter]).await?;
             continue;
         };
-        let refusal = match crate::guard::verdict(&ctx.auth, &line) {
+        // The screen's line is what the shell runs; a line typed ahead of
+        // the shell's prompt is not on the screen yet, so what was typed
+        // is judged as well.
+        let mut lines = vec![shown.clone()];
+        if let Some(typed) = guard.typed_line() {
+            if !shown.contains(&typed) {
+                lines.push(typed);
+            }
+        }
+        let (line, verdict) = lines
+            .into_iter()
+            .map(|l| {
+                let v = crate::guard::verdict(&ctx.auth, &l);
+                (l, v)
+            })
+            .find(|(_, v)| !matches!(v, Verdict::Allow))
+            .unwrap_or((shown, Verdict::Allow));
+        let refusal = match verdict {
             Verdict::Allow => None,
             Verdict::Deny(d) => {
                 let ev = ctx

@@ -37,7 +37,13 @@ struct Screen {
     last_output: Instant,
     /// Typed bytes not yet followed by any output (their echo is due).
     echo_pending: bool,
+    /// What was typed since the last Enter (bounded), for lines the
+    /// screen does not show yet: typed ahead before the shell's prompt.
+    typed: Vec<u8>,
 }
+
+/// Most typed bytes kept per line.
+const TYPED_MAX: usize = 4096;
 
 pub(crate) struct LineGuard {
     screen: Mutex<Screen>,
@@ -50,6 +56,7 @@ impl LineGuard {
                 capture: LineCapture::new(cols, rows),
                 last_output: Instant::now(),
                 echo_pending: false,
+                typed: Vec::new(),
             }),
         }
     }
@@ -66,6 +73,37 @@ impl LineGuard {
             if !data.is_empty() {
                 s.echo_pending = true;
             }
+            for &b in data {
+                if b == b'\r' || b == b'\n' {
+                    s.typed.clear();
+                } else if s.typed.len() < TYPED_MAX {
+                    s.typed.push(b);
+                }
+            }
+        })
+    }
+
+    /// The line as typed since the last Enter, when it was plain typing
+    /// (no escape sequences: no history recall or cursor movement, whose
+    /// result only the screen knows); backspace and line-kill applied.
+    pub fn typed_line(&self) -> Option<String> {
+        self.with(|s| {
+            if s.typed.contains(&0x1b) {
+                return None;
+            }
+            let mut out: Vec<u8> = Vec::new();
+            for &b in &s.typed {
+                match b {
+                    0x08 | 0x7f => {
+                        out.pop();
+                    }
+                    0x15 => out.clear(),
+                    b if b < 0x20 => {}
+                    b => out.push(b),
+                }
+            }
+            let text = String::from_utf8_lossy(&out).trim().to_string();
+            (!text.is_empty()).then_some(text)
         })
     }
 
