@@ -21,3 +21,7 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p 
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 [ "$status" = 0 ] || exit "$status"
 bash bench/fuzz.sh --ci || { echo "FUZZING FAILED: a fuzz target crashed (see above; reproducers in fuzz/artifacts/)"; exit 1; }
+# A short soak (30 mixed real sessions in 45 s through a release gateway):
+# resources back to their level after the load, every session's events
+# complete. The 10-minute version is `bash bench/soak.sh`.
+bash bench/soak.sh --short || { echo "SOAK FAILED: see the report above"; exit 1; }
