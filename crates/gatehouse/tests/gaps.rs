@@ -276,29 +276,14 @@ fn keys_offered_before_the_right_one_are_no_failure() {
     for i in 0..4 {
         keys.push(kit::keygen(env.dir.path(), &format!("spare{i}")).expect("keygen"));
     }
-    // `-i` several times: OpenSSH offers them in order, alice's last.
+    // `-i` several times: OpenSSH offers them in order, alice's last
+    // (the client's own options end with `-i` and alice's key).
     let mut cmd = Command::new("ssh");
-    cmd.args([
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        &env.port.to_string(),
-    ]);
     for k in &keys {
         cmd.arg("-i").arg(&k.private);
     }
-    cmd.arg("-i")
-        .arg(&env.alice.private)
+    cmd.args(env.alice().opts())
+        .args(["-p", &env.port.to_string()])
         .args(["alice:web01@127.0.0.1", "echo", "in"]);
     let out = kit::run(cmd, T).expect("ssh");
     assert_eq!(stdout(&out).trim(), "in", "{}", out.stderr);
