@@ -1220,9 +1220,23 @@ pub(crate) async fn forward_channel(
             return;
         }
     };
-    let (bytes_in, bytes_out) = raw_pump(channel, up).await;
+    let details = serde_json::json!({ "host": host, "port": port });
+    pump_forward(&ctx, channel, up, details).await;
+}
+
+/// Copies a forwarded connection both ways, adds its bytes to the
+/// session's, and writes its `port_forward.close` with them.
+async fn pump_forward(
+    ctx: &ChannelCtx,
+    user: Channel<Msg>,
+    up: Channel<client::Msg>,
+    mut details: serde_json::Value,
+) {
+    let (bytes_in, bytes_out) = raw_pump(user, up).await;
     ctx.state.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     ctx.state.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    details["bytes_in"] = bytes_in.into();
+    details["bytes_out"] = bytes_out.into();
     let ev = ctx
         .state
         .event(
@@ -1230,11 +1244,9 @@ pub(crate) async fn forward_channel(
             EventType::PORT_FORWARD_CLOSE,
             Severity::Info,
             Outcome::Success,
-            &node,
+            &ctx.shared.node(),
         )
-        .details(serde_json::json!({
-            "host": host, "port": port, "bytes_in": bytes_in, "bytes_out": bytes_out,
-        }));
+        .details(details);
     record_in_session(
         &ctx.shared,
         &ctx.state,
@@ -1306,23 +1318,7 @@ pub(crate) async fn remote_forwards(ctx: ChannelCtx, upstream: Arc<crate::upstre
                 let _ = user.close().await;
                 return;
             }
-            let (bytes_in, bytes_out) = raw_pump(user, f.channel).await;
-            ctx.state.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-            ctx.state.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-            let mut details = details;
-            details["bytes_in"] = bytes_in.into();
-            details["bytes_out"] = bytes_out.into();
-            let ev = ctx
-                .state
-                .event(
-                    &ctx.auth,
-                    EventType::PORT_FORWARD_CLOSE,
-                    Severity::Info,
-                    Outcome::Success,
-                    &node,
-                )
-                .details(details);
-            record_in_session(&ctx.shared, &ctx.state, on_failure, ev).await;
+            pump_forward(&ctx, user, f.channel, details).await;
         });
     }
 }
