@@ -136,7 +136,7 @@ impl Compiled {
             _ => return Err("give exactly one of `when` or `threshold`".into()),
         };
         let within = match &rule.threshold {
-            Some(t) => gatehouse_model::parse_duration(&t.within).map_err(|e| e.to_string())?,
+            Some(t) => t.within.get(),
             None => Duration::ZERO,
         };
         Ok(Compiled {
@@ -241,7 +241,7 @@ mod tests {
             name: "r".into(),
             when: when.map(Into::into),
             threshold,
-            severity: "high".into(),
+            severity: Severity::High,
             sinks: vec![],
             action: None,
         }
@@ -302,7 +302,7 @@ mod tests {
             count: 3,
             kind: "auth.failure".into(),
             by: "source_ip".into(),
-            within: "1m".into(),
+            within: gatehouse_model::Dur::minutes(1),
         };
         let mut a = Alerts::new(&[rule(None, Some(t))]).unwrap();
         let fail = |ip: &str| {

@@ -556,13 +556,11 @@ async fn sink_throughput() -> f64 {
     let head = store.head_seq().await.expect("head");
     let cfg = gatehouse_model::SinkConfig {
         name: "bench".into(),
-        kind: "jsonl".into(),
-        url: None,
-        path: Some(dir.path().join("out.jsonl")),
         only_alerts: false,
-        max_bytes: Some(u64::MAX),
-        token: None,
-        ca_file: None,
+        kind: gatehouse_model::SinkKind::Jsonl {
+            path: dir.path().join("out.jsonl"),
+            max_bytes: u64::MAX,
+        },
     };
     let sink = gatehouse_sinks::Sink::new(&cfg).expect("sink");
     let t = Instant::now();

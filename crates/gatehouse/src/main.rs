@@ -81,9 +81,7 @@ async fn open_store(config: &Config) -> Result<Store> {
     let store = Store::open(&config.store.url).await.with_context(|| {
         "the store is unavailable; check store.url and that the database is reachable".to_string()
     })?;
-    if let Ok(limit) = gatehouse_model::parse_duration(&config.audit.query_timeout) {
-        store.set_query_timeout(limit);
-    }
+    store.set_query_timeout(config.audit.query_timeout.get());
     Ok(store)
 }
 
@@ -474,8 +472,10 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let signing_key = config.audit.signing_key.clone();
     let anchor_file = config.audit.anchor_path();
     let sink_configs = config.sinks.clone();
-    let checkpoint_every = gatehouse_model::parse_duration(&config.audit.checkpoint_interval)
-        .unwrap_or(std::time::Duration::from_secs(60))
+    let checkpoint_every = config
+        .audit
+        .checkpoint_interval
+        .get()
         .max(std::time::Duration::from_secs(1));
     let policy_size = (config.users.len(), config.targets.len());
     let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;

@@ -2,8 +2,9 @@
 //! roles and targets are declared here and validated before anything runs.
 //!
 //! Parsing rejects unknown keys (a typo must never silently widen or narrow
-//! access); [`Config::validate`] then checks what serde cannot: references
-//! between sections, regexes, durations and names. Every error names the
+//! access) and malformed values: durations ([`Dur`]), severities, sink
+//! kinds. [`Config::validate`] then checks what serde cannot: references
+//! between sections, regexes, limits and names. Every error names the
 //! file, the key and what to do.
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::parse_duration;
+use crate::duration::Dur;
+use crate::event::Severity;
 use crate::username::is_valid_name;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,8 +54,6 @@ pub struct ServerConfig {
     pub listen: String,
     #[serde(default = "default_host_key")]
     pub host_key: PathBuf,
-    #[serde(default)]
-    pub admin_listen: Option<String>,
     /// The name of this gateway instance in every event (`node`).
     #[serde(default = "default_node")]
     pub node: String,
@@ -67,17 +67,17 @@ pub struct ServerConfig {
     pub max_startups: usize,
     /// Time allowed to authenticate (OpenSSH's LoginGraceTime).
     #[serde(default = "default_login_grace")]
-    pub login_grace_time: String,
+    pub login_grace_time: Dur,
     /// How long a session waits for a just-in-time approval.
     #[serde(default = "default_approval_wait")]
-    pub approval_wait: String,
+    pub approval_wait: Dur,
     /// Authentication failures from one address within 10 minutes before
     /// it is blocked (each failure also delays the next answer more).
     #[serde(default = "default_max_auth_failures")]
     pub max_auth_failures: u32,
     /// How long such an address stays blocked.
     #[serde(default = "default_block_for")]
-    pub block_for: String,
+    pub block_for: Dur,
     /// Unauthenticated connections from one address, at most (OpenSSH's
     /// PerSourceMaxStartups): one source cannot take every startup slot.
     /// Raise it for a control host that opens more connections at once
@@ -118,12 +118,12 @@ fn default_max_pty_rows() -> u32 {
 fn default_max_auth_failures() -> u32 {
     20
 }
-fn default_block_for() -> String {
-    "15m".into()
+fn default_block_for() -> Dur {
+    Dur::minutes(15)
 }
 
-fn default_approval_wait() -> String {
-    "10m".into()
+fn default_approval_wait() -> Dur {
+    Dur::minutes(10)
 }
 
 fn default_listen() -> String {
@@ -141,8 +141,8 @@ fn default_accept_env() -> Vec<String> {
 fn default_max_startups() -> usize {
     64
 }
-fn default_login_grace() -> String {
-    "60s".into()
+fn default_login_grace() -> Dur {
+    Dur::seconds(60)
 }
 
 impl Default for ServerConfig {
@@ -150,7 +150,6 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             host_key: default_host_key(),
-            admin_listen: None,
             node: default_node(),
             accept_env: default_accept_env(),
             max_startups: default_max_startups(),
@@ -177,20 +176,20 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub ca_key: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
+    pub connect_timeout: Dur,
     /// Validity of the per-session certificate signed with `ca_key`.
     #[serde(default = "default_cert_validity")]
-    pub cert_validity: String,
+    pub cert_validity: Dur,
 }
 
 fn default_upstream_key() -> PathBuf {
     "data/client_ed25519".into()
 }
-fn default_connect_timeout() -> String {
-    "10s".into()
+fn default_connect_timeout() -> Dur {
+    Dur::seconds(10)
 }
-fn default_cert_validity() -> String {
-    "5m".into()
+fn default_cert_validity() -> Dur {
+    Dur::minutes(5)
 }
 
 impl Default for UpstreamConfig {
@@ -285,7 +284,7 @@ pub struct AuditConfig {
     pub signing_key: PathBuf,
     /// How often the chain's head is signed.
     #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval: String,
+    pub checkpoint_interval: Dur,
     /// Append-only file that every signed checkpoint is also written to,
     /// outside the database (default: `audit_anchor.jsonl` next to
     /// `signing_key`). `gatehouse audit verify --anchor FILE` proves the
@@ -295,7 +294,7 @@ pub struct AuditConfig {
     /// Longest a read-only query (`audit query`, runbooks, the CLI's
     /// views) may run before the database stops it.
     #[serde(default = "default_query_timeout")]
-    pub query_timeout: String,
+    pub query_timeout: Dur,
 }
 
 impl AuditConfig {
@@ -311,11 +310,11 @@ impl AuditConfig {
 fn default_signing_key() -> PathBuf {
     "data/audit_signing.key".into()
 }
-fn default_checkpoint_interval() -> String {
-    "60s".into()
+fn default_checkpoint_interval() -> Dur {
+    Dur::seconds(60)
 }
-fn default_query_timeout() -> String {
-    "30s".into()
+fn default_query_timeout() -> Dur {
+    Dur::seconds(30)
 }
 
 impl Default for AuditConfig {
@@ -330,28 +329,123 @@ impl Default for AuditConfig {
     }
 }
 
-/// `[[sinks]]`: where the audit trail is forwarded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[sinks]]`: where the audit trail is forwarded. `name` and
+/// `only_alerts` are common to every kind; `kind` selects [`SinkKind`],
+/// which holds the keys of that kind. A key the kind does not take is an
+/// error, like any unknown key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SinkConfig {
     pub name: String,
-    /// jsonl | syslog | webhook | elasticsearch | splunk_hec | postgres
-    pub kind: String,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    #[serde(default)]
+    /// Forward only `alert` events routed to this sink.
     pub only_alerts: bool,
-    /// jsonl: rotate the file beyond this size.
-    #[serde(default)]
-    pub max_bytes: Option<u64>,
-    #[serde(default)]
-    pub token: Option<String>,
-    /// PEM file of CA certificates to trust for an `https://` url, besides
-    /// the public web roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    #[serde(flatten)]
+    pub kind: SinkKind,
+}
+
+/// A sink's kind and its keys (`kind = "jsonl"`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkKind {
+    /// A JSON-lines file.
+    Jsonl {
+        path: PathBuf,
+        /// Rotate the file beyond this size.
+        #[serde(default = "default_max_bytes")]
+        max_bytes: u64,
+    },
+    /// RFC 5424 syslog: `udp://HOST:PORT` or `tcp://HOST:PORT`.
+    Syslog { url: String },
+    /// JSON over HTTP(S) with a Slack-compatible `text`.
+    Webhook {
+        url: String,
+        /// Sent as `Authorization: Bearer TOKEN`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// PEM file of CA certificates to trust for an `https://` url,
+        /// besides the public web roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Elasticsearch `_bulk` NDJSON.
+    Elasticsearch {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Splunk HTTP Event Collector.
+    SplunkHec {
+        url: String,
+        /// Sent as `Authorization: Splunk TOKEN`.
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+    },
+    /// A `gatehouse_events` table in a PostgreSQL database.
+    Postgres { url: String },
+}
+
+impl SinkKind {
+    /// The `kind` as written in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::Jsonl { .. } => "jsonl",
+            SinkKind::Syslog { .. } => "syslog",
+            SinkKind::Webhook { .. } => "webhook",
+            SinkKind::Elasticsearch { .. } => "elasticsearch",
+            SinkKind::SplunkHec { .. } => "splunk_hec",
+            SinkKind::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+fn default_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+/// serde's `flatten` cannot be combined with `deny_unknown_fields`, so
+/// the common keys are taken out by hand and the rest must be exactly the
+/// keys of the kind.
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SinkConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [[sinks]] table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SinkConfig, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Common {
+                    name: String,
+                    #[serde(default)]
+                    only_alerts: bool,
+                }
+                let mut common = toml::Table::new();
+                let mut rest = toml::Table::new();
+                while let Some((key, value)) = map.next_entry::<String, toml::Value>()? {
+                    match key.as_str() {
+                        "name" | "only_alerts" => common.insert(key, value),
+                        _ => rest.insert(key, value),
+                    };
+                }
+                let fail = |e: toml::de::Error| serde::de::Error::custom(e.message());
+                let common = Common::deserialize(toml::Value::Table(common)).map_err(fail)?;
+                let kind = SinkKind::deserialize(toml::Value::Table(rest)).map_err(fail)?;
+                Ok(SinkConfig {
+                    name: common.name,
+                    only_alerts: common.only_alerts,
+                    kind,
+                })
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// `[[alerts]]`: a pattern rule (`when`) or a threshold rule.
@@ -364,16 +458,17 @@ pub struct AlertRule {
     pub when: Option<String>,
     #[serde(default)]
     pub threshold: Option<AlertThreshold>,
+    /// The severity of the `alert` event.
     #[serde(default = "default_alert_severity")]
-    pub severity: String,
+    pub severity: Severity,
     #[serde(default)]
     pub sinks: Vec<String>,
     #[serde(default)]
     pub action: Option<AlertAction>,
 }
 
-fn default_alert_severity() -> String {
-    "high".into()
+fn default_alert_severity() -> Severity {
+    Severity::High
 }
 
 /// `count` events of `type` with the same `by` field within `within`.
@@ -384,7 +479,7 @@ pub struct AlertThreshold {
     #[serde(rename = "type")]
     pub kind: String,
     pub by: String,
-    pub within: String,
+    pub within: Dur,
 }
 
 /// What an alert does besides being recorded.
@@ -397,7 +492,7 @@ pub struct AlertAction {
     pub kill_session: bool,
     /// Block the event's source address for this long, e.g. "15m".
     #[serde(default)]
-    pub block_source: Option<String>,
+    pub block_source: Option<Dur>,
 }
 
 /// `[runbooks] dir`: a directory of runbook files, added to the built-ins.
@@ -529,7 +624,7 @@ pub struct ApprovalRule {
     #[serde(default)]
     pub approvers: Vec<String>,
     #[serde(default)]
-    pub ttl: Option<String>,
+    pub ttl: Option<Dur>,
 }
 
 /// A deny rule. With only `commands`, it denies matching commands on any
@@ -557,7 +652,7 @@ pub struct Role {
     #[serde(default)]
     pub require_mfa: bool,
     #[serde(default)]
-    pub max_session: Option<String>,
+    pub max_session: Option<Dur>,
     #[serde(default)]
     pub port_forwarding: bool,
     #[serde(default)]
@@ -586,7 +681,8 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub file: PathBuf,
-    /// Dotted path of the key, e.g. `roles[1].deny[0].commands[2]`.
+    /// Dotted path of the key, e.g. `roles[1].deny[0].commands[2]`, or
+    /// `line L, column C` for a parse error whose key cannot be told.
     pub key: String,
     pub message: String,
 }
@@ -626,61 +722,49 @@ impl Config {
     /// Parses TOML text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let span = e.span();
-            let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             let message = e.message().trim().to_string();
+            // The key when it can be found (`roles[1].max_session`), with
+            // the position in the message; else the position as the key.
+            let (key, position) = match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    match key_at(text, span.start) {
+                        Some(key) => (key, format!(" (line {line}, column {col})")),
+                        None => (format!("line {line}, column {col}"), String::new()),
+                    }
+                }
+                None => (String::new(), String::new()),
+            };
             ConfigError {
                 file: path.to_path_buf(),
-                key: if line > 0 {
-                    format!("line {line}, column {col}")
-                } else {
-                    String::new()
-                },
-                message: format!("{message}; see docs/configuration.md for the valid keys"),
+                key,
+                message: format!("{message}{position}; see docs/configuration.md"),
             }
         })
     }
 
-    /// Checks cross-references, names, regexes and durations.
+    /// Checks what serde cannot: cross-references, names, regexes and
+    /// limits, one section after another.
     pub fn validate(&self, path: &Path) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let mut err = |key: String, message: String| {
-            errors.push(ConfigError {
-                file: path.to_path_buf(),
-                key,
-                message,
-            })
+        let mut errors = Errors {
+            file: path,
+            list: Vec::new(),
         };
+        self.validate_server(&mut errors);
+        self.validate_audit(&mut errors);
+        self.validate_store(&mut errors);
+        self.validate_targets(&mut errors);
+        self.validate_roles(&mut errors);
+        self.validate_sinks(&mut errors);
+        self.validate_alerts(&mut errors);
+        self.validate_users(&mut errors);
+        errors.list
+    }
 
-        if parse_duration(&self.server.login_grace_time).is_err() {
-            err(
-                "server.login_grace_time".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"60s\"",
-                    self.server.login_grace_time
-                ),
-            );
-        }
-        if parse_duration(&self.server.block_for).is_err() {
-            err(
-                "server.block_for".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"15m\"",
-                    self.server.block_for
-                ),
-            );
-        }
-        if parse_duration(&self.server.approval_wait).is_err() {
-            err(
-                "server.approval_wait".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"10m\"",
-                    self.server.approval_wait
-                ),
-            );
-        }
+    /// `[server]`: limits that must be at least 1, the terminal size.
+    fn validate_server(&self, errors: &mut Errors) {
         if self.server.max_startups == 0 {
-            err("server.max_startups".into(), "must be at least 1".into());
+            errors.push("server.max_startups", "must be at least 1");
         }
         for (key, value) in [
             (
@@ -694,87 +778,63 @@ impl Config {
             ),
         ] {
             if value == 0 {
-                err(key.into(), "must be at least 1".into());
+                errors.push(key, "must be at least 1");
             }
         }
         if self.server.max_pty_cols < 20 || self.server.max_pty_rows < 5 {
-            err(
-                "server.max_pty_cols".into(),
-                "the largest terminal must be at least 20 columns by 5 rows (max_pty_cols, max_pty_rows)".into(),
+            errors.push(
+                "server.max_pty_cols",
+                "the largest terminal must be at least 20 columns by 5 rows (max_pty_cols, max_pty_rows)",
             );
         }
-        if parse_duration(&self.audit.checkpoint_interval).is_err() {
-            err(
-                "audit.checkpoint_interval".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"60s\"",
-                    self.audit.checkpoint_interval
-                ),
+    }
+
+    /// `[audit]`: a query timeout above 0, an anchor file of its own.
+    fn validate_audit(&self, errors: &mut Errors) {
+        if self.audit.query_timeout.get().is_zero() {
+            errors.push(
+                "audit.query_timeout",
+                "must be longer than 0; write e.g. \"30s\"",
             );
-        }
-        match parse_duration(&self.audit.query_timeout) {
-            Ok(d) if d.is_zero() => err(
-                "audit.query_timeout".into(),
-                "must be longer than 0; write e.g. \"30s\"".into(),
-            ),
-            Ok(_) => {}
-            Err(_) => err(
-                "audit.query_timeout".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"30s\"",
-                    self.audit.query_timeout
-                ),
-            ),
         }
         if let Some(anchor) = &self.audit.anchor_file {
             if anchor.as_os_str().is_empty() || anchor.to_string_lossy().ends_with('/') {
-                err(
-                    "audit.anchor_file".into(),
-                    "must name a file; leave it out for audit_anchor.jsonl next to audit.signing_key".into(),
+                errors.push(
+                    "audit.anchor_file",
+                    "must name a file; leave it out for audit_anchor.jsonl next to audit.signing_key",
                 );
             } else if *anchor == self.audit.signing_key {
-                err(
-                    "audit.anchor_file".into(),
-                    "must not be the signing key; name a file of its own".into(),
+                errors.push(
+                    "audit.anchor_file",
+                    "must not be the signing key; name a file of its own",
                 );
             }
         }
-        if parse_duration(&self.upstream.connect_timeout).is_err() {
-            err(
-                "upstream.connect_timeout".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"10s\"",
-                    self.upstream.connect_timeout
-                ),
-            );
-        }
-        if parse_duration(&self.upstream.cert_validity).is_err() {
-            err(
-                "upstream.cert_validity".into(),
-                format!(
-                    "invalid duration {:?}; write e.g. \"5m\"",
-                    self.upstream.cert_validity
-                ),
-            );
-        }
+    }
+
+    /// `[store]`: a backend this build has.
+    fn validate_store(&self, errors: &mut Errors) {
         if !(self.store.url.starts_with("sqlite:")
             || self.store.url.starts_with("postgres://")
             || self.store.url.starts_with("postgresql://"))
         {
-            err(
-                "store.url".into(),
+            errors.push(
+                "store.url",
                 format!(
-                    "unsupported store URL {:?}; use sqlite://PATH or postgres://...",
+                    "unsupported store URL {:?}; use sqlite://PATH or postgres://...; see docs/configuration.md",
                     self.store.url
                 ),
             );
         }
+    }
 
+    /// `[[targets]]`: unique valid names, an address, host key verification.
+    fn validate_targets(&self, errors: &mut Errors) {
         let mut seen = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("targets[{i}]");
             if !is_valid_name(&t.name) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!(
                         "invalid target name {:?}; use 1-64 letters, digits, '.', '_' or '-'",
@@ -783,7 +843,7 @@ impl Config {
                 );
             }
             if !seen.insert(t.name.as_str()) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!(
                         "duplicate target {:?}; each target name must be unique",
@@ -792,119 +852,75 @@ impl Config {
                 );
             }
             if t.address.trim().is_empty() {
-                err(
-                    format!("{key}.address"),
-                    "empty address; write host:port".into(),
-                );
+                errors.push(format!("{key}.address"), "empty address; write host:port");
             }
             let pins = [t.host_key.is_some(), t.known_hosts.is_some(), t.tofu]
                 .iter()
                 .filter(|b| **b)
                 .count();
             if pins == 0 {
-                err(
+                errors.push(
                     key.clone(),
-                    format!("target {:?} has no host key verification; set host_key = \"SHA256:...\", known_hosts = \"FILE\" or tofu = true", t.name),
+                    format!("target {:?} has no host key verification; set host_key = \"SHA256:...\", known_hosts = \"FILE\" or tofu = true (see docs/configuration.md)", t.name),
                 );
             }
             if let Some(fp) = &t.host_key {
                 if !fp.starts_with("SHA256:") || fp.len() < 20 {
-                    err(format!("{key}.host_key"), format!("{fp:?} is not a SHA256 fingerprint; copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the target"));
+                    errors.push(format!("{key}.host_key"), format!("{fp:?} is not a SHA256 fingerprint; copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the target"));
                 }
             }
             if let Some(l) = &t.default_login {
                 if !is_valid_name(l) {
-                    err(
+                    errors.push(
                         format!("{key}.default_login"),
                         format!("invalid login {l:?}"),
                     );
                 }
             }
         }
+    }
 
+    /// `[[roles]]`: unique valid names, then each role's rules.
+    fn validate_roles(&self, errors: &mut Errors) {
         let mut role_names = HashSet::new();
         for (i, r) in self.roles.iter().enumerate() {
             let key = format!("roles[{i}]");
             if !is_valid_name(&r.name) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!("invalid role name {:?}", r.name),
                 );
             }
             if !role_names.insert(r.name.as_str()) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!("duplicate role {:?}", r.name),
                 );
             }
-            if let Some(d) = &r.max_session {
-                if parse_duration(d).is_err() {
-                    err(
-                        format!("{key}.max_session"),
-                        format!("invalid duration {d:?}; write e.g. \"8h\""),
-                    );
-                }
-            }
-            for (j, a) in r.allow.iter().enumerate() {
-                if a.logins.is_empty() {
-                    err(format!("{key}.allow[{j}].logins"), "no logins listed; name the logins this rule allows, e.g. logins = [\"deploy\"]".into());
-                }
-                if let Some(ap) = &a.require_approval {
-                    if let Some(ttl) = &ap.ttl {
-                        if parse_duration(ttl).is_err() {
-                            err(
-                                format!("{key}.allow[{j}].require_approval.ttl"),
-                                format!("invalid duration {ttl:?}"),
-                            );
-                        }
-                    }
-                    if ap.approvers.is_empty() {
-                        err(
-                            format!("{key}.allow[{j}].require_approval.approvers"),
-                            "no approvers; name the roles whose members may approve".into(),
-                        );
-                    }
-                }
-            }
-            for (j, d) in r.deny.iter().enumerate() {
-                for (k, c) in d.commands.iter().enumerate() {
-                    if let Err(e) = regex::Regex::new(c) {
-                        err(
-                            format!("{key}.deny[{j}].commands[{k}]"),
-                            format!("bad regex {c:?}: {}", first_line(&e.to_string())),
-                        );
-                    }
-                }
-                if d.commands.is_empty() && d.targets.is_none() && d.logins.is_none() {
-                    err(
-                        format!("{key}.deny[{j}]"),
-                        "empty deny rule; give targets, logins or commands".into(),
-                    );
-                }
-            }
-            for (k, c) in r.reauth_commands.iter().enumerate() {
-                if let Err(e) = regex::Regex::new(c) {
-                    err(
-                        format!("{key}.reauth_commands[{k}]"),
-                        format!("bad regex {c:?}: {}", first_line(&e.to_string())),
-                    );
-                }
-            }
+            validate_role_rules(r, &key, errors);
         }
+    }
 
+    /// `[[sinks]]`: unique names (each kind's keys are checked by serde).
+    fn validate_sinks(&self, errors: &mut Errors) {
         let mut sink_names = HashSet::new();
         for (i, s) in self.sinks.iter().enumerate() {
             if !sink_names.insert(s.name.as_str()) {
-                err(
+                errors.push(
                     format!("sinks[{i}].name"),
                     format!("duplicate sink {:?}", s.name),
                 );
             }
         }
+    }
+
+    /// `[[alerts]]`: sinks that exist, unique names, one of `when` or
+    /// `threshold`, a threshold count of at least 1.
+    fn validate_alerts(&self, errors: &mut Errors) {
         for (i, a) in self.alerts.iter().enumerate() {
             for s in &a.sinks {
                 if !self.sinks.iter().any(|k| &k.name == s) {
-                    err(
+                    errors.push(
                         format!("alerts[{i}].sinks"),
                         format!("unknown sink {s:?}; define it with [[sinks]] name = {s:?}"),
                     );
@@ -915,52 +931,32 @@ impl Config {
         for (i, a) in self.alerts.iter().enumerate() {
             let key = format!("alerts[{i}]");
             if !alert_names.insert(a.name.as_str()) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!("duplicate alert {:?}", a.name),
                 );
             }
             if a.when.is_some() == a.threshold.is_some() {
-                err(
+                errors.push(
                     key.clone(),
-                    "give exactly one of `when` (a pattern) or `threshold`".into(),
-                );
-            }
-            if !matches!(a.severity.as_str(), "info" | "warn" | "high" | "critical") {
-                err(
-                    format!("{key}.severity"),
-                    format!("{:?} is not one of info, warn, high, critical", a.severity),
+                    "give exactly one of `when` (a pattern) or `threshold`; see docs/configuration.md",
                 );
             }
             if let Some(t) = &a.threshold {
-                if parse_duration(&t.within).is_err() {
-                    err(
-                        format!("{key}.threshold.within"),
-                        format!("invalid duration {:?}", t.within),
-                    );
-                }
                 if t.count == 0 {
-                    err(
-                        format!("{key}.threshold.count"),
-                        "must be at least 1".into(),
-                    );
-                }
-            }
-            if let Some(d) = a.action.as_ref().and_then(|x| x.block_source.as_ref()) {
-                if parse_duration(d).is_err() {
-                    err(
-                        format!("{key}.action.block_source"),
-                        format!("invalid duration {d:?}"),
-                    );
+                    errors.push(format!("{key}.threshold.count"), "must be at least 1");
                 }
             }
         }
+    }
 
+    /// `[[users]]`: unique valid names, roles that exist, key lines.
+    fn validate_users(&self, errors: &mut Errors) {
         let mut user_names = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
             if !is_valid_name(&u.name) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!(
                         "invalid user name {:?}; use 1-64 letters, digits, '.', '_' or '-'",
@@ -969,25 +965,24 @@ impl Config {
                 );
             }
             if !user_names.insert(u.name.as_str()) {
-                err(
+                errors.push(
                     format!("{key}.name"),
                     format!("duplicate user {:?}", u.name),
                 );
             }
             for (j, role) in u.roles.iter().enumerate() {
                 if !self.roles.iter().any(|r| &r.name == role) {
-                    err(format!("{key}.roles[{j}]"), format!("unknown role {role:?}; define it with [[roles]] name = {role:?} or remove it"));
+                    errors.push(format!("{key}.roles[{j}]"), format!("unknown role {role:?}; define it with [[roles]] name = {role:?} or remove it"));
                 }
             }
             for (j, k) in u.keys.iter().enumerate() {
                 let mut parts = k.split_whitespace();
                 let ok = matches!((parts.next(), parts.next()), (Some(alg), Some(_)) if alg.starts_with("ssh-") || alg.starts_with("ecdsa-") || alg.starts_with("sk-"));
                 if !ok {
-                    err(format!("{key}.keys[{j}]"), "not an OpenSSH public key line; paste the contents of ~/.ssh/id_ed25519.pub".into());
+                    errors.push(format!("{key}.keys[{j}]"), "not an OpenSSH public key line; paste the contents of ~/.ssh/id_ed25519.pub");
                 }
             }
         }
-        errors
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -1030,11 +1025,16 @@ impl Config {
         }
         fix(&mut self.runbooks.dir);
         for s in &mut self.sinks {
-            if let Some(p) = s.path.as_mut() {
-                fix(p);
-            }
-            if let Some(p) = s.ca_file.as_mut() {
-                fix(p);
+            match &mut s.kind {
+                SinkKind::Jsonl { path, .. } => fix(path),
+                SinkKind::Webhook { ca_file, .. }
+                | SinkKind::Elasticsearch { ca_file, .. }
+                | SinkKind::SplunkHec { ca_file, .. } => {
+                    if let Some(p) = ca_file.as_mut() {
+                        fix(p);
+                    }
+                }
+                SinkKind::Syslog { .. } | SinkKind::Postgres { .. } => {}
             }
         }
         for t in &mut self.targets {
@@ -1055,6 +1055,106 @@ impl Config {
     }
 }
 
+/// The problems [`Config::validate`] collects, all labelled with one file.
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A role's allow, deny and reauth rules; `key` is `roles[i]`.
+fn validate_role_rules(r: &Role, key: &str, errors: &mut Errors) {
+    for (j, a) in r.allow.iter().enumerate() {
+        if a.logins.is_empty() {
+            errors.push(
+                format!("{key}.allow[{j}].logins"),
+                "no logins listed; name the logins this rule allows, e.g. logins = [\"deploy\"]",
+            );
+        }
+        if let Some(ap) = &a.require_approval {
+            if ap.approvers.is_empty() {
+                errors.push(
+                    format!("{key}.allow[{j}].require_approval.approvers"),
+                    "no approvers; name the roles whose members may approve",
+                );
+            }
+        }
+    }
+    for (j, d) in r.deny.iter().enumerate() {
+        for (k, c) in d.commands.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(c) {
+                errors.push(
+                    format!("{key}.deny[{j}].commands[{k}]"),
+                    format!("bad regex {c:?}: {}", first_line(&e.to_string())),
+                );
+            }
+        }
+        if d.commands.is_empty() && d.targets.is_none() && d.logins.is_none() {
+            errors.push(
+                format!("{key}.deny[{j}]"),
+                "empty deny rule; give targets, logins or commands (see docs/configuration.md)",
+            );
+        }
+    }
+    for (k, c) in r.reauth_commands.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(c) {
+            errors.push(
+                format!("{key}.reauth_commands[{k}]"),
+                format!("bad regex {c:?}: {}", first_line(&e.to_string())),
+            );
+        }
+    }
+}
+
+/// The dotted path (`roles[1].allow[0].ttl`) of the key or value that
+/// byte `offset` of `text` falls in, when `text` is TOML.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    use toml::Spanned;
+
+    fn find(value: &Spanned<DeValue>, offset: usize, path: &mut Vec<String>) -> bool {
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                for (k, v) in table.iter() {
+                    path.push(k.get_ref().to_string());
+                    if k.span().contains(&offset) || find(v, offset, path) {
+                        return true;
+                    }
+                    path.pop();
+                }
+            }
+            DeValue::Array(array) => {
+                let name = path.pop().unwrap_or_default();
+                for (i, v) in array.iter().enumerate() {
+                    path.push(format!("{name}[{i}]"));
+                    if find(v, offset, path) {
+                        return true;
+                    }
+                    path.pop();
+                }
+                path.push(name);
+            }
+            _ => {}
+        }
+        value.span().contains(&offset)
+    }
+
+    let root = DeTable::parse(text).ok()?;
+    let span = root.span();
+    let root = Spanned::new(span, DeValue::Table(root.into_inner()));
+    let mut path = Vec::new();
+    (find(&root, offset, &mut path) && !path.is_empty()).then(|| path.join("."))
+}
+
 fn first_line(s: &str) -> String {
     s.lines().last().unwrap_or(s).trim().to_string()
 }
@@ -1069,6 +1169,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const GOOD: &str = r#"
 [server]
@@ -1109,7 +1210,8 @@ roles = ["web-dev"]
     #[test]
     fn audit_query_timeout_and_anchor_file_are_checked() {
         let c = Config::parse(GOOD, p()).unwrap();
-        assert_eq!(c.audit.query_timeout, "30s");
+        assert_eq!(c.audit.query_timeout.to_string(), "30s");
+        assert_eq!(c.audit.query_timeout.get(), Duration::from_secs(30));
         assert_eq!(
             c.audit.anchor_path(),
             c.audit.signing_key.with_file_name("audit_anchor.jsonl")
@@ -1128,14 +1230,192 @@ roles = ["web-dev"]
             "{errors:?}"
         );
         let text = format!("{GOOD}\n[audit]\nquery_timeout = \"soon\"\n");
-        let c = Config::parse(&text, p()).unwrap();
-        let errors: Vec<String> = c.validate(p()).iter().map(|e| e.to_string()).collect();
+        let e = Config::parse(&text, p()).unwrap_err();
+        assert_eq!(e.key, "audit.query_timeout");
+        assert!(e.message.contains("invalid duration \"soon\""), "{e}");
+    }
+
+    /// `Config::load` on `text` written to a file: the errors as text.
+    fn load_errors(text: &str) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!("gatehouse-model-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gatehouse.toml");
+        std::fs::write(&file, text).unwrap();
+        let result = Config::load(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        match result {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_invalid_duration_is_a_load_error_naming_the_key() {
+        let errors = load_errors("[server]\nlogin_grace_time = \"soon\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
         assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("audit.query_timeout") && e.contains("30s")),
-            "{errors:?}"
+            e.contains("gatehouse.toml: server.login_grace_time: "),
+            "{e}"
         );
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("docs/configuration.md"), "{e}");
+        // A bare number is rejected as before, and keys in arrays of
+        // tables and inline tables are named with their index.
+        let text = GOOD.replace("max_session = \"8h\"", "max_session = \"8\"");
+        let e = Config::parse(&text, p()).unwrap_err();
+        assert_eq!(e.key, "roles[0].max_session", "{e}");
+        let text = GOOD.replace(
+            "logins = [\"deploy\"] }]",
+            "logins = [\"deploy\"], require_approval = { approvers = [\"web-dev\"], ttl = \"1x\" } }]",
+        );
+        let e = Config::parse(&text, p()).unwrap_err();
+        assert_eq!(e.key, "roles[0].allow[0].require_approval.ttl", "{e}");
+        let e = Config::parse("[upstream]\nconnect_timeout = 10\n", p()).unwrap_err();
+        assert_eq!(e.key, "upstream.connect_timeout", "{e}");
+        assert!(e.message.contains("expected a duration"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_parsed_once_and_keep_their_text() {
+        let text = format!(
+            "{GOOD}\n[[alerts]]\nname = \"burst\"\nthreshold = {{ count = 3, type = \"auth.failure\", by = \"source_ip\", within = \"1h30m\" }}\naction = {{ block_source = \"2d\" }}\n"
+        );
+        let c = Config::parse(&text, p()).unwrap();
+        let t = c.alerts[0].threshold.as_ref().unwrap();
+        assert_eq!(t.within.get(), Duration::from_secs(5400));
+        let block = c.alerts[0].action.as_ref().unwrap().block_source.as_ref();
+        assert_eq!(block.map(Dur::get), Some(Duration::from_secs(172800)));
+        assert_eq!(
+            c.roles[0].max_session.as_ref().map(Dur::get),
+            Some(Duration::from_secs(8 * 3600))
+        );
+        assert_eq!(c.server.login_grace_time.get(), Duration::from_secs(60));
+        // Serialised back, every duration is its text.
+        let again = toml::to_string(&c).unwrap();
+        assert!(again.contains("within = \"1h30m\""), "{again}");
+        assert!(again.contains("max_session = \"8h\""), "{again}");
+        assert!(again.contains("login_grace_time = \"60s\""), "{again}");
+        let back = Config::parse(&again, p()).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), again);
+    }
+
+    #[test]
+    fn severities_are_parsed_at_load() {
+        let rule = "[[alerts]]\nname = \"a\"\nwhen = \"type = 'command'\"\n";
+        let c = Config::parse(rule, p()).unwrap();
+        assert_eq!(c.alerts[0].severity, Severity::High);
+        for (name, want) in [
+            ("info", Severity::Info),
+            ("warn", Severity::Warn),
+            ("high", Severity::High),
+            ("critical", Severity::Critical),
+        ] {
+            let c = Config::parse(&format!("{rule}severity = \"{name}\"\n"), p()).unwrap();
+            assert_eq!(c.alerts[0].severity, want);
+        }
+        let errors = load_errors(&format!("{rule}severity = \"urgent\"\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("alerts[0].severity"), "{errors:?}");
+        assert!(errors[0].contains("urgent"), "{errors:?}");
+        assert!(errors[0].contains("critical"), "{errors:?}");
+    }
+
+    #[test]
+    fn sinks_are_typed_by_kind() {
+        let c = Config::parse(
+            "[[sinks]]\nname = \"file\"\nkind = \"jsonl\"\npath = \"events.jsonl\"\n\n[[sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"https://h/c\"\ntoken = \"t\"\nca_file = \"ca.pem\"\nonly_alerts = true\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(c.sinks[0].name, "file");
+        assert!(!c.sinks[0].only_alerts);
+        assert_eq!(
+            c.sinks[0].kind,
+            SinkKind::Jsonl {
+                path: "events.jsonl".into(),
+                max_bytes: 100 * 1024 * 1024
+            }
+        );
+        assert!(c.sinks[1].only_alerts);
+        assert_eq!(
+            c.sinks[1].kind,
+            SinkKind::SplunkHec {
+                url: "https://h/c".into(),
+                token: "t".into(),
+                ca_file: Some("ca.pem".into())
+            }
+        );
+        // The same keys come back out.
+        let again = toml::to_string(&c).unwrap();
+        let back = Config::parse(&again, p()).unwrap();
+        assert_eq!(back.sinks, c.sinks);
+        let mut resolved = c;
+        resolved.resolve_paths(Path::new("/etc/gh"));
+        assert!(
+            matches!(&resolved.sinks[0].kind, SinkKind::Jsonl { path, .. } if path == Path::new("/etc/gh/events.jsonl"))
+        );
+        assert!(
+            matches!(&resolved.sinks[1].kind, SinkKind::SplunkHec { ca_file: Some(f), .. } if f == Path::new("/etc/gh/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_sink_kind_is_an_error() {
+        let e = Config::parse(
+            "[[sinks]]\nname = \"a\"\nkind = \"syslog\"\nurl = \"udp://h:514\"\n\n[[sinks]]\nname = \"k\"\nkind = \"kafka\"\nurl = \"x\"\n",
+            p(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sinks[1]", "{e}");
+        assert!(e.message.contains("unknown variant `kafka`"), "{e}");
+        assert!(e.message.contains("splunk_hec"), "{e}");
+        assert!(e.message.contains("line 6"), "{e}");
+        let e = Config::parse("[[sinks]]\nname = \"k\"\npath = \"x\"\n", p()).unwrap_err();
+        assert!(e.message.contains("missing field `kind`"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_inside_a_sink_is_an_error() {
+        for (text, field) in [
+            // Not a key of any kind.
+            ("kind = \"jsonl\"\npath = \"x\"\npth = \"y\"", "pth"),
+            // A key of another kind.
+            ("kind = \"jsonl\"\npath = \"x\"\nurl = \"y\"", "url"),
+            (
+                "kind = \"syslog\"\nurl = \"udp://h:514\"\ntoken = \"t\"",
+                "token",
+            ),
+            (
+                "kind = \"postgres\"\nurl = \"postgres://h/d\"\nca_file = \"c\"",
+                "ca_file",
+            ),
+        ] {
+            let text = format!("[[sinks]]\nname = \"s\"\n{text}\n");
+            let e = Config::parse(&text, p()).unwrap_err();
+            assert_eq!(e.key, "sinks[0]", "{e}");
+            assert!(
+                e.message.contains(&format!("unknown field `{field}`")),
+                "{text}: {e}"
+            );
+        }
+        // A key a kind needs is required.
+        let e = Config::parse(
+            "[[sinks]]\nname = \"s\"\nkind = \"splunk_hec\"\nurl = \"http://h/c\"\n",
+            p(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("missing field `token`"), "{e}");
+        let e = Config::parse("[[sinks]]\nkind = \"jsonl\"\npath = \"x\"\n", p()).unwrap_err();
+        assert!(e.message.contains("missing field `name`"), "{e}");
+    }
+
+    #[test]
+    fn admin_listen_is_an_unknown_key() {
+        let e = Config::parse("[server]\nadmin_listen = \"127.0.0.1:9000\"\n", p()).unwrap_err();
+        assert_eq!(e.key, "server.admin_listen", "{e}");
+        assert!(e.message.contains("unknown field `admin_listen`"), "{e}");
     }
 
     #[test]

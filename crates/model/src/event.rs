@@ -82,6 +82,8 @@ impl EventType {
     pub const MFA_RESET: &'static str = "mfa.reset";
     pub const RUNBOOK_RUN: &'static str = "runbook.run";
     pub const SOURCE_BLOCKED: &'static str = "source.blocked";
+    /// An administrator lifted a source block.
+    pub const SOURCE_UNBLOCKED: &'static str = "source.unblocked";
     /// A source address was cut off for holding too many unauthenticated
     /// connections (`server.per_source_max_startups`).
     pub const SOURCE_FLOOD: &'static str = "source.flood";

@@ -15,9 +15,9 @@ pub mod username;
 pub use config::{
     AlertAction, AlertRule, AlertThreshold, AllowRule, ApprovalRule, AuditConfig, AuthConfig,
     Config, ConfigError, DenyRule, LabelSelector, OnFailure, RecordingConfig, Role, ServerConfig,
-    SinkConfig, StoreConfig, Target, UpstreamConfig, User,
+    SinkConfig, SinkKind, StoreConfig, Target, UpstreamConfig, User,
 };
-pub use duration::{parse_duration, DurationError};
+pub use duration::{parse_duration, Dur, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};
 pub use text::escape_control;
 pub use username::{ConnectRequest, UsernameError};

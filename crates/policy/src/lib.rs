@@ -16,7 +16,7 @@ use std::fmt;
 use std::time::Duration;
 
 use gatehouse_model::config::{LabelSelector, OneOrMany};
-use gatehouse_model::{parse_duration, Config, Role, Target};
+use gatehouse_model::{Config, Dur, Role, Target};
 
 pub mod shell;
 
@@ -279,7 +279,7 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
                 let applies = a.logins.is_empty() || login_listed(&a.logins, &login);
                 applies.then(|| ApprovalNeed {
                     approvers: a.approvers.clone(),
-                    ttl: a.ttl.as_deref().and_then(|s| parse_duration(s).ok()),
+                    ttl: a.ttl.as_ref().map(Dur::get),
                 })
             });
             if !granting.iter().any(|r| r.name == role.name) {
@@ -324,11 +324,7 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
 
     let max_session = granting
         .iter()
-        .filter_map(|r| {
-            r.max_session
-                .as_deref()
-                .and_then(|s| parse_duration(s).ok())
-        })
+        .filter_map(|r| r.max_session.as_ref().map(Dur::get))
         .min();
     Decision {
         allowed: true,

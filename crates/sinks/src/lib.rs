@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_model::event::Event;
-use gatehouse_model::SinkConfig;
+use gatehouse_model::{SinkConfig, SinkKind};
 use gatehouse_store::Store;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -164,13 +164,12 @@ impl Sink {
             name: cfg.name.clone(),
             message: m.to_string(),
         };
-        let target = match cfg.kind.as_str() {
-            "jsonl" => Target::Jsonl {
-                path: cfg.path.clone().ok_or_else(|| bad("a jsonl sink needs path = \"FILE\""))?,
-                max_bytes: cfg.max_bytes.unwrap_or(100 * 1024 * 1024),
+        let target = match &cfg.kind {
+            SinkKind::Jsonl { path, max_bytes } => Target::Jsonl {
+                path: path.clone(),
+                max_bytes: *max_bytes,
             },
-            "syslog" => {
-                let url = cfg.url.clone().ok_or_else(|| bad("a syslog sink needs url = \"udp://HOST:PORT\" or \"tcp://HOST:PORT\""))?;
+            SinkKind::Syslog { url } => {
                 if let Some(a) = url.strip_prefix("udp://") {
                     Target::SyslogUdp(a.to_string())
                 } else if let Some(a) = url.strip_prefix("tcp://") {
@@ -179,40 +178,45 @@ impl Sink {
                     return Err(bad("syslog url must start with udp:// or tcp://"));
                 }
             }
-            "postgres" => Target::Postgres {
-                url: cfg
-                    .url
-                    .clone()
-                    .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-                    .ok_or_else(|| bad("a postgres sink needs url = \"postgres://USER@HOST/DB\""))?,
-                pool: None,
-            },
-            kind @ ("webhook" | "elasticsearch" | "splunk_hec") => {
-                let url = cfg.url.clone().ok_or_else(|| bad("this sink needs url = \"http(s)://HOST:PORT/PATH\""))?;
-                let url = parse_http_url(&url).map_err(|m| bad(&m))?;
-                let tls = if url.https {
-                    Some(tls_connector(cfg.ca_file.as_deref()).map_err(|m| bad(&m))?)
-                } else {
-                    if cfg.ca_file.is_some() {
-                        return Err(bad("ca_file applies to https:// urls only"));
-                    }
-                    None
-                };
-                let kind = match kind {
-                    "webhook" => HttpKind::Webhook,
-                    "elasticsearch" => HttpKind::Elasticsearch,
-                    _ => HttpKind::SplunkHec,
-                };
-                if kind == HttpKind::SplunkHec && cfg.token.is_none() {
-                    return Err(bad("a splunk_hec sink needs token = \"HEC-TOKEN\""));
+            SinkKind::Postgres { url } => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(bad(
+                        "a postgres sink needs url = \"postgres://USER@HOST/DB\"",
+                    ));
                 }
-                Target::Http { kind, url, token: cfg.token.clone(), tls }
+                Target::Postgres {
+                    url: url.clone(),
+                    pool: None,
+                }
             }
-            other => {
-                return Err(bad(&format!(
-                    "kind {other:?} is not supported by this build yet (supported: jsonl, syslog, webhook, elasticsearch, splunk_hec, postgres); remove the sink or change its kind"
-                )))
-            }
+            SinkKind::Webhook {
+                url,
+                token,
+                ca_file,
+            } => http_target(HttpKind::Webhook, url, token.clone(), ca_file.as_deref())
+                .map_err(|m| bad(&m))?,
+            SinkKind::Elasticsearch {
+                url,
+                token,
+                ca_file,
+            } => http_target(
+                HttpKind::Elasticsearch,
+                url,
+                token.clone(),
+                ca_file.as_deref(),
+            )
+            .map_err(|m| bad(&m))?,
+            SinkKind::SplunkHec {
+                url,
+                token,
+                ca_file,
+            } => http_target(
+                HttpKind::SplunkHec,
+                url,
+                Some(token.clone()),
+                ca_file.as_deref(),
+            )
+            .map_err(|m| bad(&m))?,
         };
         Ok(Sink {
             name: cfg.name.clone(),
@@ -276,186 +280,236 @@ impl Sink {
         if events.is_empty() {
             return Ok(());
         }
-        let err = |e: std::io::Error| SinkError::Delivery(e.to_string());
         match &mut self.target {
-            Target::Jsonl { path, max_bytes } => {
-                let path: &PathBuf = path;
-                let last_id = last_id_in(path).await;
-                // Skip what the file already holds (a batch written just
-                // before a crash, before its cursor was saved).
-                let skip = last_id
-                    .and_then(|id| events.iter().position(|e| e.event.id == id).map(|i| i + 1))
-                    .unwrap_or(0);
-                let mut text = String::new();
-                for e in &events[skip..] {
-                    text.push_str(
-                        &serde_json::to_string(e)
-                            .map_err(|e| SinkError::Delivery(e.to_string()))?,
-                    );
-                    text.push('\n');
-                }
-                if let Ok(meta) = tokio::fs::metadata(path).await {
-                    if meta.len() + text.len() as u64 > *max_bytes {
-                        let rotated = path.with_extension(format!(
-                            "{}.1",
-                            path.extension().and_then(|x| x.to_str()).unwrap_or("jsonl")
-                        ));
-                        tokio::fs::rename(path, rotated).await.map_err(err)?;
-                    }
-                }
-                let mut f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(err)?;
-                f.write_all(text.as_bytes()).await.map_err(err)?;
-                f.sync_data().await.map_err(err)?;
-                Ok(())
-            }
-            Target::Postgres { url, pool } => {
-                let db = |e: sqlx::Error| SinkError::Delivery(e.to_string());
-                if pool.is_none() {
-                    let p = sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(2)
-                        .acquire_timeout(Duration::from_secs(5))
-                        .connect(url)
-                        .await
-                        .map_err(db)?;
-                    sqlx::query(
-                        "CREATE TABLE IF NOT EXISTS gatehouse_events (id TEXT PRIMARY KEY, time TEXT NOT NULL, type TEXT NOT NULL, event JSONB NOT NULL)",
-                    )
-                    .execute(&p)
-                    .await
-                    .map_err(db)?;
-                    *pool = Some(p);
-                }
-                let Some(p) = pool.as_ref() else {
-                    return Err(SinkError::Delivery("no connection".into()));
-                };
-                let mut tx = p.begin().await.map_err(db)?;
-                for e in events {
-                    // The event id as key: re-delivery changes nothing.
-                    sqlx::query(
-                        "INSERT INTO gatehouse_events (id, time, type, event) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(&e.event.id)
-                    .bind(&e.event.time)
-                    .bind(&e.event.kind)
-                    .bind(serde_json::to_string(e).unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(())
-            }
+            Target::Jsonl { path, max_bytes } => deliver_jsonl(path, *max_bytes, events).await,
+            Target::Postgres { url, pool } => deliver_postgres(url, pool, events).await,
             Target::Http {
                 kind,
                 url,
                 token,
                 tls,
-            } => {
-                let kind: &HttpKind = kind;
-                let (body, content_type) = http_body(*kind, events);
-                let auth = match (kind, token) {
-                    (HttpKind::SplunkHec, Some(t)) => format!("Authorization: Splunk {t}\r\n"),
-                    (_, Some(t)) => format!("Authorization: Bearer {t}\r\n"),
-                    _ => String::new(),
-                };
-                let request = format!(
-                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
-                    url.path,
-                    url.host,
-                    body.len()
-                );
-                let io = async {
-                    let tcp = tokio::net::TcpStream::connect(&url.host_port).await?;
-                    match tls {
-                        Some(connector) => {
-                            let name = ServerName::try_from(url.host.clone()).map_err(|e| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
-                            })?;
-                            let s = connector.connect(name, tcp).await?;
-                            exchange(s, request.as_bytes(), body.as_bytes()).await
-                        }
-                        None => exchange(tcp, request.as_bytes(), body.as_bytes()).await,
-                    }
-                };
-                let response = tokio::time::timeout(Duration::from_secs(15), io)
-                    .await
-                    .map_err(|_| {
-                        SinkError::Delivery(format!("{} did not answer in 15 s", url.host_port))
-                    })?
-                    .map_err(err)?;
-                let status = String::from_utf8_lossy(&response)
-                    .lines()
-                    .next()
-                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-                    .unwrap_or_default();
-                if !status.starts_with('2') {
-                    return Err(SinkError::Delivery(format!(
-                        "{} answered HTTP {status}",
-                        url.host_port
-                    )));
-                }
-                // Elasticsearch reports per-document failures in a 200.
-                if *kind == HttpKind::Elasticsearch
-                    && String::from_utf8_lossy(&response).contains("\"errors\":true")
-                {
-                    return Err(SinkError::Delivery(
-                        "elasticsearch reported errors in the bulk response".into(),
-                    ));
-                }
-                Ok(())
-            }
-            Target::SyslogUdp(addr) => {
-                let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
-                    .await
-                    .map_err(err)?;
-                for e in events {
-                    sock.send_to(syslog_line(e).as_bytes(), addr.as_str())
-                        .await
-                        .map_err(err)?;
-                }
-                Ok(())
-            }
-            Target::SyslogTcp(addr) => {
-                // A receiver sends nothing on syslog TCP: if the socket is
-                // readable, the receiver closed it, and writing would only
-                // fill a dead connection's buffer. Reconnect first.
-                if let Some(stream) = self.tcp.as_ref() {
-                    let mut probe = [0u8; 1];
-                    match stream.try_read(&mut probe) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        _ => self.tcp = None,
-                    }
-                }
-                if self.tcp.is_none() {
-                    let s = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        tokio::net::TcpStream::connect(addr.as_str()),
-                    )
-                    .await
-                    .map_err(|_| SinkError::Delivery(format!("connect to {addr} timed out")))?
-                    .map_err(err)?;
-                    self.tcp = Some(s);
-                }
-                let Some(stream) = self.tcp.as_mut() else {
-                    return Err(SinkError::Delivery("no connection".into()));
-                };
-                let mut buf = Vec::new();
-                for e in events {
-                    // RFC 6587 octet counting.
-                    let line = syslog_line(e);
-                    buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
-                }
-                stream.write_all(&buf).await.map_err(err)?;
-                stream.flush().await.map_err(err)?;
-                Ok(())
-            }
+            } => deliver_http(*kind, url, token.as_deref(), tls.as_ref(), events).await,
+            Target::SyslogUdp(addr) => deliver_syslog_udp(addr, events).await,
+            Target::SyslogTcp(addr) => deliver_syslog_tcp(&mut self.tcp, addr, events).await,
         }
     }
+}
+
+/// An HTTP target (webhook, elasticsearch, splunk_hec): a TLS client for
+/// `https://`, and `ca_file` only with it.
+fn http_target(
+    kind: HttpKind,
+    url: &str,
+    token: Option<String>,
+    ca_file: Option<&Path>,
+) -> Result<Target, String> {
+    let url = parse_http_url(url)?;
+    let tls = if url.https {
+        Some(tls_connector(ca_file)?)
+    } else {
+        if ca_file.is_some() {
+            return Err("ca_file applies to https:// urls only".into());
+        }
+        None
+    };
+    Ok(Target::Http {
+        kind,
+        url,
+        token,
+        tls,
+    })
+}
+
+fn io_error(e: std::io::Error) -> SinkError {
+    SinkError::Delivery(e.to_string())
+}
+
+/// Appends the batch to the JSON-lines file, rotating it beyond
+/// `max_bytes`.
+async fn deliver_jsonl(path: &Path, max_bytes: u64, events: &[&Event]) -> Result<(), SinkError> {
+    let last_id = last_id_in(path).await;
+    // Skip what the file already holds (a batch written just
+    // before a crash, before its cursor was saved).
+    let skip = last_id
+        .and_then(|id| events.iter().position(|e| e.event.id == id).map(|i| i + 1))
+        .unwrap_or(0);
+    let mut text = String::new();
+    for e in &events[skip..] {
+        text.push_str(&serde_json::to_string(e).map_err(|e| SinkError::Delivery(e.to_string()))?);
+        text.push('\n');
+    }
+    if let Ok(meta) = tokio::fs::metadata(path).await {
+        if meta.len() + text.len() as u64 > max_bytes {
+            let rotated = path.with_extension(format!(
+                "{}.1",
+                path.extension().and_then(|x| x.to_str()).unwrap_or("jsonl")
+            ));
+            tokio::fs::rename(path, rotated).await.map_err(io_error)?;
+        }
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(io_error)?;
+    f.write_all(text.as_bytes()).await.map_err(io_error)?;
+    f.sync_data().await.map_err(io_error)?;
+    Ok(())
+}
+
+/// Inserts the batch into `gatehouse_events`, connecting (and creating the
+/// table) first when there is no pool.
+async fn deliver_postgres(
+    url: &str,
+    pool: &mut Option<sqlx::PgPool>,
+    events: &[&Event],
+) -> Result<(), SinkError> {
+    let db = |e: sqlx::Error| SinkError::Delivery(e.to_string());
+    if pool.is_none() {
+        let p = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS gatehouse_events (id TEXT PRIMARY KEY, time TEXT NOT NULL, type TEXT NOT NULL, event JSONB NOT NULL)",
+        )
+        .execute(&p)
+        .await
+        .map_err(db)?;
+        *pool = Some(p);
+    }
+    let Some(p) = pool.as_ref() else {
+        return Err(SinkError::Delivery("no connection".into()));
+    };
+    let mut tx = p.begin().await.map_err(db)?;
+    for e in events {
+        // The event id as key: re-delivery changes nothing.
+        sqlx::query(
+            "INSERT INTO gatehouse_events (id, time, type, event) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&e.event.id)
+        .bind(&e.event.time)
+        .bind(&e.event.kind)
+        .bind(serde_json::to_string(e).unwrap_or_default())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// POSTs the batch; anything but a 2xx (or an Elasticsearch bulk
+/// response with errors) is a failed delivery.
+async fn deliver_http(
+    kind: HttpKind,
+    url: &HttpUrl,
+    token: Option<&str>,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    events: &[&Event],
+) -> Result<(), SinkError> {
+    let (body, content_type) = http_body(kind, events);
+    let auth = match (kind, token) {
+        (HttpKind::SplunkHec, Some(t)) => format!("Authorization: Splunk {t}\r\n"),
+        (_, Some(t)) => format!("Authorization: Bearer {t}\r\n"),
+        _ => String::new(),
+    };
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+        url.path,
+        url.host,
+        body.len()
+    );
+    let io = async {
+        let tcp = tokio::net::TcpStream::connect(&url.host_port).await?;
+        match tls {
+            Some(connector) => {
+                let name = ServerName::try_from(url.host.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let s = connector.connect(name, tcp).await?;
+                exchange(s, request.as_bytes(), body.as_bytes()).await
+            }
+            None => exchange(tcp, request.as_bytes(), body.as_bytes()).await,
+        }
+    };
+    let response = tokio::time::timeout(Duration::from_secs(15), io)
+        .await
+        .map_err(|_| SinkError::Delivery(format!("{} did not answer in 15 s", url.host_port)))?
+        .map_err(io_error)?;
+    let status = String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    if !status.starts_with('2') {
+        return Err(SinkError::Delivery(format!(
+            "{} answered HTTP {status}",
+            url.host_port
+        )));
+    }
+    // Elasticsearch reports per-document failures in a 200.
+    if kind == HttpKind::Elasticsearch
+        && String::from_utf8_lossy(&response).contains("\"errors\":true")
+    {
+        return Err(SinkError::Delivery(
+            "elasticsearch reported errors in the bulk response".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One datagram per event.
+async fn deliver_syslog_udp(addr: &str, events: &[&Event]) -> Result<(), SinkError> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(io_error)?;
+    for e in events {
+        sock.send_to(syslog_line(e).as_bytes(), addr)
+            .await
+            .map_err(io_error)?;
+    }
+    Ok(())
+}
+
+/// The batch over the sink's TCP connection (RFC 6587 octet counting),
+/// reconnecting when there is none or the receiver closed it.
+async fn deliver_syslog_tcp(
+    tcp: &mut Option<tokio::net::TcpStream>,
+    addr: &str,
+    events: &[&Event],
+) -> Result<(), SinkError> {
+    // A receiver sends nothing on syslog TCP: if the socket is
+    // readable, the receiver closed it, and writing would only
+    // fill a dead connection's buffer. Reconnect first.
+    if let Some(stream) = tcp.as_ref() {
+        let mut probe = [0u8; 1];
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => *tcp = None,
+        }
+    }
+    if tcp.is_none() {
+        let s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| SinkError::Delivery(format!("connect to {addr} timed out")))?
+            .map_err(io_error)?;
+        *tcp = Some(s);
+    }
+    let Some(stream) = tcp.as_mut() else {
+        return Err(SinkError::Delivery("no connection".into()));
+    };
+    let mut buf = Vec::new();
+    for e in events {
+        // RFC 6587 octet counting.
+        let line = syslog_line(e);
+        buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+    }
+    stream.write_all(&buf).await.map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
+    Ok(())
 }
 
 /// An alert goes to an alerts-only sink when its rule names no sinks or
@@ -578,13 +632,12 @@ mod tests {
         assert!(parse_http_url("ftp://h").is_err());
         let cfg = |url: &str, ca: Option<&str>| SinkConfig {
             name: "s".into(),
-            kind: "webhook".into(),
-            url: Some(url.into()),
-            path: None,
             only_alerts: false,
-            max_bytes: None,
-            token: None,
-            ca_file: ca.map(PathBuf::from),
+            kind: SinkKind::Webhook {
+                url: url.into(),
+                token: None,
+                ca_file: ca.map(PathBuf::from),
+            },
         };
         assert!(Sink::new(&cfg("https://h/x", None)).is_ok());
         let e = Sink::new(&cfg("https://h/x", Some("/nonexistent/ca.pem")))
