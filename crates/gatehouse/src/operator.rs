@@ -7,8 +7,6 @@
 //! sudo), that name is recorded too, as `claimed_user` / `sudo_user` in
 //! the event's details, so the trail keeps both the fact and the claim.
 
-use serde_json::Value;
-
 /// The account behind a CLI action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {
@@ -22,30 +20,28 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// `details` (an object; anything else is wrapped as `{"details": …}`)
-    /// with `claimed_user` and `sudo_user` added when present.
-    pub fn annotate(&self, details: Value) -> Value {
-        let mut map = match details {
-            Value::Object(m) => m,
-            Value::Null => serde_json::Map::new(),
-            other => {
-                let mut m = serde_json::Map::new();
-                m.insert("details".into(), other);
-                m
-            }
-        };
-        if let Some(c) = &self.claimed_user {
-            map.insert("claimed_user".into(), Value::String(c.clone()));
+    /// The control layer's actor for this OS account, with the claimed
+    /// and sudo users recorded only where they differ from it.
+    pub fn actor(self) -> gatehouse_control::Actor {
+        let mut actor =
+            gatehouse_control::Actor::operator(self.name, gatehouse_control::Channel::Cli);
+        if let Some(c) = self.claimed_user {
+            actor = actor.with("claimed_user", c);
         }
-        if let Some(s) = &self.sudo_user {
-            map.insert("sudo_user".into(), Value::String(s.clone()));
+        if let Some(s) = self.sudo_user {
+            actor = actor.with("sudo_user", s);
         }
-        Value::Object(map)
+        actor
     }
 }
 
 /// The operator of this process. Every CLI action that records who did
 /// it calls this.
+/// The control layer's actor for a command run by this OS account.
+pub fn actor() -> gatehouse_control::Actor {
+    current().actor()
+}
+
 pub fn current() -> Operator {
     let name = os_account();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -118,9 +114,9 @@ mod tests {
             claimed_user: Some("alice".into()),
             sudo_user: None,
         };
-        let v = op.annotate(serde_json::json!({"by": "root"}));
-        assert_eq!(v["by"], "root");
-        assert_eq!(v["claimed_user"], "alice");
-        assert!(v.get("sudo_user").is_none());
+        let actor = op.actor();
+        assert_eq!(actor.name, "root");
+        assert_eq!(actor.extra["claimed_user"], "alice");
+        assert!(!actor.extra.contains_key("sudo_user"));
     }
 }

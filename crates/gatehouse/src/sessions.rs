@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use gatehouse_control::Control;
 use gatehouse_model::{
     escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
 };
-use gatehouse_store::recordings::{valid_recording_id, LocalDir, RecordingStorage};
+use gatehouse_store::recordings::{LocalDir, RecordingStorage};
 use gatehouse_store::{QueryResult, Store};
 
 use crate::cli::{Format, SessionsCmd};
@@ -89,7 +90,7 @@ pub async fn run(
             show(store, id, format).await
         }
         SessionsCmd::Export { id, output } => {
-            let rec = recording_id(store, id).await?;
+            let rec = control(store, config).open_recording(id, "export").await?;
             check_recordings(store, config, id, Some(&rec), "export").await?;
             let storage = LocalDir::new(config.recording.dir.clone());
             let mut text = String::new();
@@ -101,7 +102,6 @@ pub async fn run(
                 Format::Json => cast_to_json(&text)?,
                 _ => text,
             };
-            audit_access(store, config, id, &rec, "export").await?;
             match output {
                 Some(path) => std::fs::write(path, out)
                     .with_context(|| format!("cannot write {}", path.display()))?,
@@ -114,7 +114,7 @@ pub async fn run(
             speed,
             idle_limit,
         } => {
-            let rec = recording_id(store, id).await?;
+            let rec = control(store, config).open_recording(id, "play").await?;
             check_recordings(store, config, id, Some(&rec), "play").await?;
             let storage = LocalDir::new(config.recording.dir.clone());
             let open = || -> Result<Box<dyn Read + Send>> {
@@ -123,7 +123,6 @@ pub async fn run(
                     .with_context(|| format!("cannot open recording {}", storage.locate(&rec)))
             };
             drop(open()?);
-            audit_access(store, config, id, &rec, "play").await?;
             if *speed <= 0.0 {
                 bail!("--speed must be greater than 0");
             }
@@ -131,37 +130,13 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         SessionsCmd::Watch { id } => {
-            let rec = recording_id(store, id).await?;
+            let rec = control(store, config).open_recording(id, "watch").await?;
             let storage = LocalDir::new(config.recording.dir.clone());
-            audit_access(store, config, id, &rec, "watch").await?;
             watch(store, &storage, id, &rec).await?;
             Ok(ExitCode::SUCCESS)
         }
         SessionsCmd::Kill { id, reason } => {
-            let active = store
-                .query_readonly(&format!(
-                    "SELECT session_id FROM sessions WHERE session_id = {} AND end_time IS NULL",
-                    lit(id)
-                ))
-                .await?;
-            if active.rows.is_empty() {
-                bail!("no running session {id}; see `gatehouse sessions list --active`");
-            }
-            let op = crate::operator::current();
-            let ev = NewEvent::new(
-                EventType::SESSION_KILL_REQUESTED,
-                Severity::Warn,
-                Outcome::Success,
-                &config.server.node,
-            )
-            .session(id.clone())
-            .reason(reason.clone())
-            .details(op.annotate(serde_json::json!({"by": op.name, "via": "cli"})));
-            store
-                .append(&ev)
-                .await
-                .context("cannot audit the kill request, so it was not made")?;
-            store.request_kill(id, reason, &op.name).await?;
+            control(store, config).kill_session(id, reason).await?;
             // Wait (bounded) for the gateway to carry it out.
             for _ in 0..50 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,53 +204,9 @@ async fn show(store: &Store, id: &str, format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The recording of a session: from its `session.end` event, or, while
-/// it runs, the session id itself.
-async fn recording_id(store: &Store, session: &str) -> Result<String> {
-    let r = store
-        .query_readonly(&format!(
-            "SELECT recording_id, end_time FROM sessions WHERE session_id = {}",
-            lit(session)
-        ))
-        .await?;
-    let Some(row) = r.rows.first() else {
-        bail!("no session {session}; see `gatehouse sessions list`");
-    };
-    let rec = match (row.first(), row.get(1)) {
-        (Some(serde_json::Value::String(id)), _) => id.clone(),
-        (_, Some(serde_json::Value::Null)) => session.to_string(),
-        _ => bail!("session {session} has no recording (it ran no shell or command)"),
-    };
-    if !valid_recording_id(&rec) {
-        bail!("session {session} names an invalid recording id {rec:?}");
-    }
-    Ok(rec)
-}
-
-async fn audit_access(
-    store: &Store,
-    config: &Config,
-    session: &str,
-    rec: &str,
-    action: &str,
-) -> Result<()> {
-    let ev = NewEvent::new(
-        EventType::RECORDING_ACCESS,
-        Severity::Info,
-        Outcome::Success,
-        &config.server.node,
-    )
-    .user(operator())
-    .session(session)
-    .details(
-        crate::operator::current()
-            .annotate(serde_json::json!({"recording_id": rec, "action": action, "via": "cli"})),
-    );
-    store
-        .append(&ev)
-        .await
-        .context("cannot audit the recording access, so it is refused")?;
-    Ok(())
+/// The control layer, acting as the OS account that runs this command.
+fn control<'a>(store: &'a Store, config: &'a Config) -> Control<'a> {
+    Control::new(store, config, crate::operator::actor())
 }
 
 /// Compares the recordings of a finished session (only `only`, when

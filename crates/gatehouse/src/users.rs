@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use gatehouse_model::{
-    escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
-};
+use gatehouse_control::Control;
+use gatehouse_model::{escape_control, parse_duration, Config};
 use gatehouse_store::Store;
 
 use crate::cli::Format;
@@ -41,33 +40,10 @@ pub fn hash_password(format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn operator() -> String {
-    crate::operator::current().name
-}
-
 fn known(config: &Config, user: &str) -> Result<()> {
     if config.user(user).is_none() {
         bail!("unknown user {user:?}; users are declared in the config with [[users]]");
     }
-    Ok(())
-}
-
-async fn audit(
-    store: &Store,
-    config: &Config,
-    kind: &str,
-    user: &str,
-    reason: Option<String>,
-    details: serde_json::Value,
-) -> Result<()> {
-    let mut ev = NewEvent::new(kind, Severity::Warn, Outcome::Success, &config.server.node)
-        .user(user)
-        .details(crate::operator::current().annotate(details));
-    ev.reason = reason;
-    store
-        .append(&ev)
-        .await
-        .context("cannot write the audit event, so nothing was changed")?;
     Ok(())
 }
 
@@ -129,66 +105,19 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         UsersCmd::Lock { user, reason, ttl } => {
-            known(config, user)?;
-            let until = match ttl {
-                Some(t) => {
-                    let d = parse_duration(t)?;
-                    Some(gatehouse_model::event::format_time(
-                        chrono::Utc::now() + chrono::Duration::from_std(d)?,
-                    ))
-                }
-                None => None,
-            };
-            audit(
-                store,
-                config,
-                EventType::USER_LOCKED,
-                user,
-                Some(reason.clone()),
-                serde_json::json!({"by": operator(), "until": until}),
-            )
-            .await?;
-            store
-                .lock_user(user, reason, until.as_deref(), &operator())
-                .await?;
-            // End the user's live sessions through the gateway's kill path.
-            let live = store
-                .query_readonly(&format!(
-                    "SELECT session_id FROM sessions WHERE \"user\" = '{}' AND end_time IS NULL",
-                    user.replace('\'', "''")
-                ))
-                .await?;
-            let mut ended = 0;
-            for row in &live.rows {
-                if let Some(serde_json::Value::String(sid)) = row.first() {
-                    store
-                        .request_kill(sid, &format!("user locked: {reason}"), &operator())
-                        .await?;
-                    ended += 1;
-                }
-            }
-            for _ in 0..30 {
-                let pending = store.pending_kills().await?;
-                if pending.is_empty() || ended == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            println!("locked {user}; ended {ended} live session(s)");
+            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+            let ops = Control::new(store, config, crate::operator::actor());
+            let locked = ops.lock_user(user, reason, ttl).await?;
+            wait_for_kills(store, &locked.ending).await?;
+            println!(
+                "locked {user}; ended {} live session(s)",
+                locked.ending.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         UsersCmd::Unlock { user } => {
-            known(config, user)?;
-            audit(
-                store,
-                config,
-                EventType::USER_UNLOCKED,
-                user,
-                None,
-                serde_json::json!({"by": operator()}),
-            )
-            .await?;
-            if store.unlock_user(user).await? {
+            let ops = Control::new(store, config, crate::operator::actor());
+            if ops.unlock_user(user).await? {
                 println!("unlocked {user}");
             } else {
                 println!("{user} was not locked");
@@ -196,50 +125,26 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         UsersCmd::TotpEnroll { user } => {
-            known(config, user)?;
-            let sbox = gatehouse_auth::SecretBox::load_or_create(&config.auth.secrets_key)?;
-            let secret = gatehouse_auth::random_bytes(20)?;
-            let sealed = sbox.seal(&secret)?;
-            if !store.enroll_totp(user, &sealed).await? {
-                bail!("{user} already has an authenticator; run `gatehouse users totp-reset {user}` first");
-            }
-            audit(
-                store,
-                config,
-                EventType::MFA_ENROLLED,
-                user,
-                None,
-                serde_json::json!({"by": operator(), "method": "totp"}),
-            )
-            .await?;
-            let uri = gatehouse_auth::totp::uri(user, &secret);
+            let ops = Control::new(store, config, crate::operator::actor());
+            let e = ops.enroll_totp(user).await?;
             if format == Format::Json {
                 println!(
                     "{}",
-                    serde_json::json!({"user": user, "uri": uri, "secret": gatehouse_auth::totp::base32(&secret)})
+                    serde_json::json!({"user": user, "uri": e.uri, "secret": e.secret_base32})
                 );
             } else {
-                if let Some(qr) = gatehouse_auth::totp::qr_text(&uri) {
+                if let Some(qr) = gatehouse_auth::totp::qr_text(&e.uri) {
                     print!("{qr}");
                 }
-                println!("{uri}");
+                println!("{}", e.uri);
                 println!("Scan the code (or enter the secret) in an authenticator app; {user} will be asked for a code after their key.");
             }
             Ok(ExitCode::SUCCESS)
         }
         UsersCmd::HashPassword => hash_password(format),
         UsersCmd::TotpReset { user } => {
-            known(config, user)?;
-            audit(
-                store,
-                config,
-                EventType::MFA_RESET,
-                user,
-                None,
-                serde_json::json!({"by": operator()}),
-            )
-            .await?;
-            if store.reset_totp(user).await? {
+            let ops = Control::new(store, config, crate::operator::actor());
+            if ops.reset_totp(user).await? {
                 println!("removed the authenticator of {user}");
             } else {
                 println!("{user} had no authenticator");
@@ -247,4 +152,17 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Waits (up to 3 s) for the gateway to end the sessions a lock asked to
+/// end, so that the command's output is true when it returns.
+async fn wait_for_kills(store: &Store, sessions: &[String]) -> Result<()> {
+    for _ in 0..30 {
+        let pending = store.pending_kills().await?;
+        if sessions.is_empty() || !pending.iter().any(|k| sessions.contains(&k.session_id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }

@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_audit::alert::{Alerts, Firing};
-use gatehouse_model::{EventType, NewEvent, OnFailure, Outcome, Severity};
+use gatehouse_control::{Actor, Channel, Control};
+use gatehouse_model::config::AlertAction;
+use gatehouse_model::{Config, EventType, NewEvent, OnFailure, Outcome};
 use gatehouse_store::Store;
 
 /// Returned when an event could not be stored and policy says to refuse.
@@ -33,6 +35,8 @@ pub struct Audit {
     /// a session that ended) that the store could not take: kept in order
     /// and written when it takes writes again ([`Audit::flush_spool`]).
     pub spool: Arc<Mutex<VecDeque<NewEvent>>>,
+    /// The config the alert rules came from (their actions need it).
+    config: Arc<Mutex<Arc<Config>>>,
 }
 
 /// Most events the spool keeps; sessions are stopped at the first event
@@ -41,11 +45,29 @@ pub struct Audit {
 const SPOOL_MAX: usize = 100_000;
 
 impl Audit {
-    pub fn new(store: Store, alerts: Alerts) -> Audit {
+    pub fn new(store: Store, alerts: Alerts, config: Arc<Config>) -> Audit {
         Audit {
             store,
             alerts: Arc::new(Mutex::new(alerts)),
             spool: Arc::new(Mutex::new(VecDeque::new())),
+            config: Arc::new(Mutex::new(config)),
+        }
+    }
+
+    /// Swaps in the alert rules of a reloaded config.
+    pub fn reload(&self, alerts: Alerts, config: Arc<Config>) {
+        if let Ok(mut a) = self.alerts.lock() {
+            *a = alerts;
+        }
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        match self.config.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -166,74 +188,44 @@ impl Audit {
     }
 }
 
+/// Operations of the control layer run inside the gateway write their
+/// events here, so that alert rules see them too. A write the store
+/// refuses is an error whatever `audit.on_failure` says: an operation is
+/// not performed unaudited.
+impl gatehouse_control::Trail for Audit {
+    fn write<'a>(
+        &'a self,
+        event: NewEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move { self.record(event, OnFailure::Refuse).await.map_err(|e| e.0) })
+    }
+}
+
 impl Audit {
-    /// Records an `alert` and takes the rule's automatic action.
+    /// Records an `alert` and takes the rule's automatic action through
+    /// the control layer (each action audited before it happens; its
+    /// events go straight to the store, so an action cannot fire alerts).
     async fn fire(&self, cause: &NewEvent, firing: Firing) {
         let rule = &firing.rule;
-        let severity = match rule.severity.as_str() {
-            "info" => Severity::Info,
-            "warn" => Severity::Warn,
-            "critical" => Severity::Critical,
-            _ => Severity::High,
+        let taken = match &rule.action {
+            Some(action) => self.take_action(cause, &rule.name, action).await,
+            None => Vec::new(),
         };
-        let mut taken = Vec::new();
-        if let Some(action) = &rule.action {
-            let reason = format!("alert {}", rule.name);
-            if action.kill_session {
-                if let Some(sid) = &cause.session_id {
-                    if self.store.request_kill(sid, &reason, "alert").await.is_ok() {
-                        taken.push(format!("kill_session {sid}"));
-                    }
-                }
-            }
-            if action.lock_user {
-                if let Some(user) = &cause.user {
-                    if self
-                        .store
-                        .lock_user(user, &reason, None, "alert")
-                        .await
-                        .is_ok()
-                    {
-                        taken.push(format!("lock_user {user}"));
-                        let live = self
-                            .store
-                            .query_readonly(&format!(
-                                "SELECT session_id FROM sessions WHERE \"user\" = '{}' AND end_time IS NULL",
-                                user.replace('\'', "''")
-                            ))
-                            .await;
-                        for row in live.map(|r| r.rows).unwrap_or_default() {
-                            if let Some(serde_json::Value::String(sid)) = row.first() {
-                                let _ = self
-                                    .store
-                                    .request_kill(sid, &format!("user locked: {reason}"), "alert")
-                                    .await;
-                            }
-                        }
-                    }
-                }
-            }
-            if let (Some(d), Some(ip)) = (&action.block_source, &cause.source_ip) {
-                if let Ok(d) = gatehouse_model::parse_duration(d) {
-                    let until =
-                        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default();
-                    let until = gatehouse_model::event::format_time(until);
-                    if self.store.block_source(ip, &until, &reason).await.is_ok() {
-                        taken.push(format!("block_source {ip} until {until}"));
-                    }
-                }
-            }
-        }
-        let mut ev = NewEvent::new(EventType::ALERT, severity, Outcome::Success, &cause.node)
-            .reason(format!("alert {}", rule.name))
-            .details(serde_json::json!({
-                "alert": rule.name,
-                "event_id": cause.id,
-                "event_type": cause.kind,
-                "by": firing.by_value,
-                "sinks": rule.sinks,
-                "actions": taken,
-            }));
+        let mut ev = NewEvent::new(
+            EventType::ALERT,
+            rule.severity,
+            Outcome::Success,
+            &cause.node,
+        )
+        .reason(format!("alert {}", rule.name))
+        .details(serde_json::json!({
+            "alert": rule.name,
+            "event_id": cause.id,
+            "event_type": cause.kind,
+            "by": firing.by_value,
+            "sinks": rule.sinks,
+            "actions": taken,
+        }));
         ev.user = cause.user.clone();
         ev.source_ip = cause.source_ip.clone();
         ev.session_id = cause.session_id.clone();
@@ -244,5 +236,33 @@ impl Audit {
         if let Err(e) = self.store.append(&ev).await {
             tracing::error!(error = %e, "cannot write an alert event");
         }
+    }
+
+    /// The rule's actions on the event that fired it; what was done.
+    async fn take_action(&self, cause: &NewEvent, rule: &str, action: &AlertAction) -> Vec<String> {
+        let config = self.config();
+        let actor = Actor::operator("alert", Channel::Alert).with("rule", rule);
+        let ops = Control::new(&self.store, &config, actor);
+        let reason = format!("alert {rule}");
+        let mut taken = Vec::new();
+        if let (true, Some(sid)) = (action.kill_session, &cause.session_id) {
+            match ops.kill_session(sid, &reason).await {
+                Ok(()) => taken.push(format!("kill_session {sid}")),
+                Err(e) => tracing::warn!(error = %e, "alert action kill_session not taken"),
+            }
+        }
+        if let (true, Some(user)) = (action.lock_user, &cause.user) {
+            match ops.lock_user(user, &reason, None).await {
+                Ok(_) => taken.push(format!("lock_user {user}")),
+                Err(e) => tracing::warn!(error = %e, "alert action lock_user not taken"),
+            }
+        }
+        if let (Some(d), Some(ip)) = (&action.block_source, &cause.source_ip) {
+            match ops.block_source(ip, d.get(), &reason).await {
+                Ok(until) => taken.push(format!("block_source {ip} until {until}")),
+                Err(e) => tracing::warn!(error = %e, "alert action block_source not taken"),
+            }
+        }
+        taken
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_store::ApprovalState;
 use russh::server::{self, Msg};
 use russh::{client, Channel, ChannelMsg, Pty, Sig};
 
@@ -600,8 +601,7 @@ async fn wait_for_approval(
             .into_bytes(),
         )
         .await;
-    let wait = gatehouse_model::parse_duration(&ctx.auth.config.server.approval_wait)
-        .unwrap_or(Duration::from_secs(600));
+    let wait = ctx.auth.config.server.approval_wait.get();
     let deadline = tokio::time::Instant::now() + wait;
     let expire = |why: &'static str| {
         let (shared, state, auth, id, node) = (
@@ -649,7 +649,7 @@ async fn wait_for_approval(
             },
         }
         match ctx.shared.store.approval(&id).await {
-            Ok(Some(a)) if a.status == "granted" => {
+            Ok(Some(a)) if a.status == ApprovalState::Granted => {
                 ctx.state.approved.store(true, Ordering::Release);
                 let by = a.decided_by.unwrap_or_default();
                 let _ = channel
@@ -660,7 +660,7 @@ async fn wait_for_approval(
                     .await;
                 return true;
             }
-            Ok(Some(a)) if a.status == "denied" => {
+            Ok(Some(a)) if a.status == ApprovalState::Denied => {
                 let why = a.reason.map(|r| format!(": {r}")).unwrap_or_default();
                 fail(
                     channel,
@@ -674,7 +674,7 @@ async fn wait_for_approval(
                 .await;
                 return false;
             }
-            Ok(Some(a)) if a.status == "expired" => {
+            Ok(Some(a)) if a.status == ApprovalState::Expired => {
                 fail(channel, pty, &format!("request {id} expired"), 1).await;
                 return false;
             }

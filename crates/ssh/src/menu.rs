@@ -3,8 +3,7 @@
 //! (`whoami`, `targets`) or the list.
 
 use gatehouse_model::{EventType, Outcome, Severity};
-use gatehouse_policy::{can_approve, decide, reachable, Reachable};
-use std::time::Duration;
+use gatehouse_policy::{decide, reachable, Reachable};
 
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
@@ -199,21 +198,20 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
             end(&channel, 0).await;
         }
         Some("requests") => {
-            let me = &ctx.auth.user;
-            let pending = ctx
-                .shared
-                .store
-                .pending_approvals()
-                .await
-                .unwrap_or_default();
             let mut out = String::new();
-            for a in pending {
-                let roles: Vec<String> = a.approvers.split(',').map(str::to_string).collect();
-                if &a.user != me && can_approve(&ctx.auth.config, me, &roles) {
-                    out.push_str(&format!(
-                        "{}  {} wants {}@{}  (since {})\n",
-                        a.id, a.user, a.login, a.target, a.requested_at
-                    ));
+            let ops = control(&ctx);
+            match ops.decidable_requests().await {
+                Ok(list) => {
+                    for a in list {
+                        out.push_str(&format!(
+                            "{}  {} wants {}@{}  (since {})\n",
+                            a.id, a.user, a.login, a.target, a.requested_at
+                        ));
+                    }
+                }
+                Err(e) => {
+                    fail(&channel, false, &e.to_string(), 1).await;
+                    return;
                 }
             }
             if out.is_empty() {
@@ -235,12 +233,16 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
             };
             let reason: Vec<&str> = words.collect();
             let reason = (!reason.is_empty()).then(|| reason.join(" "));
-            match decide_request(&ctx, id, verb == "approve", reason).await {
-                Ok(text) => {
-                    let _ = channel.data_bytes(format!("{text}\n").into_bytes()).await;
+            match control(&ctx)
+                .decide_approval(id, verb == "approve", reason)
+                .await
+            {
+                Ok(decided) => {
+                    let text = format!("{}\n", decided.summary());
+                    let _ = channel.data_bytes(text.into_bytes()).await;
                     end(&channel, 0).await;
                 }
-                Err(e) => fail(&channel, false, &e, 1).await,
+                Err(e) => fail(&channel, false, &e.to_string(), 1).await,
             }
         }
         _ => {
@@ -258,83 +260,19 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
     }
 }
 
-/// An approver's decision on request `id`, from any terminal.
-async fn decide_request(
-    ctx: &ChannelCtx,
-    id: &str,
-    grant: bool,
-    reason: Option<String>,
-) -> Result<String, String> {
-    let me = ctx.auth.user.clone();
-    let store = &ctx.shared.store;
-    let a = store
-        .approval(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no request {id}; see `requests`"))?;
-    if a.status != "pending" {
-        return Err(format!("request {id} is already {}", a.status));
-    }
-    if a.user == me {
-        return Err("nobody approves their own request; ask another approver".into());
-    }
-    let roles: Vec<String> = a.approvers.split(',').map(str::to_string).collect();
-    if !can_approve(&ctx.auth.config, &me, &roles) {
-        return Err(format!(
-            "you may not decide request {id}: it needs a member of {}",
-            a.approvers
-        ));
-    }
-    let ttl = decide(&ctx.auth.config, &a.user, &a.target, Some(&a.login))
-        .approval
-        .and_then(|n| n.ttl)
-        .unwrap_or(Duration::from_secs(3600));
-    let until =
-        chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
-    let until = gatehouse_model::event::format_time(until);
-    let decided = store
-        .decide_approval(
-            id,
-            grant,
-            &me,
-            reason.as_deref(),
-            grant.then_some(until.as_str()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if !decided {
-        return Err(format!(
-            "request {id} was decided by someone else meanwhile"
-        ));
-    }
-    let (kind, result) = if grant {
-        (EventType::APPROVAL_GRANTED, Outcome::Success)
-    } else {
-        (EventType::APPROVAL_DENIED, Outcome::Denied)
-    };
-    let mut ev = ctx
-        .state
-        .event(&ctx.auth, kind, Severity::Warn, result, &ctx.shared.node())
-        .details(serde_json::json!({
-            "request": id, "requester": a.user, "target": a.target, "login": a.login,
-            "grant_until": grant.then_some(until.clone()),
-        }));
-    ev.reason = reason;
-    ev.target = Some(a.target.clone());
-    ev.login = Some(a.login.clone());
-    let _ = ctx
-        .shared
-        .audit
-        .record(ev, ctx.auth.config.audit.on_failure)
-        .await;
-    Ok(if grant {
-        format!(
-            "approved {id}: {} may use {}@{} until {until}",
-            a.user, a.login, a.target
-        )
-    } else {
-        format!("denied {id}")
-    })
+/// The control layer, acting as this session's user.
+fn control(ctx: &ChannelCtx) -> gatehouse_control::Control<'_> {
+    let actor = gatehouse_control::Actor::user_in_session(
+        &ctx.auth.user,
+        &ctx.state.session_id,
+        Some(&ctx.state.peer.ip().to_string()),
+    );
+    gatehouse_control::Control::with_trail(
+        &ctx.shared.store,
+        &ctx.shared.audit,
+        &ctx.auth.config,
+        actor,
+    )
 }
 
 #[cfg(test)]

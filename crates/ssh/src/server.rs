@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use gatehouse_model::{
-    event::format_time, parse_duration, Config, ConnectRequest, EventType, NewEvent, OnFailure,
-    Outcome, Severity, User,
+    event::format_time, Config, ConnectRequest, EventType, NewEvent, OnFailure, Outcome, Severity,
+    User,
 };
 use gatehouse_policy::Decision;
 use gatehouse_store::Store;
@@ -186,11 +186,10 @@ impl GatewayHandle {
         if let Ok(mut c) = self.shared.upstream_ca.write() {
             *c = ca;
         }
-        if let Ok(mut a) = self.shared.audit.alerts.lock() {
-            *a = alerts;
-        }
+        let config = Arc::new(config);
+        self.shared.audit.reload(alerts, config.clone());
         if let Ok(mut c) = self.shared.config.write() {
-            *c = Arc::new(config);
+            *c = config;
         }
         Ok(())
     }
@@ -238,14 +237,13 @@ impl Gateway {
                 source,
             })?;
         let (shutdown, _) = watch::channel(None);
-        let alert_rules = config.alerts.clone();
+        let alerts =
+            gatehouse_audit::alert::Alerts::new(&config.alerts).map_err(SshError::Config)?;
+        let config = Arc::new(config);
         let shared = Arc::new(Shared {
             startups: Arc::new(Semaphore::new(config.server.max_startups)),
-            config: RwLock::new(Arc::new(config)),
-            audit: Audit::new(
-                store.clone(),
-                gatehouse_audit::alert::Alerts::new(&alert_rules).map_err(SshError::Config)?,
-            ),
+            config: RwLock::new(config.clone()),
+            audit: Audit::new(store.clone(), alerts, config),
             store,
             upstream_key: RwLock::new(Arc::new(upstream_key)),
             upstream_ca: RwLock::new(upstream_ca),
@@ -596,8 +594,7 @@ pub(crate) async fn serve_connection<S>(
     // The login deadline closes the socket itself: before key exchange
     // russh has no other way to end a connection (see `limits`).
     let (socket, kill) = Killable::new(socket);
-    let grace =
-        parse_duration(&shared.config().server.login_grace_time).unwrap_or(Duration::from_secs(60));
+    let grace = shared.config().server.login_grace_time.get();
     let running = match tokio::time::timeout(
         grace,
         server::run_stream(shared.server_config.clone(), socket, handler),
@@ -959,15 +956,13 @@ pub(crate) async fn upstream_for(
     let Some(target) = auth.config.target(target_name).cloned() else {
         return Err(format!("unknown target {target_name:?}"));
     };
-    let timeout =
-        parse_duration(&auth.config.upstream.connect_timeout).unwrap_or(Duration::from_secs(10));
+    let timeout = auth.config.upstream.connect_timeout.get();
     let node = shared.node();
     let creds = upstream::Credentials {
         key: shared.upstream_key(),
         ca: shared.upstream_ca(),
         key_id: format!("gatehouse user={} session={}", auth.user, state.session_id),
-        validity: parse_duration(&auth.config.upstream.cert_validity)
-            .unwrap_or(Duration::from_secs(300)),
+        validity: auth.config.upstream.cert_validity.get(),
     };
     let result = upstream::connect(
         &target,
@@ -1026,22 +1021,15 @@ async fn block_if_over(shared: &Shared, ip: &str, failures: usize, what: &str) {
     if (failures as u32) < config.server.max_auth_failures.max(1) {
         return;
     }
-    let d = parse_duration(&config.server.block_for).unwrap_or(Duration::from_secs(900));
-    let until = gatehouse_model::event::format_time(
-        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
-    );
+    let d = config.server.block_for.get();
     let reason = format!("{failures} {what} in 10 minutes");
-    if shared.store.block_source(ip, &until, &reason).await.is_ok() {
-        let ev = NewEvent::new(
-            EventType::SOURCE_BLOCKED,
-            Severity::High,
-            Outcome::Success,
-            &config.server.node,
-        )
-        .source_ip(ip.to_string())
-        .reason(reason)
-        .details(serde_json::json!({ "until": until, "by": "brute-force defence" }));
-        let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    let actor = gatehouse_control::Actor::operator(
+        "brute-force defence",
+        gatehouse_control::Channel::Gateway,
+    );
+    let ops = gatehouse_control::Control::with_trail(&shared.store, &shared.audit, &config, actor);
+    if let Err(e) = ops.block_source(ip, d, &reason).await {
+        tracing::error!(error = %e, source = ip, "cannot block a source");
     }
 }
 

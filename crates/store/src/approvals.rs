@@ -2,6 +2,44 @@
 
 use crate::{Backend, Pool, Store, StoreError};
 
+/// Where a request stands. Only a pending request can be decided or
+/// expire; the other states are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalState {
+    Pending,
+    Granted,
+    Denied,
+    Expired,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Granted => "granted",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+
+    /// The column's text; anything unknown reads as expired (final, and
+    /// grants nothing).
+    fn parse(s: &str) -> ApprovalState {
+        match s {
+            "pending" => ApprovalState::Pending,
+            "granted" => ApprovalState::Granted,
+            "denied" => ApprovalState::Denied,
+            _ => ApprovalState::Expired,
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     pub id: String,
@@ -10,8 +48,7 @@ pub struct Approval {
     pub login: String,
     /// Roles whose members may decide, comma-separated.
     pub approvers: String,
-    /// pending | granted | denied | expired
-    pub status: String,
+    pub status: ApprovalState,
     pub requested_at: String,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
@@ -38,7 +75,7 @@ fn from_row(r: Row) -> Approval {
         target: r.2,
         login: r.3,
         approvers: r.4,
-        status: r.5,
+        status: ApprovalState::parse(&r.5),
         requested_at: r.6,
         decided_by: r.7,
         reason: r.8,

@@ -41,6 +41,17 @@ macro_rules! fetch_opt {
     }};
 }
 
+macro_rules! fetch_all {
+    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
+        let q = sql($store.backend(), $sql);
+        let r: Vec<$ty> = match &$store.inner.pool {
+            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(rw).await?,
+            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(pg).await?,
+        };
+        r
+    }};
+}
+
 fn now() -> String {
     gatehouse_model::event::format_time(chrono::Utc::now())
 }
@@ -178,4 +189,56 @@ impl Store {
             (!expired).then_some(UserLock { reason, until, by })
         }))
     }
+
+    /// Lifts a block on `ip`; false when it was not blocked.
+    pub async fn unblock_source(&self, ip: &str) -> Result<bool, StoreError> {
+        let n = exec!(self, "DELETE FROM source_blocks WHERE source_ip = ?1", ip);
+        Ok(n == 1)
+    }
+
+    /// Sessions of `user` that have not ended (on any node).
+    pub async fn live_sessions_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = fetch_all!(
+            self,
+            (String,),
+            "SELECT session_id FROM sessions WHERE \"user\" = ?1 AND end_time IS NULL ORDER BY start_time",
+            user
+        );
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Is session `id` known and still running?
+    pub async fn session_running(&self, id: &str) -> Result<bool, StoreError> {
+        let row = fetch_opt!(
+            self,
+            (String,),
+            "SELECT session_id FROM sessions WHERE session_id = ?1 AND end_time IS NULL",
+            id
+        );
+        Ok(row.is_some())
+    }
+
+    /// Who ran session `id`, its recording (None while it runs or when it
+    /// recorded nothing) and whether it has ended; None for an unknown id.
+    pub async fn session_owner(&self, id: &str) -> Result<Option<SessionRef>, StoreError> {
+        let row = fetch_opt!(
+            self,
+            (Option<String>, Option<String>, Option<String>),
+            "SELECT \"user\", recording_id, end_time FROM sessions WHERE session_id = ?1",
+            id
+        );
+        Ok(row.map(|(user, recording_id, end)| SessionRef {
+            user: user.unwrap_or_default(),
+            recording_id,
+            ended: end.is_some(),
+        }))
+    }
+}
+
+/// What the control layer needs to know of a session to let someone read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub user: String,
+    pub recording_id: Option<String>,
+    pub ended: bool,
 }

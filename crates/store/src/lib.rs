@@ -29,10 +29,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
 
-pub use approvals::Approval;
+pub use approvals::{Approval, ApprovalState};
 pub use checkpoint::{append_anchor, AnchorReport, Checkpoint, CheckpointReport, Signer};
 pub use format::QueryResult;
-pub use identity::UserLock;
+pub use identity::{SessionRef, UserLock};
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
 pub use recovery::{recover_crashed_sessions, Recovery, CRASH_REASON};
 
