@@ -56,6 +56,26 @@ pub enum Command {
     /// Just-in-time approval requests.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// Source addresses refused by the gateway: list, block, unblock.
+    #[command(subcommand)]
+    Sources(SourcesCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourcesCmd {
+    /// Blocks in force now.
+    List,
+    /// Refuse connections from an address for a while.
+    Block {
+        ip: String,
+        /// How long, e.g. 15m, 2h.
+        #[arg(long = "for", default_value = "15m")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a block.
+    Unblock { ip: String },
 }
 
 #[derive(Subcommand, Debug)]

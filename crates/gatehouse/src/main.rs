@@ -8,6 +8,7 @@ mod logging;
 mod operator;
 mod runbooks;
 mod sessions;
+mod sources;
 mod users;
 mod verify;
 
@@ -109,23 +110,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit(AuditCmd::Query { sql }) => {
             let config = load_config(&path)?;
-            let store = open_store(&config).await?;
-            let (result, truncated) = store.query_readonly_capped(sql).await?;
-            if let Some(rows) = truncated {
-                eprintln!(
-                    "gatehouse: the result was truncated at {rows} rows; add a WHERE or LIMIT to see the rest"
-                );
-            }
-            let out = match cli.format {
-                Format::Table | Format::Cast => result.to_table(),
-                Format::Json => result.to_json(),
-                Format::Csv => result.to_csv(),
-            };
-            print!("{out}");
-            if !out.ends_with('\n') {
-                println!();
-            }
-            Ok(ExitCode::SUCCESS)
+            audit_query(&open_store(&config).await?, sql, cli.format).await
         }
         Command::Audit(AuditCmd::Verify { recordings, anchor }) => {
             let config = load_config(&path)?;
@@ -140,6 +125,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Runbook(cmd) => {
             let config = load_config(&path)?;
             runbooks::run(cmd, &config, cli.format, || open_store(&config)).await
+        }
+        Command::Sources(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            sources::run(cmd, &config, &store, cli.format).await
         }
         Command::Users(users::UsersCmd::HashPassword) => users::hash_password(cli.format),
         Command::Users(cmd) => {
@@ -159,42 +149,73 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
-            let filter = tail_filter(filter.as_deref())?;
-            let head = store.head_seq().await?;
-            // Find where the last `lines` matching events start.
-            let mut from = 0;
-            let mut shown = Vec::new();
-            loop {
-                let batch = store.events_after(from, 10_000).await?;
-                let Some((last, _)) = batch.last() else { break };
-                from = *last;
-                for (seq, ev) in batch {
-                    if matches_filter(&ev, &filter) {
-                        shown.push((seq, ev));
-                        if shown.len() as i64 > *lines {
-                            shown.remove(0);
-                        }
-                    }
-                }
-                if from >= head {
-                    break;
+            audit_tail(&store, *lines, *follow, filter.as_deref()).await
+        }
+    }
+}
+
+/// `audit query`: read-only SQL, capped and time-limited.
+async fn audit_query(store: &Store, sql: &str, format: Format) -> Result<ExitCode> {
+    let (result, truncated) = store.query_readonly_capped(sql).await?;
+    if let Some(rows) = truncated {
+        eprintln!(
+            "gatehouse: the result was truncated at {rows} rows; add a WHERE or LIMIT to see the rest"
+        );
+    }
+    let out = match format {
+        Format::Table | Format::Cast => result.to_table(),
+        Format::Json => result.to_json(),
+        Format::Csv => result.to_csv(),
+    };
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit tail`: the last `lines` matching events, then (with `follow`)
+/// new ones as they are written.
+async fn audit_tail(
+    store: &Store,
+    lines: i64,
+    follow: bool,
+    filter: Option<&str>,
+) -> Result<ExitCode> {
+    let filter = tail_filter(filter)?;
+    let head = store.head_seq().await?;
+    // Find where the last `lines` matching events start.
+    let mut from = 0;
+    let mut shown = Vec::new();
+    loop {
+        let batch = store.events_after(from, 10_000).await?;
+        let Some((last, _)) = batch.last() else { break };
+        from = *last;
+        for (seq, ev) in batch {
+            if matches_filter(&ev, &filter) {
+                shown.push((seq, ev));
+                if shown.len() as i64 > lines {
+                    shown.remove(0);
                 }
             }
-            for (_, ev) in &shown {
-                println!("{}", serde_json::to_string(ev)?);
-            }
-            if !*follow {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut seq = from.max(head);
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                for (s, ev) in store.events_after(seq, 1000).await? {
-                    seq = s;
-                    if matches_filter(&ev, &filter) {
-                        println!("{}", serde_json::to_string(&ev)?);
-                    }
-                }
+        }
+        if from >= head {
+            break;
+        }
+    }
+    for (_, ev) in &shown {
+        println!("{}", serde_json::to_string(ev)?);
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut seq = from.max(head);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        for (s, ev) in store.events_after(seq, 1000).await? {
+            seq = s;
+            if matches_filter(&ev, &filter) {
+                println!("{}", serde_json::to_string(&ev)?);
             }
         }
     }

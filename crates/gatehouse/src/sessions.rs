@@ -15,11 +15,6 @@ use gatehouse_store::{QueryResult, Store};
 
 use crate::cli::{Format, SessionsCmd};
 
-/// SQL string literal.
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Who runs the CLI, for `recording.access` and kill requests.
 fn operator() -> String {
     crate::operator::current().name
@@ -50,40 +45,15 @@ pub async fn run(
             target,
             since,
         } => {
-            let mut filters = Vec::new();
-            if *active {
-                filters.push(match store.backend() {
-                    gatehouse_store::Backend::Sqlite => "active = 1".to_string(),
-                    gatehouse_store::Backend::Postgres => "active".to_string(),
-                });
-            }
-            if let Some(u) = user {
-                filters.push(format!("\"user\" = {}", lit(u)));
-            }
-            if let Some(t) = target {
-                filters.push(format!("target = {}", lit(t)));
-            }
-            if let Some(s) = since {
-                let d = parse_duration(s)?;
-                let from = chrono::Duration::from_std(d)
-                    .ok()
-                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
-                    .ok_or_else(|| anyhow::anyhow!("--since {s:?} reaches too far back"))?;
-                filters.push(format!(
-                    "start_time >= {}",
-                    lit(&gatehouse_model::event::format_time(from))
-                ));
-            }
-            let where_ = if filters.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", filters.join(" AND "))
-            };
-            let sql = format!(
-                "SELECT session_id, \"user\", target, login, source_ip, start_time, end_time, duration_ms, exit_status, active FROM sessions {where_} ORDER BY start_time DESC"
-            );
-            print(&store.query_readonly(&sql).await?, format);
-            Ok(ExitCode::SUCCESS)
+            list(
+                store,
+                *active,
+                user.as_deref(),
+                target.as_deref(),
+                since.as_deref(),
+                format,
+            )
+            .await
         }
         SessionsCmd::Show { id } => {
             check_recordings(store, config, id, None, "show").await?;
@@ -155,27 +125,77 @@ pub async fn run(
     }
 }
 
+/// `sessions list`: newest first, with the given filters bound as
+/// parameters.
+async fn list(
+    store: &Store,
+    active: bool,
+    user: Option<&str>,
+    target: Option<&str>,
+    since: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let mut filters = Vec::new();
+    let mut params: Vec<String> = Vec::new();
+    let mut bind = |filters: &mut Vec<String>, column: &str, value: String| {
+        params.push(value);
+        filters.push(format!("{column} ?{}", params.len()));
+    };
+    if active {
+        filters.push(match store.backend() {
+            gatehouse_store::Backend::Sqlite => "active = 1".to_string(),
+            gatehouse_store::Backend::Postgres => "active".to_string(),
+        });
+    }
+    if let Some(u) = user {
+        bind(&mut filters, "\"user\" =", u.to_string());
+    }
+    if let Some(t) = target {
+        bind(&mut filters, "target =", t.to_string());
+    }
+    if let Some(s) = since {
+        let d = parse_duration(s)?;
+        let from = chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+            .ok_or_else(|| anyhow::anyhow!("--since {s:?} reaches too far back"))?;
+        bind(
+            &mut filters,
+            "start_time >=",
+            gatehouse_model::event::format_time(from),
+        );
+    }
+    let where_ = if filters.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filters.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT session_id, \"user\", target, login, source_ip, start_time, end_time, duration_ms, exit_status, active FROM sessions {where_} ORDER BY start_time DESC"
+    );
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    print(&store.query_readonly_with(&sql, &params).await?, format);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn show(store: &Store, id: &str, format: Format) -> Result<ExitCode> {
     let meta = store
-        .query_readonly(&format!(
-            "SELECT * FROM sessions WHERE session_id = {}",
-            lit(id)
-        ))
+        .query_readonly_with("SELECT * FROM sessions WHERE session_id = ?1", &[id])
         .await?;
     if meta.rows.is_empty() {
         bail!("no session {id}; see `gatehouse sessions list`");
     }
     let commands = store
-        .query_readonly(&format!(
-            "SELECT time, source, command FROM commands WHERE session_id = {} ORDER BY time",
-            lit(id)
-        ))
+        .query_readonly_with(
+            "SELECT time, source, command FROM commands WHERE session_id = ?1 ORDER BY time",
+            &[id],
+        )
         .await?;
     let transfers = store
-        .query_readonly(&format!(
-            "SELECT time, type, details FROM events WHERE session_id = {} AND (type LIKE 'sftp.%' OR type = 'scp' OR type LIKE 'port_forward.%') ORDER BY seq",
-            lit(id)
-        ))
+        .query_readonly_with(
+            "SELECT time, type, details FROM events WHERE session_id = ?1 AND (type LIKE 'sftp.%' OR type = 'scp' OR type LIKE 'port_forward.%') ORDER BY seq",
+            &[id],
+        )
         .await?;
     if format == Format::Json {
         let obj = |r: &QueryResult| {
@@ -223,10 +243,10 @@ async fn check_recordings(
 ) -> Result<()> {
     use gatehouse_store::recordings::{check, listed, Integrity};
     let end = store
-        .query_readonly(&format!(
-            "SELECT details FROM events WHERE session_id = {} AND type = 'session.end' ORDER BY seq LIMIT 1",
-            lit(session)
-        ))
+        .query_readonly_with(
+            "SELECT details FROM events WHERE session_id = ?1 AND type = 'session.end' ORDER BY seq LIMIT 1",
+            &[session],
+        )
         .await?;
     let details = match end.rows.first().and_then(|r| r.first()) {
         Some(serde_json::Value::String(text)) => {
@@ -395,10 +415,10 @@ async fn watch(store: &Store, storage: &LocalDir, session: &str, rec: &str) -> R
         let n = reader.read_line(&mut line)?;
         if n == 0 {
             let ended = store
-                .query_readonly(&format!(
-                    "SELECT end_time FROM sessions WHERE session_id = {} AND end_time IS NOT NULL",
-                    lit(session)
-                ))
+                .query_readonly_with(
+                    "SELECT end_time FROM sessions WHERE session_id = ?1 AND end_time IS NOT NULL",
+                    &[session],
+                )
                 .await?;
             if !ended.rows.is_empty() {
                 return Ok(());

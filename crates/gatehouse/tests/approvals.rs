@@ -166,3 +166,61 @@ fn denial_expiry_and_the_admin_cli() {
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("already granted"), "{}", out.stderr);
 }
+
+/// The decision from an approver's terminal and the one from the CLI go
+/// through the same operation: the events differ only in who decided and
+/// through which channel.
+#[test]
+fn a_decision_over_ssh_and_one_from_the_cli_write_the_same_event() {
+    let mut env = env_with_approvals();
+    let _web02 = env.add_web_targets(2);
+    let first = bob_waits(&env, "web01", "echo one");
+    let id1 = request_id(&env, "web01");
+    let out = env.ssh("alice@127.0.0.1", &["approve", &id1]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&first.wait_with_output().unwrap().stdout),
+        "one\n"
+    );
+    let second = bob_waits(&env, "web02", "echo two");
+    let id2 = request_id(&env, "web02");
+    let out = env.gatehouse(&["approvals", "approve", &id2]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&second.wait_with_output().unwrap().stdout),
+        "two\n"
+    );
+
+    let rows = env.query(
+        "select user, severity, result, login, session_id, source_ip, details from events where type = 'approval.granted' order by seq",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let details = |r: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(r["details"].as_str().unwrap()).unwrap()
+    };
+    let (ssh, cli) = (details(&rows[0]), details(&rows[1]));
+    assert_eq!(ssh["channel"], "ssh", "{ssh}");
+    assert_eq!(cli["channel"], "cli", "{cli}");
+    assert_eq!(ssh["by"], "alice");
+    assert_eq!(rows[0]["user"], "alice");
+    assert_eq!(rows[1]["user"], cli["by"]);
+    assert!(ssh["by_session"].is_string(), "{ssh}");
+    for k in ["severity", "result", "login", "session_id", "source_ip"] {
+        assert_eq!(rows[0][k], rows[1][k], "{k}: {rows:?}");
+    }
+    let keys = |d: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = d
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| {
+                !["by_session", "by_source_ip", "claimed_user", "sudo_user"].contains(&k.as_str())
+            })
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ssh), keys(&cli));
+    assert_eq!(ssh["requester"], cli["requester"]);
+}

@@ -171,3 +171,44 @@ fn runbook_files_are_validated_and_a_writing_query_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn an_operator_blocks_and_unblocks_a_source_from_the_cli() {
+    let env = Env::start();
+    let out = env.gatehouse(&[
+        "sources",
+        "block",
+        "127.0.0.1",
+        "--for",
+        "10m",
+        "--reason",
+        "drill",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listed = stdout(&env.gatehouse(&["sources", "list"]));
+    assert!(
+        listed.contains("127.0.0.1") && listed.contains("drill"),
+        "{listed}"
+    );
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo in"]);
+    assert_eq!(out.code, Some(255), "a blocked source must not get in");
+
+    let out = env.gatehouse(&["sources", "unblock", "127.0.0.1"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        stdout(&env.ssh("alice:web01@127.0.0.1", &["echo in"])),
+        "in\n"
+    );
+    let out = env.gatehouse(&["sources", "block", "not-an-address", "--reason", "x"]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("not an IP address"), "{}", out.stderr);
+
+    let rows = env.query(
+        "select type, details from events where type in ('source.blocked', 'source.unblocked') order by seq",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        let d: serde_json::Value = serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
+        assert_eq!(d["channel"], "cli", "{d}");
+    }
+}

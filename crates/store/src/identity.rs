@@ -190,6 +190,17 @@ impl Store {
         }))
     }
 
+    /// Blocks in force now: (address, until, reason), soonest end first.
+    pub async fn blocked_sources(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = fetch_all!(
+            self,
+            (String, String, String),
+            "SELECT source_ip, blocked_until, reason FROM source_blocks WHERE blocked_until > ?1 ORDER BY blocked_until",
+            now()
+        );
+        Ok(rows)
+    }
+
     /// Lifts a block on `ip`; false when it was not blocked.
     pub async fn unblock_source(&self, ip: &str) -> Result<bool, StoreError> {
         let n = exec!(self, "DELETE FROM source_blocks WHERE source_ip = ?1", ip);

@@ -129,7 +129,29 @@ impl Store {
         &self,
         sql: &str,
     ) -> Result<(QueryResult, Option<usize>), StoreError> {
-        let sql = sql.trim().trim_end_matches(';').to_string();
+        self.readonly(sql, &[]).await
+    }
+
+    /// As [`Store::query_readonly`], with `?1`, `?2`, … bound to `params`
+    /// (the program's own queries about a user- or operator-given value:
+    /// the value is never spliced into the SQL text).
+    pub async fn query_readonly_with(
+        &self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<QueryResult, StoreError> {
+        Ok(self.readonly(sql, params).await?.0)
+    }
+
+    async fn readonly(
+        &self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<(QueryResult, Option<usize>), StoreError> {
+        let mut sql = sql.trim().trim_end_matches(';').to_string();
+        if !params.is_empty() && self.backend() == crate::Backend::Postgres {
+            sql = sql.replace('?', "$");
+        }
         let limit = self.query_timeout();
         let collected = match &self.inner.pool {
             Pool::Sqlite { ro, .. } => {
@@ -138,11 +160,11 @@ impl Store {
                 conn.lock_handle()
                     .await?
                     .set_progress_handler(PROGRESS_STEPS, move || Instant::now() < deadline);
-                let collected = collect(
-                    sqlx::query(AssertSqlSafe(sql)).fetch(&mut *conn),
-                    sqlite_value,
-                )
-                .await;
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for p in params {
+                    query = query.bind(*p);
+                }
+                let collected = collect(query.fetch(&mut *conn), sqlite_value).await;
                 let cleared = match conn.lock_handle().await {
                     Ok(mut h) => {
                         h.remove_progress_handler();
@@ -178,8 +200,11 @@ impl Store {
                 )))
                 .execute(&mut *tx)
                 .await?;
-                let collected =
-                    collect(sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx), pg_value).await;
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for p in params {
+                    query = query.bind(*p);
+                }
+                let collected = collect(query.fetch(&mut *tx), pg_value).await;
                 match &collected {
                     Ok(c) if c.truncated => {
                         // The statement may still be producing rows: rather
