@@ -302,7 +302,8 @@ async fn check_recordings(
             "found": found,
             "path": path,
             "action": action,
-            "via": "cli",
+            "by": operator(),
+            "channel": "cli",
         }));
         if let Err(e) = store.append(&ev).await {
             eprintln!(
