@@ -19,7 +19,7 @@ use gatehouse_record::capture::LineCapture;
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 
-use crate::server::Authed;
+use crate::session::{Destination, Identity};
 
 /// Longest wait for the echo of what was typed before judging the line.
 const ECHO_WAIT: Duration = Duration::from_millis(500);
@@ -148,28 +148,27 @@ pub(crate) enum Verdict {
     StepUp(CommandDenial),
 }
 
-pub(crate) fn verdict(auth: &Authed, line: &str) -> Verdict {
+pub(crate) fn verdict(who: &Identity, dest: &Destination, line: &str) -> Verdict {
     if line.trim().is_empty() {
         return Verdict::Allow;
     }
-    let target = auth.target.clone().unwrap_or_default();
-    let login = auth.login.clone().unwrap_or_default();
-    if let Some(d) =
-        gatehouse_policy::command_denied(&auth.config, &auth.user, &target, &login, line)
+    let target = dest.target.clone().unwrap_or_default();
+    let login = dest.login.clone().unwrap_or_default();
+    if let Some(d) = gatehouse_policy::command_denied(&who.config, &who.user, &target, &login, line)
     {
         return Verdict::Deny(d);
     }
-    if let Some(r) = gatehouse_policy::reauth_required(&auth.config, &auth.user, line) {
+    if let Some(r) = gatehouse_policy::reauth_required(&who.config, &who.user, line) {
         return Verdict::StepUp(r);
     }
     Verdict::Allow
 }
 
 /// Whether lines of this session need judging at all.
-pub(crate) fn needed(auth: &Authed) -> bool {
-    let target = auth.target.clone().unwrap_or_default();
-    let login = auth.login.clone().unwrap_or_default();
-    gatehouse_policy::has_command_rules(&auth.config, &auth.user, &target, &login)
+pub(crate) fn needed(who: &Identity, dest: &Destination) -> bool {
+    let target = dest.target.clone().unwrap_or_default();
+    let login = dest.login.clone().unwrap_or_default();
+    gatehouse_policy::has_command_rules(&who.config, &who.user, &target, &login)
 }
 
 /// Reads a line the user types (not echoed, not passed to the target):

@@ -1,32 +1,59 @@
 //! The SSH side of Gatehouse: the server that users' OpenSSH clients reach,
 //! the client that reaches targets, and the bridge between them.
 //!
-//! This is the only crate that knows russh. The data path is
-//! accept → authenticate → authorise → connect upstream → bridge → audit;
-//! each phase lives in one module:
-//! - [`server`]: accept loop, connection limits, authentication, channel
-//!   requests (the russh `Handler`).
-//! - [`upstream`]: connect and verify a target.
-//! - [`bridge`]: copy channel data both ways with flow control, forward
-//!   requests, exit statuses and signals.
+//! This is the only crate that knows russh. The modules read in the
+//! direction data flows — accept → connection → authentication → access
+//! decision → channel → pump → taps → audit trail — and each imports only
+//! modules listed above it (bottom first; `tests/module_order.rs` keeps it
+//! so):
+//! - [`keys`]: load, generate and parse SSH keys.
+//! - [`certs`]: check user certificates against the trusted CAs.
+//! - [`limits`]: login deadline, startup and per-user connection limits.
 //! - [`audit`]: the one function through which every security decision
-//!   becomes an event.
+//!   becomes an event (gating events and spooled facts).
+//! - [`upstream`]: connect and verify a target.
+//! - [`session`]: the per-connection types every stage shares, and the
+//!   one event emitter of a session.
+//! - [`recorder`]: a tap: asciicast recording and interactive commands.
+//! - [`transfers`]: a tap: SFTP and scp operations as events.
+//! - `guard`: a tap: judges interactive command lines before they run.
+//! - [`connect`]: connects the session's target once (`session.start`,
+//!   `max_session`).
+//! - [`pump`]: copies channel data both ways through the taps; port
+//!   forwards and agent channels.
+//! - [`access`]: where a user may go (policy, grants, `access.denied`) and
+//!   the just-in-time approval wait.
+//! - [`menu`]: the target menu and gateway commands; returns a choice.
+//! - [`channel`]: session channel set-up, authorisation and dispatch;
+//!   port-forward and ProxyJump channels.
+//! - [`auth`]: publickey, certificate, password and TOTP authentication,
+//!   failure throttling and blocking.
+//! - [`handler`]: the russh `Handler`; each method hands over to a stage.
+//! - [`accept`]: the listener, its limits, kill requests, the spool
+//!   flusher, and one task per connection up to `session.end`.
 
+pub mod accept;
+pub mod access;
 pub mod audit;
-pub mod bridge;
+pub mod auth;
 pub mod certs;
+pub mod channel;
+pub mod connect;
 mod guard;
+pub mod handler;
 pub mod keys;
 mod limits;
 pub mod menu;
+pub mod pump;
 pub mod recorder;
-pub mod server;
+pub mod session;
 mod transfers;
 pub mod upstream;
 
 use std::path::PathBuf;
 
-pub use server::{Gateway, GatewayHandle};
+pub use accept::{Gateway, GatewayHandle, KILL_POLL};
+pub use channel::env_allowed;
 
 /// Not API: the command guard's screen, driven without a session, for
 /// gatehouse-fuzzing (the guard itself stays private).

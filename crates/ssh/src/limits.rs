@@ -196,6 +196,16 @@ pub(crate) fn clamp_pty(cols: u32, rows: u32, max_cols: u32, max_rows: u32) -> (
     (cols.min(max_cols), rows.min(max_rows))
 }
 
+/// What an unauthenticated connection holds: a place among
+/// `server.max_startups` and among its source's
+/// `server.per_source_max_startups`. Dropped once it authenticates.
+pub(crate) struct Startup {
+    #[allow(dead_code)] // held for its Drop
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code)] // held for its Drop
+    pub source: Slot,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,14 @@
 //! What a user gets without naming a target: with a terminal, a numbered
 //! menu of the targets their roles reach; without one, a gateway command
-//! (`whoami`, `targets`) or the list.
+//! (`whoami`, `targets`) or the list. The menu only returns the user's
+//! choice: the channel stage decides access and connects.
 
-use gatehouse_model::{EventType, Outcome, Severity};
-use gatehouse_policy::{decide, reachable, Reachable};
+use gatehouse_policy::{reachable, Reachable};
 
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 
-use crate::bridge::{fail, run_on_target, ChannelCtx, Request, Setup};
+use crate::session::{fail, ChannelCtx};
 
 /// The menu text; numbered from 1.
 pub fn render(user: &str, targets: &[Reachable], eol: &str) -> String {
@@ -42,34 +42,41 @@ pub fn choose<'a>(targets: &'a [Reachable], answer: &str) -> Option<&'a Reachabl
     targets.iter().find(|t| t.target == answer)
 }
 
-pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: Setup) {
-    let targets = reachable(&ctx.auth.config, &ctx.auth.user);
-    if setup.pty.is_none() {
+/// Shows the menu and returns the target the user chose. None when
+/// there is nothing to choose (no terminal: the list is printed) or the
+/// user left; the channel is then ended.
+pub(crate) async fn choose_target(
+    ctx: &ChannelCtx,
+    channel: &mut Channel<Msg>,
+    pty: bool,
+) -> Option<Reachable> {
+    let targets = reachable(&ctx.who.config, &ctx.who.user);
+    if !pty {
         let _ = channel
-            .data_bytes(render(&ctx.auth.user, &targets, "\n").into_bytes())
+            .data_bytes(render(&ctx.who.user, &targets, "\n").into_bytes())
             .await;
-        end(&channel, 0).await;
-        return;
+        end(channel, 0).await;
+        return None;
     }
-    let mut text = render(&ctx.auth.user, &targets, "\r\n");
+    let mut text = render(&ctx.who.user, &targets, "\r\n");
     if targets.is_empty() {
         let _ = channel.data_bytes(text.into_bytes()).await;
-        end(&channel, 1).await;
-        return;
+        end(channel, 1).await;
+        return None;
     }
     text.push_str("Choose a target (number or name, q to quit): ");
     let _ = channel.data_bytes(text.into_bytes()).await;
-    let chosen = loop {
-        let Some(line) = read_line(&mut channel).await else {
-            end(&channel, 0).await;
-            return;
+    loop {
+        let Some(line) = read_line(channel).await else {
+            end(channel, 0).await;
+            return None;
         };
         if line == "q" || line == "quit" {
-            end(&channel, 0).await;
-            return;
+            end(channel, 0).await;
+            return None;
         }
         match choose(&targets, &line) {
-            Some(t) => break t.clone(),
+            Some(t) => return Some(t.clone()),
             None => {
                 let _ = channel
                     .data_bytes(
@@ -82,57 +89,7 @@ pub(crate) async fn run(mut ctx: ChannelCtx, mut channel: Channel<Msg>, setup: S
                     .await;
             }
         }
-    };
-    let decision = decide(&ctx.auth.config, &ctx.auth.user, &chosen.target, None);
-    ctx.auth.target = Some(chosen.target.clone());
-    ctx.auth.login = decision.login.clone();
-    ctx.auth.decision = Some(decision.clone());
-    if let (Some(need), Some(login)) = (&decision.approval, &decision.login) {
-        let granted = ctx
-            .shared
-            .store
-            .active_grant(&ctx.auth.user, &chosen.target, login)
-            .await
-            .unwrap_or(false);
-        if !granted {
-            ctx.auth.approval = Some(need.clone());
-        }
     }
-    if let Ok(mut a) = ctx.state.auth.lock() {
-        *a = Some(ctx.auth.clone());
-    }
-    if !decision.allowed {
-        let node = ctx.shared.node();
-        let ev = ctx
-            .state
-            .event(
-                &ctx.auth,
-                EventType::ACCESS_DENIED,
-                Severity::Warn,
-                Outcome::Denied,
-                &node,
-            )
-            .reason(decision.reason.clone());
-        let _ = ctx
-            .shared
-            .audit
-            .record(ev, ctx.auth.config.audit.on_failure)
-            .await;
-        fail(
-            &channel,
-            true,
-            &crate::server::denial_shown(&ctx.auth.config, &decision),
-            1,
-        )
-        .await;
-        return;
-    }
-    let _ = channel
-        .data_bytes(
-            format!("connecting to {} as {}...\r\n", chosen.target, chosen.login).into_bytes(),
-        )
-        .await;
-    run_on_target(ctx, channel, setup, Request::Shell).await;
 }
 
 /// Reads one line typed in a raw-mode terminal, echoing it.
@@ -178,22 +135,22 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
     match words.next() {
         Some("whoami") => {
             let roles = ctx
-                .auth
+                .who
                 .config
-                .user(&ctx.auth.user)
+                .user(&ctx.who.user)
                 .map(|u| u.roles.join(","))
                 .unwrap_or_default();
             let _ = channel
                 .data_bytes(
-                    format!("{} roles={roles} mfa={}\n", ctx.auth.user, ctx.auth.mfa).into_bytes(),
+                    format!("{} roles={roles} mfa={}\n", ctx.who.user, ctx.who.mfa).into_bytes(),
                 )
                 .await;
             end(&channel, 0).await;
         }
         Some("targets") | Some("list") => {
-            let targets = reachable(&ctx.auth.config, &ctx.auth.user);
+            let targets = reachable(&ctx.who.config, &ctx.who.user);
             let _ = channel
-                .data_bytes(render(&ctx.auth.user, &targets, "\n").into_bytes())
+                .data_bytes(render(&ctx.who.user, &targets, "\n").into_bytes())
                 .await;
             end(&channel, 0).await;
         }
@@ -263,14 +220,14 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
 /// The control layer, acting as this session's user.
 fn control(ctx: &ChannelCtx) -> gatehouse_control::Control<'_> {
     let actor = gatehouse_control::Actor::user_in_session(
-        &ctx.auth.user,
+        &ctx.who.user,
         &ctx.state.session_id,
         Some(&ctx.state.peer.ip().to_string()),
     );
     gatehouse_control::Control::with_trail(
         &ctx.shared.store,
         &ctx.shared.audit,
-        &ctx.auth.config,
+        &ctx.who.config,
         actor,
     )
 }

@@ -17,7 +17,8 @@ use gatehouse_store::recordings::{LocalDir, RecordingStorage};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::{record_in_session, stop_session, Authed, ConnState, Shared};
+pub use crate::session::RecordingSummary;
+use crate::session::{Destination, Events, Identity};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Quiet time after which the command capture's screen is put to sleep.
@@ -31,17 +32,6 @@ pub(crate) enum RecEvent {
     Output(Bytes),
     Input(Bytes),
     Resize(u32, u32),
-}
-
-/// What a finished recording is: its id, and the size and SHA-256 of
-/// the bytes that reached the file (not of what was meant to).
-#[derive(Debug, Clone)]
-pub struct RecordingSummary {
-    pub id: String,
-    pub sha256: String,
-    pub bytes: u64,
-    /// Why writing stopped before the end, if it did.
-    pub error: Option<String>,
 }
 
 pub(crate) struct Recorder {
@@ -152,11 +142,12 @@ impl<W: Write> Write for Hashing<W> {
 /// not be created (the caller decides, by `recording.required`, whether
 /// the channel may run without it).
 pub(crate) fn start(
-    shared: Arc<Shared>,
-    state: Arc<ConnState>,
-    auth: Authed,
+    events: Events,
+    who: &Identity,
+    dest: &Destination,
     spec: RecordingSpec,
 ) -> Result<Recorder, String> {
+    let state = events.state();
     let n = state
         .recording_seq
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -165,7 +156,7 @@ pub(crate) fn start(
     } else {
         format!("{}-{n}", state.session_id)
     };
-    let storage = LocalDir::new(auth.config.recording.dir.clone());
+    let storage = LocalDir::new(who.config.recording.dir.clone());
     let file = match storage.create(&id) {
         Ok(f) => f,
         Err(e) => {
@@ -187,16 +178,16 @@ pub(crate) fn start(
         command: spec.command.clone(),
         title: format!(
             "{}@{} as {}",
-            auth.user,
-            auth.target.clone().unwrap_or_default(),
-            auth.login.clone().unwrap_or_default()
+            who.user,
+            dest.target.clone().unwrap_or_default(),
+            dest.login.clone().unwrap_or_default()
         ),
         env,
         gatehouse: SessionInfo {
             session_id: state.session_id.clone(),
-            user: auth.user.clone(),
-            target: auth.target.clone().unwrap_or_default(),
-            login: auth.login.clone().unwrap_or_default(),
+            user: who.user.clone(),
+            target: dest.target.clone().unwrap_or_default(),
+            login: dest.login.clone().unwrap_or_default(),
         },
     };
     let hashing = Hashing {
@@ -219,35 +210,34 @@ pub(crate) fn start(
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let (done_tx, done) = oneshot::channel();
+    let config = who.config.clone();
     tokio::spawn(async move {
-        let summary = run(shared, state, auth, spec, id, cast, rx).await;
+        let summary = run(events, config, spec, id, cast, rx).await;
         let _ = done_tx.send(summary);
     });
     Ok(Recorder { tx, done })
 }
 
 async fn run<W: Write>(
-    shared: Arc<Shared>,
-    state: Arc<ConnState>,
-    auth: Authed,
+    events: Events,
+    config: Arc<gatehouse_model::Config>,
     spec: RecordingSpec,
     id: String,
     mut cast: CastWriter<Hashing<W>>,
     mut rx: mpsc::Receiver<RecEvent>,
 ) -> Option<RecordingSummary> {
     let start = Instant::now();
-    let record_input = auth.config.recording.input;
-    let on_failure = auth.config.audit.on_failure;
+    let record_input = config.recording.input;
+    let required = config.recording.required;
     let cap = if spec.pty {
         u64::MAX
-    } else if auth.config.recording.exec_output {
+    } else if config.recording.exec_output {
         EXEC_OUTPUT_CAP
     } else {
         0
     };
     let mut capped = false;
     let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
-    let node = shared.node();
     // Set at the first failed write: nothing more is written (the file
     // ends where the disk refused), the session is told.
     let mut failed: Option<String> = None;
@@ -271,7 +261,7 @@ async fn run<W: Write>(
                     if failed.is_none() {
                         if let Err(e) = cast.flush() {
                             failed = Some(e.to_string());
-                            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
+                            write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
                         }
                     }
                 } else if sleep_at.take().is_some() {
@@ -307,21 +297,15 @@ async fn run<W: Write>(
                         if writing && r.is_ok() {
                             r = cast.marker(t, &command);
                         }
-                        let ev = state
-                            .event(
-                                &auth,
-                                EventType::COMMAND,
-                                Severity::Info,
-                                Outcome::Success,
-                                &node,
-                            )
+                        let ev = events
+                            .event(EventType::COMMAND, Severity::Info, Outcome::Success)
                             .details(serde_json::json!({
                                 "command": command,
                                 "source": "interactive",
                                 "recording_id": id,
                                 "offset": (t * 1000.0).round() / 1000.0,
                             }));
-                        record_in_session(&shared, &state, on_failure, ev).await;
+                        events.fact(ev).await;
                     }
                 }
                 r
@@ -349,13 +333,13 @@ async fn run<W: Write>(
         };
         if let (true, Err(e)) = (writing, result) {
             failed = Some(e.to_string());
-            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
+            write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
     if failed.is_none() {
         if let Err(e) = cast.flush() {
             failed = Some(e.to_string());
-            write_failed(&shared, &state, &auth, &id, &e, cast.get_ref().bytes).await;
+            write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
     let hashing = cast.into_inner();
@@ -377,35 +361,23 @@ async fn run<W: Write>(
 /// `recording.failed` event, and with `recording.required` the session
 /// is stopped like one whose events cannot be written.
 async fn write_failed(
-    shared: &Arc<Shared>,
-    state: &Arc<ConnState>,
-    auth: &Authed,
+    events: &Events,
+    required: bool,
     id: &str,
     error: &std::io::Error,
     on_disk: u64,
 ) {
     tracing::error!(error = %error, recording = %id, "recording write failed");
-    let required = auth.config.recording.required;
-    let ev = state
-        .event(
-            auth,
-            EventType::RECORDING_FAILED,
-            Severity::High,
-            Outcome::Error,
-            &shared.node(),
-        )
+    let ev = events
+        .event(EventType::RECORDING_FAILED, Severity::High, Outcome::Error)
         .reason(format!("cannot write the recording: {error}"))
         .details(serde_json::json!({
             "recording_id": id,
             "bytes_on_disk": on_disk,
             "required": required,
         }));
-    record_in_session(shared, state, auth.config.audit.on_failure, ev).await;
+    events.fact(ev).await;
     if required {
-        stop_session(
-            shared,
-            state,
-            format!("the session recording cannot be written ({error})"),
-        );
+        events.stop(format!("the session recording cannot be written ({error})"));
     }
 }

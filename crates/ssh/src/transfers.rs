@@ -5,7 +5,7 @@
 //! not: they go through a bounded queue to a task that appends them in
 //! order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use gatehouse_model::{NewEvent, Outcome, Severity};
 use gatehouse_record::scp_ops::ScpTracker;
@@ -13,7 +13,7 @@ use gatehouse_record::sftp_ops::{SftpOp, SftpTracker};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::server::{Authed, ConnState, Shared};
+use crate::session::Events;
 
 enum Tracker {
     Sftp(SftpTracker),
@@ -23,55 +23,34 @@ enum Tracker {
 pub(crate) struct TransferAudit {
     tracker: Mutex<Tracker>,
     tx: mpsc::Sender<NewEvent>,
-    state: Arc<ConnState>,
-    auth: Authed,
-    node: String,
+    events: Events,
 }
 
 impl TransferAudit {
     /// For an `sftp` subsystem channel.
-    pub fn sftp(
-        shared: &Arc<Shared>,
-        state: &Arc<ConnState>,
-        auth: &Authed,
-    ) -> (TransferAudit, JoinHandle<()>) {
-        Self::with(Tracker::Sftp(SftpTracker::new()), shared, state, auth)
+    pub fn sftp(events: &Events) -> (TransferAudit, JoinHandle<()>) {
+        Self::with(Tracker::Sftp(SftpTracker::new()), events)
     }
 
     /// For an exec channel running legacy scp; None for other commands.
-    pub fn scp(
-        command: &str,
-        shared: &Arc<Shared>,
-        state: &Arc<ConnState>,
-        auth: &Authed,
-    ) -> Option<(TransferAudit, JoinHandle<()>)> {
+    pub fn scp(command: &str, events: &Events) -> Option<(TransferAudit, JoinHandle<()>)> {
         let t = ScpTracker::from_command(command)?;
-        Some(Self::with(Tracker::Scp(t), shared, state, auth))
+        Some(Self::with(Tracker::Scp(t), events))
     }
 
-    fn with(
-        tracker: Tracker,
-        shared: &Arc<Shared>,
-        state: &Arc<ConnState>,
-        auth: &Authed,
-    ) -> (TransferAudit, JoinHandle<()>) {
+    fn with(tracker: Tracker, events: &Events) -> (TransferAudit, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<NewEvent>(1024);
-        let writer_shared = shared.clone();
-        let writer_state = state.clone();
-        let on_failure = auth.config.audit.on_failure;
+        let writer_events = events.clone();
         let writer = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
-                crate::server::record_in_session(&writer_shared, &writer_state, on_failure, ev)
-                    .await;
+                writer_events.fact(ev).await;
             }
         });
         (
             TransferAudit {
                 tracker: Mutex::new(tracker),
                 tx,
-                state: state.clone(),
-                auth: auth.clone(),
-                node: shared.node(),
+                events: events.clone(),
             },
             writer,
         )
@@ -111,14 +90,8 @@ impl TransferAudit {
                 files
                     .into_iter()
                     .map(|f| {
-                        self.state
-                            .event(
-                                &self.auth,
-                                "scp",
-                                Severity::Info,
-                                Outcome::Success,
-                                &self.node,
-                            )
+                        self.events
+                            .event("scp", Severity::Info, Outcome::Success)
                             .details(serde_json::to_value(&f).unwrap_or_default())
                     })
                     .collect()
@@ -136,14 +109,8 @@ impl TransferAudit {
             (Severity::Info, Outcome::Failure)
         };
         let mut ev = self
-            .state
-            .event(
-                &self.auth,
-                &format!("sftp.{}", op.op),
-                sev,
-                result,
-                &self.node,
-            )
+            .events
+            .event(&format!("sftp.{}", op.op), sev, result)
             .details(serde_json::to_value(&op).unwrap_or_default());
         ev.reason = op.error.clone();
         ev

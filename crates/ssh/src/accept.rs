@@ -1,0 +1,533 @@
+//! Accepting connections: the gateway's listener with its startup
+//! limits and flood reports, the tasks that carry out kill requests and
+//! flush the audit spool, and one task per connection that runs it to its
+//! end and writes `session.end`. The connection's own work is the
+//! handler's ([`crate::handler`]).
+//!
+//! A connection is one *session* in the audit trail: it starts when the
+//! gateway has connected to the target (`session.start`) and ends when the
+//! user's connection closes (`session.end`), whatever channels ran inside.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use gatehouse_model::{Config, ConnectRequest, EventType, NewEvent, Outcome, Severity};
+use gatehouse_store::Store;
+use russh::keys::PrivateKey;
+use russh::server::{self, Msg};
+use russh::{ChannelId, ChannelStream, Disconnect, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::audit::Audit;
+use crate::auth::{block_if_over, grace_penalty, Authenticator};
+use crate::handler::Conn;
+use crate::keys::load_private_key;
+use crate::limits::{Counter, FloodNotices, Killable, Startup};
+use crate::session::{end_connection, truncate, ConnState, Events, Jump, LiveConn, Shared};
+use crate::SshError;
+
+/// Loads `upstream.ca_key` when configured.
+fn load_upstream_ca(config: &Config) -> Result<Option<Arc<PrivateKey>>, SshError> {
+    match &config.upstream.ca_key {
+        Some(path) => Ok(Some(Arc::new(load_private_key(path, "upstream.ca_key")?))),
+        None => Ok(None),
+    }
+}
+
+/// The gateway, bound to its port and ready to [`Gateway::run`].
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+/// Controls a running gateway: reload its configuration, shut it down.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+}
+
+impl GatewayHandle {
+    /// Swaps in a new configuration. Running sessions keep the policy they
+    /// were authorised with; new connections use the new one.
+    pub fn reload(&self, config: Config) -> Result<(), SshError> {
+        let key = Arc::new(load_private_key(&config.upstream.key, "upstream.key")?);
+        let ca = load_upstream_ca(&config)?;
+        let alerts =
+            gatehouse_audit::alert::Alerts::new(&config.alerts).map_err(SshError::Config)?;
+        if let Ok(mut k) = self.shared.upstream_key.write() {
+            *k = key;
+        }
+        if let Ok(mut c) = self.shared.upstream_ca.write() {
+            *c = ca;
+        }
+        let config = Arc::new(config);
+        self.shared.audit.reload(alerts, config.clone());
+        if let Ok(mut c) = self.shared.config.write() {
+            *c = config;
+        }
+        Ok(())
+    }
+
+    /// Asks the gateway to stop: sessions get `reason`, the accept loop
+    /// ends, and [`Gateway::run`] returns once every connection has ended.
+    pub fn shutdown(&self, reason: &str) {
+        let _ = self.shared.shutdown.send(Some(reason.to_string()));
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.shared.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Gateway {
+    /// Loads the host and upstream keys and binds `server.listen`.
+    pub async fn bind(config: Config, store: Store) -> Result<Gateway, SshError> {
+        let host_key = load_private_key(&config.server.host_key, "server.host_key")?;
+        let upstream_key = load_private_key(&config.upstream.key, "upstream.key")?;
+        let upstream_ca = load_upstream_ca(&config)?;
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        methods.push(MethodKind::KeyboardInteractive);
+        let server_config = server::Config {
+            server_id: russh::SshId::Standard("SSH-2.0-Gatehouse".into()),
+            methods,
+            auth_rejection_time: Duration::from_millis(200),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            window_size: crate::CHANNEL_WINDOW,
+            maximum_packet_size: 32768,
+            channel_buffer_size: 64,
+            max_auth_attempts: 6,
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..Default::default()
+        };
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| SshError::Bind {
+                addr: config.server.listen.clone(),
+                source,
+            })?;
+        let (shutdown, _) = watch::channel(None);
+        let alerts =
+            gatehouse_audit::alert::Alerts::new(&config.alerts).map_err(SshError::Config)?;
+        let config = Arc::new(config);
+        let shared = Arc::new(Shared {
+            startups: Arc::new(Semaphore::new(config.server.max_startups)),
+            config: RwLock::new(config.clone()),
+            audit: Audit::new(store.clone(), alerts, config),
+            store,
+            upstream_key: RwLock::new(Arc::new(upstream_key)),
+            upstream_ca: RwLock::new(upstream_ca),
+            server_config: Arc::new(server_config),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+            failures: Mutex::new(HashMap::new()),
+            unauth_by_source: Counter::default(),
+            conns_by_user: Counter::default(),
+            flood_notices: FloodNotices::default(),
+            serve_inner: serve_jump,
+        });
+        Ok(Gateway { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts connections until shutdown, then tells every session why it
+    /// ends and waits (bounded) for their `session.end` events.
+    pub async fn run(self) -> Result<(), SshError> {
+        let shared = self.shared;
+        let mut shutdown = shared.shutdown.subscribe();
+        // Each connection task holds a clone; when all are gone, `recv`
+        // returns None (the mini-redis shutdown pattern).
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let killer = tokio::spawn(carry_out_kills(shared.clone()));
+        let spooler = tokio::spawn(flush_spool_forever(shared.clone()));
+        let reason = loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let per_source = shared.config().server.per_source_max_startups;
+                    let source = match shared
+                        .unauth_by_source
+                        .try_take(&peer.ip().to_string(), per_source)
+                    {
+                        Ok(slot) => slot,
+                        Err(held) => {
+                            drop(socket);
+                            report_flood(&shared, peer, held, per_source);
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many unauthenticated connections; dropping");
+                        drop(socket);
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        let startup = Startup { permit, source };
+                        serve_connection(shared, socket, peer, Some(startup), None).await;
+                        drop(done);
+                    });
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() { break "gateway stopped".to_string(); }
+                    if let Some(r) = shutdown.borrow().clone() { break r; }
+                }
+            }
+        };
+        drop(self.listener);
+        drop(done_tx);
+        killer.abort();
+        let live: Vec<(server::Handle, Vec<ChannelId>)> = shared
+            .live
+            .lock()
+            .map(|l| {
+                l.values()
+                    .map(|c| (c.handle.clone(), c.channels.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let message = format!("{reason}; your session is ending — reconnect in a moment");
+        for (handle, channels) in live {
+            end_connection(&handle, &channels, &message).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
+        spooler.abort();
+        if shared.audit.spooled() > 0 {
+            if let Err(e) = shared.audit.flush_spool().await {
+                tracing::error!(error = %e.0, lost = shared.audit.spooled(), "stopping with audit events the store did not take");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A source went over its share of unauthenticated connections: logged
+/// always, audited as `source.flood` at most once a minute per address.
+fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, held: usize, limit: usize) {
+    tracing::warn!(%peer, held, limit, "too many unauthenticated connections from one address; dropping");
+    if !shared.flood_notices.should_report(peer.ip()) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let config = shared.config();
+        let ev = NewEvent::new(
+            EventType::SOURCE_FLOOD,
+            Severity::High,
+            Outcome::Denied,
+            &config.server.node,
+        )
+        .source_ip(peer.ip().to_string())
+        .reason(format!(
+            "{held} unauthenticated connections from this address (server.per_source_max_startups = {limit}); further connections refused until some finish or time out"
+        ))
+        .details(serde_json::json!({ "held": held, "limit": limit }));
+        let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    });
+}
+
+/// How often the gateway looks for `gatehouse sessions kill` requests.
+pub const KILL_POLL: Duration = Duration::from_millis(200);
+
+/// Carries out kill requests for the sessions this node runs.
+async fn carry_out_kills(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(KILL_POLL);
+    loop {
+        tick.tick().await;
+        let pending = match shared.store.pending_kills().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read kill requests");
+                continue;
+            }
+        };
+        for req in pending {
+            let live = shared.live.lock().ok().and_then(|l| {
+                l.values()
+                    .find(|c| c.state.session_id == req.session_id)
+                    .map(|c| (c.handle.clone(), c.channels.clone(), c.state.clone()))
+            });
+            let Some((handle, channels, state)) = live else {
+                continue;
+            };
+            let reason = format!("session killed by {}: {}", req.requested_by, req.reason);
+            if let Some(a) = state.admitted() {
+                let events = Events::new(&shared, &state, &a.who, &a.dest);
+                let ev = events
+                    .event(EventType::SESSION_KILLED, Severity::Warn, Outcome::Success)
+                    .reason(req.reason.clone())
+                    .details(serde_json::json!({ "by": req.requested_by }));
+                events.fact_unstopped(ev).await;
+            }
+            end_connection(&handle, &channels, &reason).await;
+            if let Err(e) = shared.store.kill_done(req.id).await {
+                tracing::warn!(error = %e, "cannot mark a kill request done");
+            }
+        }
+    }
+}
+
+/// How often spooled events are offered to the store again.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
+
+/// Writes spooled events once the store takes writes again.
+async fn flush_spool_forever(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SPOOL_RETRY);
+    loop {
+        tick.tick().await;
+        if shared.audit.spooled() > 0 {
+            if let Err(e) = shared.audit.flush_spool().await {
+                tracing::warn!(error = %e.0, spooled = shared.audit.spooled(), "audit store still refuses writes");
+            }
+        }
+    }
+}
+
+/// Runs one user connection to its end, then writes `session.end`.
+pub(crate) async fn serve_connection<S>(
+    shared: Arc<Shared>,
+    socket: S,
+    peer: SocketAddr,
+    startup: Option<Startup>,
+    jump: Option<Jump>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if jump.is_none() {
+        match shared.store.source_blocked(&peer.ip().to_string()).await {
+            Ok(Some(reason)) => {
+                tracing::info!(%peer, %reason, "connection from a blocked source dropped");
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check source blocks"),
+        }
+    }
+    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let state = Arc::new(ConnState::new(conn_id, peer));
+    let inner = jump.is_some();
+    let handler = Conn::new(Authenticator::new(
+        shared.clone(),
+        state.clone(),
+        startup,
+        jump,
+    ));
+    // The login deadline closes the socket itself: before key exchange
+    // russh has no other way to end a connection (see `limits`).
+    let (socket, kill) = Killable::new(socket);
+    let grace = shared.config().server.login_grace_time.get();
+    let running = match tokio::time::timeout(
+        grace,
+        server::run_stream(shared.server_config.clone(), socket, handler),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended during the handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no SSH identification within the grace time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    if let Ok(mut live) = shared.live.lock() {
+        live.insert(
+            conn_id,
+            LiveConn {
+                handle,
+                channels: Vec::new(),
+                state: state.clone(),
+            },
+        );
+    }
+    tokio::pin!(running);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let mut timed_out = false;
+    let ended = loop {
+        tokio::select! {
+            r = &mut running => break r,
+            _ = &mut deadline, if !timed_out => {
+                if state.is_admitted() {
+                    // Authenticated in time: no deadline from here on.
+                    timed_out = true;
+                    continue;
+                }
+                timed_out = true;
+                tracing::info!(%peer, "login grace time exceeded; closing the connection");
+                state.grace_exceeded.store(true, Ordering::Release);
+                kill.kill();
+            }
+        }
+    };
+    state.user_gone.store(true, Ordering::Release);
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    if state.grace_exceeded.load(Ordering::Acquire) && !inner {
+        // OpenSSH's PerSourcePenalties: a source that lets connections
+        // time out unauthenticated moves towards a block like one that
+        // fails to authenticate.
+        grace_penalty(&shared, peer).await;
+    }
+    if let Ok(mut live) = shared.live.lock() {
+        live.remove(&conn_id);
+    }
+    finish_session(&shared, &state).await;
+}
+
+/// The end of a connection: an `auth.failure` for one that never
+/// authenticated, the target's side closed, and `session.end` for one
+/// that reached its target.
+async fn finish_session(shared: &Arc<Shared>, state: &Arc<ConnState>) {
+    if !state.is_admitted() && !state.failure_recorded.load(Ordering::Acquire) {
+        let attempted = state.attempted_user.lock().ok().and_then(|u| u.clone());
+        if let Some(raw_user) = attempted {
+            left_unauthenticated(shared, state, &raw_user).await;
+        }
+    }
+    if let Some(Ok(up)) = state.upstream.lock().await.take() {
+        let _ = up
+            .handle
+            .disconnect(Disconnect::ByApplication, "session ended", "")
+            .await;
+    }
+    if !state.started.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(admitted) = state.admitted() else {
+        return;
+    };
+    // Let channel tasks finish their recordings (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let notified = state.channels_done.notified();
+        if state.channels_open.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            tracing::warn!(session = %state.session_id, "channels still open at session end");
+            break;
+        }
+    }
+    let events = Events::new(shared, state, &admitted.who, &admitted.dest);
+    // What happened is kept even if the store cannot take it now.
+    events.fact_unstopped(session_end(&events, state)).await;
+}
+
+/// A client that left (or was closed at the login deadline) without
+/// authenticating leaves an `auth.failure`.
+async fn left_unauthenticated(shared: &Shared, state: &ConnState, raw_user: &str) {
+    let config = shared.config();
+    let user = ConnectRequest::parse(raw_user)
+        .map(|r| r.user)
+        .unwrap_or_else(|_| truncate(raw_user, 64));
+    let ev = NewEvent::new(
+        EventType::AUTH_FAILURE,
+        Severity::Warn,
+        Outcome::Failure,
+        &config.server.node,
+    )
+    .user(user)
+    .source_ip(state.peer.ip().to_string())
+    .reason(if state.grace_exceeded.load(Ordering::Acquire) {
+        "closed by the gateway: not authenticated within server.login_grace_time".to_string()
+    } else {
+        match state.offer_refused.lock().ok().and_then(|r| r.clone()) {
+            Some(why) => format!("disconnected without authenticating: {why}"),
+            None => {
+                "disconnected without authenticating: no acceptable key was offered".to_string()
+            }
+        }
+    });
+    let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    // One failure for the address per connection that offered
+    // only keys it does not hold (OpenSSH's "authfail" penalty).
+    if !state.grace_exceeded.load(Ordering::Acquire) {
+        let ip = state.peer.ip().to_string();
+        let n = shared.note_failure(&ip);
+        block_if_over(shared, &ip, n, "authentication failures").await;
+    }
+}
+
+/// The `session.end` event: duration, bytes, exit status, recordings,
+/// and why the gateway stopped it or lost the target, if it did.
+fn session_end(events: &Events, state: &ConnState) -> NewEvent {
+    let recordings = state
+        .recordings
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let first = recordings.first();
+    let exit = state.exit_status.lock().ok().and_then(|e| *e);
+    let details = serde_json::json!({
+        "duration_ms": state.start.elapsed().as_millis() as u64,
+        "bytes_in": state.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": state.bytes_out.load(Ordering::Relaxed),
+        "exit_status": exit,
+        "start_time": state.start_time,
+        "recording_id": first.map(|r| r.id.clone()),
+        "recording_sha256": first.map(|r| r.sha256.clone()),
+        "recordings": recordings
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "sha256": r.sha256, "bytes": r.bytes, "error": r.error}))
+            .collect::<Vec<_>>(),
+    });
+    let stopped = state.stopped.lock().ok().and_then(|s| s.clone());
+    let lost = state.target_lost.load(Ordering::Acquire);
+    let ev = events.event(EventType::SESSION_END, Severity::Info, Outcome::Success);
+    let ev = ev.details(details);
+    if let Some(why) = stopped {
+        let mut ev = ev.reason(format!("stopped by the gateway: {why}"));
+        ev.severity = Severity::High;
+        ev.result = Outcome::Error;
+        ev
+    } else if lost {
+        let mut ev = ev.reason("the connection to the target was lost");
+        ev.result = Outcome::Error;
+        ev.severity = Severity::Warn;
+        ev
+    } else {
+        ev
+    }
+}
+
+/// Serves the inner connection of a ProxyJump channel (see
+/// [`crate::session::ServeInner`]).
+fn serve_jump(
+    shared: Arc<Shared>,
+    stream: ChannelStream<Msg>,
+    peer: SocketAddr,
+    jump: Jump,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve_connection(shared, stream, peer, None, Some(jump)))
+}
