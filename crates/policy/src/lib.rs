@@ -15,7 +15,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use gatehouse_model::config::{LabelSelector, OneOrMany};
+use gatehouse_model::config::{AllowRule, LabelSelector, OneOrMany};
 use gatehouse_model::{Config, Dur, Role, Target};
 
 pub mod shell;
@@ -228,32 +228,10 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
     };
     let login = match login {
         Some(l) => l.to_string(),
-        None => {
-            let allowed = allowed_logins(cfg, user, t);
-            match &t.default_login {
-                Some(d) if allowed.contains(d) => d.clone(),
-                _ if allowed.len() == 1 => allowed[0].clone(),
-                _ if allowed.is_empty() => {
-                    return Decision::deny(
-                        user,
-                        target,
-                        None,
-                        format!("no role of user {user:?} allows any login on target {target:?}"),
-                    )
-                }
-                _ => {
-                    return Decision::deny(
-                        user,
-                        target,
-                        None,
-                        format!(
-                            "target {target:?} has no default login for {user:?}; connect as {user}:LOGIN@{target} with LOGIN one of: {}",
-                            allowed.join(", ")
-                        ),
-                    )
-                }
-            }
-        }
+        None => match default_login(cfg, user, target, t) {
+            Ok(l) => l,
+            Err(reason) => return Decision::deny(user, target, None, reason),
+        },
     };
 
     if let Some(rule) = access_denied_by(cfg, user, t, &login) {
@@ -268,45 +246,9 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
     }
 
     let roles = user_roles(cfg, user);
-    let mut grant: Option<(RuleRef, Option<ApprovalNeed>)> = None;
-    let mut granting: Vec<&Role> = Vec::new();
-    for role in &roles {
-        for (i, rule) in role.allow.iter().enumerate() {
-            if !selector_matches(&rule.targets, t) || !login_listed(&rule.logins, &login) {
-                continue;
-            }
-            let approval = rule.require_approval.as_ref().and_then(|a| {
-                let applies = a.logins.is_empty() || login_listed(&a.logins, &login);
-                applies.then(|| ApprovalNeed {
-                    approvers: a.approvers.clone(),
-                    ttl: a.ttl.as_ref().map(Dur::get),
-                })
-            });
-            if !granting.iter().any(|r| r.name == role.name) {
-                granting.push(role);
-            }
-            let r = RuleRef {
-                role: role.name.clone(),
-                rule: format!("allow[{i}]"),
-                text: format!(
-                    "targets {}; logins {}",
-                    selector_text(&rule.targets),
-                    rule.logins.join(", ")
-                ),
-            };
-            // A grant without approval beats one that needs approval.
-            let better = match &grant {
-                None => true,
-                Some((_, Some(_))) => approval.is_none(),
-                Some((_, None)) => false,
-            };
-            if better {
-                grant = Some((r, approval));
-            }
-        }
-    }
+    let grants = find_grants(&roles, t, &login);
 
-    let Some((rule, approval)) = grant else {
+    let Some((rule, approval)) = grants.best else {
         return Decision::deny(
             user,
             target,
@@ -322,6 +264,7 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
         );
     };
 
+    let granting = grants.roles;
     let max_session = granting
         .iter()
         .filter_map(|r| r.max_session.as_ref().map(Dur::get))
@@ -338,6 +281,90 @@ pub fn decide(cfg: &Config, user: &str, target: &str, login: Option<&str>) -> De
         port_forwarding: granting.iter().any(|r| r.port_forwarding),
         agent_forwarding: granting.iter().any(|r| r.agent_forwarding),
         approval,
+    }
+}
+
+/// The login [`decide`] uses on `t` when none is asked for: the target's
+/// default login if the user may use it, else the only login the user may
+/// use there. `Err` holds the reason for denying when there is no such
+/// login.
+fn default_login(cfg: &Config, user: &str, target: &str, t: &Target) -> Result<String, String> {
+    let allowed = allowed_logins(cfg, user, t);
+    match &t.default_login {
+        Some(d) if allowed.contains(d) => Ok(d.clone()),
+        _ if allowed.len() == 1 => Ok(allowed[0].clone()),
+        _ if allowed.is_empty() => Err(format!(
+            "no role of user {user:?} allows any login on target {target:?}"
+        )),
+        _ => Err(format!(
+            "target {target:?} has no default login for {user:?}; connect as {user}:LOGIN@{target} with LOGIN one of: {}",
+            allowed.join(", ")
+        )),
+    }
+}
+
+/// The allow rules of the user's roles that grant `login` on a target.
+struct Grants<'c> {
+    /// The first rule that grants it without approval, else the first
+    /// that grants it, with the approval it needs; `None` when none does.
+    best: Option<(RuleRef, Option<ApprovalNeed>)>,
+    /// Every role with a granting rule, each once, in role order: their
+    /// attributes (session length, forwarding) apply to the session.
+    roles: Vec<&'c Role>,
+}
+
+/// Collects the [`Grants`] of `roles` for `login` on `t`.
+fn find_grants<'c>(roles: &[&'c Role], t: &Target, login: &str) -> Grants<'c> {
+    let mut grant: Option<(RuleRef, Option<ApprovalNeed>)> = None;
+    let mut granting: Vec<&'c Role> = Vec::new();
+    for &role in roles {
+        for (i, rule) in role.allow.iter().enumerate() {
+            if !selector_matches(&rule.targets, t) || !login_listed(&rule.logins, login) {
+                continue;
+            }
+            let approval = approval_needed(rule, login);
+            if !granting.iter().any(|r| r.name == role.name) {
+                granting.push(role);
+            }
+            let r = allow_rule_ref(role, i, rule);
+            // A grant without approval beats one that needs approval.
+            let better = match &grant {
+                None => true,
+                Some((_, Some(_))) => approval.is_none(),
+                Some((_, None)) => false,
+            };
+            if better {
+                grant = Some((r, approval));
+            }
+        }
+    }
+    Grants {
+        best: grant,
+        roles: granting,
+    }
+}
+
+/// The approval an allow rule asks for before it grants `login`, if any.
+fn approval_needed(rule: &AllowRule, login: &str) -> Option<ApprovalNeed> {
+    rule.require_approval.as_ref().and_then(|a| {
+        let applies = a.logins.is_empty() || login_listed(&a.logins, login);
+        applies.then(|| ApprovalNeed {
+            approvers: a.approvers.clone(),
+            ttl: a.ttl.as_ref().map(Dur::get),
+        })
+    })
+}
+
+/// Names allow rule `i` of `role`, as written.
+fn allow_rule_ref(role: &Role, i: usize, rule: &AllowRule) -> RuleRef {
+    RuleRef {
+        role: role.name.clone(),
+        rule: format!("allow[{i}]"),
+        text: format!(
+            "targets {}; logins {}",
+            selector_text(&rule.targets),
+            rule.logins.join(", ")
+        ),
     }
 }
 

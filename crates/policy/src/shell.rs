@@ -269,36 +269,9 @@ impl Parser<'_> {
                     self.i += 1;
                     self.end_command(&mut cur, false);
                 }
-                '|' => {
-                    self.i += 1;
-                    let piped = match self.peek(0) {
-                        Some('|') => {
-                            self.i += 1;
-                            false
-                        }
-                        Some('&') => {
-                            self.i += 1;
-                            true
-                        }
-                        _ => true,
-                    };
-                    self.end_command(&mut cur, piped);
-                }
-                '&' if self.peek(1) == Some('>') => {
-                    Self::end_word(&mut cur);
-                    self.i += 2;
-                    if self.peek(0) == Some('>') {
-                        self.i += 1;
-                    }
-                    cur.redirect_target = true;
-                }
-                '&' => {
-                    self.i += 1;
-                    if self.peek(0) == Some('&') {
-                        self.i += 1;
-                    }
-                    self.end_command(&mut cur, false);
-                }
+                '|' => self.pipe(&mut cur),
+                '&' if self.peek(1) == Some('>') => self.redirect_both(&mut cur),
+                '&' => self.background_or_and(&mut cur),
                 '(' if self.peek(1) == Some('(')
                     && cur.word.is_none()
                     && cur.cmd.words.iter().all(is_reserved)
@@ -306,60 +279,13 @@ impl Parser<'_> {
                 {
                     // `(( … ))`: an arithmetic command, no command name.
                 }
-                '(' => {
-                    // A subshell, or the `()` of a function definition.
-                    self.i += 1;
-                    self.end_command(&mut cur, false);
-                    self.nested(')');
-                }
-                ')' => {
-                    // Unbalanced: the end of a `case` pattern (`a|*)`), which
-                    // runs nothing, or a syntax error, which runs nothing.
-                    self.i += 1;
-                    cur.word = None;
-                    cur.cmd.words.clear();
-                    cur.redirect_target = false;
-                }
-                '`' => {
-                    self.i += 1;
-                    Self::word(&mut cur).dynamic = true;
-                    Self::word(&mut cur).text.push_str("`…`");
-                    self.nested('`');
-                }
+                '(' => self.subshell(&mut cur),
+                ')' => self.unbalanced_close(&mut cur),
+                '`' => self.backquoted(&mut cur),
                 '<' | '>' => self.redirect(&mut cur),
-                '#' if cur.word.is_none() => {
-                    while let Some(c) = self.peek(0) {
-                        if c == '\n' {
-                            break;
-                        }
-                        self.i += 1;
-                    }
-                }
-                '\\' => {
-                    self.i += 1;
-                    match self.peek(0) {
-                        Some('\n') => self.i += 1,
-                        Some(n) => {
-                            let w = Self::word(&mut cur);
-                            w.quoted();
-                            w.text.push(n);
-                            self.i += 1;
-                        }
-                        None => {}
-                    }
-                }
-                '\'' => {
-                    self.i += 1;
-                    let w = Self::word(&mut cur);
-                    w.quoted();
-                    while let Some(c) = self.s.get(self.i).copied() {
-                        self.i += 1;
-                        if c == '\'' {
-                            break;
-                        }
-                        w.text.push(c);
-                    }
-                }
+                '#' if cur.word.is_none() => self.comment(),
+                '\\' => self.backslash(&mut cur),
+                '\'' => self.single_quoted(&mut cur),
                 '"' => {
                     self.i += 1;
                     self.double_quoted(&mut cur);
@@ -371,20 +297,7 @@ impl Parser<'_> {
                     w.text.push(c);
                     self.i += 1;
                 }
-                // History expansion (`!!:1`, `!-2`) and quick substitution
-                // (`^old^new`) in an interactive shell.
-                '!' | '^' => {
-                    let next = self.peek(1);
-                    let history = if c == '!' {
-                        !matches!(next, None | Some(' ' | '\t' | '\n' | '=' | '('))
-                    } else {
-                        cur.word.is_none() && self.commands.is_empty()
-                    };
-                    let w = Self::word(&mut cur);
-                    w.dynamic |= history;
-                    w.text.push(c);
-                    self.i += 1;
-                }
+                '!' | '^' => self.history(&mut cur, c),
                 c => {
                     Self::word(&mut cur).text.push(c);
                     self.i += 1;
@@ -392,6 +305,126 @@ impl Parser<'_> {
             }
         }
         self.end_command(&mut cur, false);
+    }
+
+    /// `|`, `||` or `|&` at `self.i`: ends the command; after `|` and
+    /// `|&` the next one reads this one's output.
+    fn pipe(&mut self, cur: &mut Current) {
+        self.i += 1;
+        let piped = match self.peek(0) {
+            Some('|') => {
+                self.i += 1;
+                false
+            }
+            Some('&') => {
+                self.i += 1;
+                true
+            }
+            _ => true,
+        };
+        self.end_command(cur, piped);
+    }
+
+    /// `&>` or `&>>` at `self.i`: the next word is where output goes.
+    fn redirect_both(&mut self, cur: &mut Current) {
+        Self::end_word(cur);
+        self.i += 2;
+        if self.peek(0) == Some('>') {
+            self.i += 1;
+        }
+        cur.redirect_target = true;
+    }
+
+    /// `&` or `&&` at `self.i`: ends the command.
+    fn background_or_and(&mut self, cur: &mut Current) {
+        self.i += 1;
+        if self.peek(0) == Some('&') {
+            self.i += 1;
+        }
+        self.end_command(cur, false);
+    }
+
+    /// `(` at `self.i`, not arithmetic.
+    fn subshell(&mut self, cur: &mut Current) {
+        // A subshell, or the `()` of a function definition.
+        self.i += 1;
+        self.end_command(cur, false);
+        self.nested(')');
+    }
+
+    /// `)` at `self.i` that closes nothing.
+    fn unbalanced_close(&mut self, cur: &mut Current) {
+        // Unbalanced: the end of a `case` pattern (`a|*)`), which
+        // runs nothing, or a syntax error, which runs nothing.
+        self.i += 1;
+        cur.word = None;
+        cur.cmd.words.clear();
+        cur.redirect_target = false;
+    }
+
+    /// `` ` `` at `self.i`: a command substitution, in or out of double
+    /// quotes.
+    fn backquoted(&mut self, cur: &mut Current) {
+        self.i += 1;
+        Self::word(cur).dynamic = true;
+        Self::word(cur).text.push_str("`…`");
+        self.nested('`');
+    }
+
+    /// `#` at `self.i`, at the start of a word: a comment, skipped up to
+    /// the end of the line.
+    fn comment(&mut self) {
+        while let Some(c) = self.peek(0) {
+            if c == '\n' {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    /// `\` at `self.i`, outside quotes.
+    fn backslash(&mut self, cur: &mut Current) {
+        self.i += 1;
+        match self.peek(0) {
+            Some('\n') => self.i += 1,
+            Some(n) => {
+                let w = Self::word(cur);
+                w.quoted();
+                w.text.push(n);
+                self.i += 1;
+            }
+            None => {}
+        }
+    }
+
+    /// `'…'` at `self.i`.
+    fn single_quoted(&mut self, cur: &mut Current) {
+        self.i += 1;
+        let w = Self::word(cur);
+        w.quoted();
+        while let Some(c) = self.s.get(self.i).copied() {
+            self.i += 1;
+            if c == '\'' {
+                break;
+            }
+            w.text.push(c);
+        }
+    }
+
+    /// `!` or `^` (`c`) at `self.i`, outside quotes.
+    fn history(&mut self, cur: &mut Current, c: char) {
+        // History expansion (`!!:1`, `!-2`) and quick substitution
+        // (`^old^new`) in an interactive shell.
+        let next = self.peek(1);
+        let history = if c == '!' {
+            !matches!(next, None | Some(' ' | '\t' | '\n' | '=' | '('))
+        } else {
+            cur.word.is_none() && self.commands.is_empty()
+        };
+        let w = Self::word(cur);
+        w.dynamic |= history;
+        w.text.push(c);
+        self.i += 1;
     }
 
     fn redirect(&mut self, cur: &mut Current) {
@@ -442,12 +475,7 @@ impl Parser<'_> {
                         _ => Self::word(cur).text.push('\\'),
                     }
                 }
-                '`' => {
-                    self.i += 1;
-                    Self::word(cur).dynamic = true;
-                    Self::word(cur).text.push_str("`…`");
-                    self.nested('`');
-                }
+                '`' => self.backquoted(cur),
                 '$' => self.dollar(cur, true),
                 '!' if !matches!(
                     self.peek(1),
@@ -658,19 +686,60 @@ const SHELLS: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "rbash", "posh", "yash",
 ];
 
+/// Options of `sudo` and `doas` that take the next word as their argument.
+const SUDO_OPTIONS_WITH_ARG: &[&str] = &[
+    "-u",
+    "-g",
+    "-C",
+    "-D",
+    "-h",
+    "-p",
+    "-r",
+    "-t",
+    "-T",
+    "-U",
+    "-R",
+    "--user",
+    "--group",
+    "--chdir",
+    "--host",
+    "--prompt",
+    "--role",
+    "--type",
+    "--other-user",
+    "--chroot",
+    "--close-from",
+];
+
+/// Options of `xargs` that take the next word as their argument.
+const XARGS_OPTIONS_WITH_ARG: &[&str] = &[
+    "-I",
+    "-L",
+    "-n",
+    "-P",
+    "-d",
+    "-E",
+    "-s",
+    "-a",
+    "--arg-file",
+    "--delimiter",
+    "--max-args",
+    "--max-procs",
+    "--max-lines",
+    "--max-chars",
+    "--eof",
+    "--process-slot-var",
+];
+
+/// Adds the simple command `cmd` to `out`, normalised, and each command
+/// it runs through wrappers (`sudo id` → `sudo id`, `id`).
 fn normalise(cmd: RawCommand, depth: usize, out: &mut Analysis) {
     let piped = cmd.piped || cmd.stdin_redirected;
     let mut words = cmd.words;
     loop {
-        // Reserved words and assignments before the command.
-        let skip = words
-            .iter()
-            .take_while(|w| is_reserved(w) || w.is_assignment())
-            .count();
-        words.drain(..skip);
+        drop_reserved_and_assignments(&mut words);
         let Some(first) = words.first() else { return };
-        let exempt = matches!(first.text.as_str(), "[" | "[[" | "{" | "}");
-        if first.dynamic || (first.pattern && !exempt) {
+        if name_is_computed(first) {
             out.opaque.get_or_insert(OPAQUE_NAME);
             return;
         }
@@ -678,164 +747,168 @@ fn normalise(cmd: RawCommand, depth: usize, out: &mut Analysis) {
             return;
         }
         push(out, &words);
-        let name = basename(&first.text).to_string();
-        let rest = match name.as_str() {
-            "exec" => skip_options(&words, 1, &["-a"]),
-            "command" | "builtin" | "nohup" | "setsid" | "busybox" => skip_options(&words, 1, &[]),
-            "env" => {
-                let mut i = 1;
-                while let Some(w) = words.get(i) {
-                    let t = w.text.as_str();
-                    if t == "--" {
-                        i += 1;
-                        break;
-                    }
-                    if t == "-S" || t == "--split-string" {
-                        if let Some(s) = words.get(i + 1) {
-                            analyse_into(&s.text, depth + 1, out);
-                        }
-                        return;
-                    }
-                    if let Some(s) = t.strip_prefix("--split-string=") {
-                        analyse_into(s, depth + 1, out);
-                        return;
-                    }
-                    if is_assignment_text(t) || t.starts_with('-') {
-                        i += 1;
-                        if matches!(t, "-u" | "-C" | "--unset" | "--chdir") {
-                            i += 1;
-                        }
-                        continue;
-                    }
-                    break;
-                }
-                i
-            }
-            // `sudo -s` / `sudo -i` with no command start an interactive
-            // shell, whose lines are judged as they are typed.
-            "sudo" | "doas" => skip_options(
-                &words,
-                1,
-                &[
-                    "-u",
-                    "-g",
-                    "-C",
-                    "-D",
-                    "-h",
-                    "-p",
-                    "-r",
-                    "-t",
-                    "-T",
-                    "-U",
-                    "-R",
-                    "--user",
-                    "--group",
-                    "--chdir",
-                    "--host",
-                    "--prompt",
-                    "--role",
-                    "--type",
-                    "--other-user",
-                    "--chroot",
-                    "--close-from",
-                ],
-            ),
-            // `nice -10 cmd` (old syntax) is an option like any other.
-            "nice" => skip_options(&words, 1, &["-n", "--adjustment"]),
-            "ionice" => skip_options(
-                &words,
-                1,
-                &["-c", "-n", "-p", "-P", "-u", "--class", "--classdata"],
-            ),
-            "time" => skip_options(&words, 1, &["-f", "-o", "--format", "--output"]),
-            "stdbuf" => skip_options(
-                &words,
-                1,
-                &["-i", "-o", "-e", "--input", "--output", "--error"],
-            ),
-            "timeout" => {
-                let i = skip_options(&words, 1, &["-s", "-k", "--signal", "--kill-after"]);
-                i + 1
-            }
-            "xargs" => {
-                let i = skip_options(
-                    &words,
-                    1,
-                    &[
-                        "-I",
-                        "-L",
-                        "-n",
-                        "-P",
-                        "-d",
-                        "-E",
-                        "-s",
-                        "-a",
-                        "--arg-file",
-                        "--delimiter",
-                        "--max-args",
-                        "--max-procs",
-                        "--max-lines",
-                        "--max-chars",
-                        "--eof",
-                        "--process-slot-var",
-                    ],
-                );
-                if i >= words.len() {
-                    // xargs with no command runs echo.
-                    return;
-                }
-                i
-            }
-            "eval" => {
-                let args = &words[1..];
-                if args.iter().any(|w| w.dynamic) {
-                    out.opaque.get_or_insert(OPAQUE_NAME);
-                    return;
-                }
-                let text: Vec<&str> = args.iter().map(|w| w.text.as_str()).collect();
-                analyse_into(&text.join(" "), depth + 1, out);
-                return;
-            }
-            "alias" => {
-                for w in &words[1..] {
-                    if let Some((_, value)) = w.text.split_once('=') {
-                        analyse_into(value, depth + 1, out);
-                    }
-                }
-                return;
-            }
-            "su" => {
-                let mut i = 1;
-                while let Some(w) = words.get(i) {
-                    let t = w.text.as_str();
-                    if t == "-c" || t == "--command" {
-                        match words.get(i + 1) {
-                            Some(s) if s.dynamic => {
-                                out.opaque.get_or_insert(OPAQUE_NAME);
-                            }
-                            Some(s) => analyse_into(&s.text, depth + 1, out),
-                            None => {}
-                        }
-                        return;
-                    }
-                    if let Some(s) = t.strip_prefix("--command=") {
-                        analyse_into(s, depth + 1, out);
-                        return;
-                    }
-                    i += 1;
-                }
-                return;
-            }
-            n if SHELLS.contains(&n) => {
-                shell(&words, piped, depth, out);
-                return;
-            }
-            _ => return,
+        let Some(rest) = wrapped_command(&words, piped, depth, out) else {
+            return;
         };
         if rest >= words.len() {
             return;
         }
         words.drain(..rest);
+    }
+}
+
+/// Drops the reserved words and assignments before the command.
+fn drop_reserved_and_assignments(words: &mut Vec<Word>) {
+    let skip = words
+        .iter()
+        .take_while(|w| is_reserved(w) || w.is_assignment())
+        .count();
+    words.drain(..skip);
+}
+
+/// Is the command name `first` known only when the line runs (an
+/// expansion, a glob or a brace)? `[`, `[[`, `{` and `}` are names.
+fn name_is_computed(first: &Word) -> bool {
+    let exempt = matches!(first.text.as_str(), "[" | "[[" | "{" | "}");
+    first.dynamic || (first.pattern && !exempt)
+}
+
+/// Where in `words` the command run by the wrapper `words[0]` starts
+/// (`sudo -u bob id` → 3). `None` when there is no such command to go on
+/// with: `words[0]` is no wrapper, wraps nothing (`xargs` alone), or runs
+/// a string (`sh -c`, `eval`, `su -c`, `env -S`, `alias`), which is
+/// analysed into `out` here.
+fn wrapped_command(words: &[Word], piped: bool, depth: usize, out: &mut Analysis) -> Option<usize> {
+    let name = basename(&words[0].text);
+    match name {
+        "exec" => Some(skip_options(words, 1, &["-a"])),
+        "command" | "builtin" | "nohup" | "setsid" | "busybox" => Some(skip_options(words, 1, &[])),
+        "env" => env_command(words, depth, out),
+        // `sudo -s` / `sudo -i` with no command start an interactive
+        // shell, whose lines are judged as they are typed.
+        "sudo" | "doas" => Some(skip_options(words, 1, SUDO_OPTIONS_WITH_ARG)),
+        // `nice -10 cmd` (old syntax) is an option like any other.
+        "nice" => Some(skip_options(words, 1, &["-n", "--adjustment"])),
+        "ionice" => Some(skip_options(
+            words,
+            1,
+            &["-c", "-n", "-p", "-P", "-u", "--class", "--classdata"],
+        )),
+        "time" => Some(skip_options(
+            words,
+            1,
+            &["-f", "-o", "--format", "--output"],
+        )),
+        "stdbuf" => Some(skip_options(
+            words,
+            1,
+            &["-i", "-o", "-e", "--input", "--output", "--error"],
+        )),
+        "timeout" => {
+            let i = skip_options(words, 1, &["-s", "-k", "--signal", "--kill-after"]);
+            Some(i + 1)
+        }
+        "xargs" => {
+            let i = skip_options(words, 1, XARGS_OPTIONS_WITH_ARG);
+            if i >= words.len() {
+                // xargs with no command runs echo.
+                return None;
+            }
+            Some(i)
+        }
+        "eval" => {
+            eval(words, depth, out);
+            None
+        }
+        "alias" => {
+            alias(words, depth, out);
+            None
+        }
+        "su" => {
+            su(words, depth, out);
+            None
+        }
+        n if SHELLS.contains(&n) => {
+            shell(words, piped, depth, out);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `env`: the index of the command after its options and assignments;
+/// `-S STRING` (`--split-string`) is analysed instead.
+fn env_command(words: &[Word], depth: usize, out: &mut Analysis) -> Option<usize> {
+    let mut i = 1;
+    while let Some(w) = words.get(i) {
+        let t = w.text.as_str();
+        if t == "--" {
+            i += 1;
+            break;
+        }
+        if t == "-S" || t == "--split-string" {
+            if let Some(s) = words.get(i + 1) {
+                analyse_into(&s.text, depth + 1, out);
+            }
+            return None;
+        }
+        if let Some(s) = t.strip_prefix("--split-string=") {
+            analyse_into(s, depth + 1, out);
+            return None;
+        }
+        if is_assignment_text(t) || t.starts_with('-') {
+            i += 1;
+            if matches!(t, "-u" | "-C" | "--unset" | "--chdir") {
+                i += 1;
+            }
+            continue;
+        }
+        break;
+    }
+    Some(i)
+}
+
+/// `eval`: its arguments, joined, are analysed; any expansion in them
+/// makes the line opaque.
+fn eval(words: &[Word], depth: usize, out: &mut Analysis) {
+    let args = &words[1..];
+    if args.iter().any(|w| w.dynamic) {
+        out.opaque.get_or_insert(OPAQUE_NAME);
+        return;
+    }
+    let text: Vec<&str> = args.iter().map(|w| w.text.as_str()).collect();
+    analyse_into(&text.join(" "), depth + 1, out);
+}
+
+/// `alias NAME=VALUE …`: each value is analysed.
+fn alias(words: &[Word], depth: usize, out: &mut Analysis) {
+    for w in &words[1..] {
+        if let Some((_, value)) = w.text.split_once('=') {
+            analyse_into(value, depth + 1, out);
+        }
+    }
+}
+
+/// `su`: the string of `-c` (`--command`) is analysed.
+fn su(words: &[Word], depth: usize, out: &mut Analysis) {
+    let mut i = 1;
+    while let Some(w) = words.get(i) {
+        let t = w.text.as_str();
+        if t == "-c" || t == "--command" {
+            match words.get(i + 1) {
+                Some(s) if s.dynamic => {
+                    out.opaque.get_or_insert(OPAQUE_NAME);
+                }
+                Some(s) => analyse_into(&s.text, depth + 1, out),
+                None => {}
+            }
+            return;
+        }
+        if let Some(s) = t.strip_prefix("--command=") {
+            analyse_into(s, depth + 1, out);
+            return;
+        }
+        i += 1;
     }
 }
 
