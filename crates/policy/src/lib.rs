@@ -418,14 +418,41 @@ pub struct CommandDenial {
 /// runs, normalised by [`shell::analyse`]: `true; "/usr/bin/id"` is tried
 /// as `true; "/usr/bin/id"`, `true` and `id`.
 fn pattern_hits(pattern: &str, line: &str, analysis: &shell::Analysis) -> bool {
-    match regex::Regex::new(pattern) {
-        Ok(re) => {
+    match compiled(pattern) {
+        Some(re) => {
             re.is_match(line.trim_start()) || analysis.commands.iter().any(|c| re.is_match(c))
         }
         // Patterns were validated at load; an invalid one matches rather
         // than silently letting the command through.
-        Err(_) => true,
+        None => true,
     }
+}
+
+/// Most compiled patterns kept; past this (many reloads with different
+/// rules) the cache starts afresh.
+const PATTERN_CACHE: usize = 4096;
+
+/// `pattern` compiled once per process (None when it does not compile):
+/// the guard judges every line a user submits, and compiling the same
+/// rules for each line cost more than matching them.
+fn compiled(pattern: &str) -> Option<regex::Regex> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(map) = cache.lock() {
+        if let Some(hit) = map.get(pattern) {
+            return hit.clone();
+        }
+    }
+    let re = regex::Regex::new(pattern).ok();
+    if let Ok(mut map) = cache.lock() {
+        if map.len() >= PATTERN_CACHE {
+            map.clear();
+        }
+        map.insert(pattern.to_string(), re.clone());
+    }
+    re
 }
 
 /// Checks a command line against the command deny rules of the user's
