@@ -293,16 +293,12 @@ async fn run_on_target(ctx: ChannelCtx, mut channel: Channel<Msg>, setup: Setup,
         }
         _ => None,
     };
-    let outcome = pump::pump(
-        &ctx,
-        channel,
-        up,
-        pty,
-        recorder.as_ref(),
-        transfers.as_ref(),
-        guard.as_ref(),
-    )
-    .await;
+    let taps = pump::Taps {
+        rec: recorder.as_ref(),
+        transfers: transfers.as_ref(),
+        guard: guard.as_ref(),
+    };
+    let outcome = pump::pump(&ctx, channel, up, pty, taps).await;
     drop(transfers);
     if let Some(w) = transfer_writer {
         let _ = w.await;

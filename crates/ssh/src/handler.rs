@@ -96,16 +96,14 @@ impl server::Handler for Conn {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channel_ctx() {
-            Some(ctx) => {
-                boxed(async move {
-                    channel::open_session(ctx, channel, reply).await;
-                    Ok(())
-                })
-                .await
-            }
-            None => Ok(prohibited(reply).await),
-        }
+        let Some(ctx) = self.channel_ctx() else {
+            return prohibited(reply).await;
+        };
+        boxed(async move {
+            channel::open_session(ctx, channel, reply).await;
+            Ok(())
+        })
+        .await
     }
 
     async fn channel_open_direct_tcpip(
@@ -119,7 +117,7 @@ impl server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(ctx) = self.channel_ctx() else {
-            return Ok(prohibited(reply).await);
+            return prohibited(reply).await;
         };
         let jumped = self.auth.jump.is_some();
         boxed(async move {
@@ -241,8 +239,9 @@ impl server::Handler for Conn {
 }
 
 /// Refuses a channel of a connection that is not authenticated.
-async fn prohibited(reply: server::ChannelOpenHandle) {
+async fn prohibited(reply: server::ChannelOpenHandle) -> Result<(), russh::Error> {
     reply
         .reject(ChannelOpenFailure::AdministrativelyProhibited)
         .await;
+    Ok(())
 }

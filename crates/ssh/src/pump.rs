@@ -55,189 +55,27 @@ pub(crate) struct PumpOutcome {
     pub lost: bool,
 }
 
+/// The taps a session channel's data passes through.
+#[derive(Clone, Copy)]
+pub(crate) struct Taps<'a> {
+    pub rec: Option<&'a Recorder>,
+    pub transfers: Option<&'a TransferAudit>,
+    pub guard: Option<&'a LineGuard>,
+}
+
 /// Copies a session channel both ways until either side closes.
 pub(crate) async fn pump(
     ctx: &ChannelCtx,
     user: Channel<Msg>,
     up: Channel<client::Msg>,
     pty: bool,
-    rec: Option<&Recorder>,
-    transfers: Option<&TransferAudit>,
-    guard: Option<&LineGuard>,
+    taps: Taps<'_>,
 ) -> PumpOutcome {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
     let (mut up_rx, up_tx) = up.split();
-    let state = ctx.state.clone();
-    let to_target = async {
-        let mut n = 0u64;
-        while let Some(msg) = user_rx.wait().await {
-            let r = match msg {
-                ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
-                    state
-                        .bytes_in
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(g) = guard {
-                        Box::pin(guarded_input(
-                            ctx,
-                            g,
-                            &data,
-                            &mut user_rx,
-                            &user_tx,
-                            &up_tx,
-                            rec,
-                        ))
-                        .await
-                    } else {
-                        if let Some(r) = rec {
-                            r.input(&data).await;
-                        }
-                        if let Some(t) = transfers {
-                            t.client(&data).await;
-                        }
-                        up_tx.data_bytes(data).await
-                    }
-                }
-                ChannelMsg::Eof => up_tx.eof().await,
-                ChannelMsg::Close => break,
-                ChannelMsg::WindowChange {
-                    col_width,
-                    row_height,
-                    pix_width,
-                    pix_height,
-                } => {
-                    let (col_width, row_height) = clamp_pty(
-                        col_width,
-                        row_height,
-                        ctx.who.config.server.max_pty_cols,
-                        ctx.who.config.server.max_pty_rows,
-                    );
-                    if let Some(r) = rec {
-                        r.resize(col_width, row_height).await;
-                    }
-                    if let Some(g) = guard {
-                        g.resize(col_width, row_height);
-                    }
-                    up_tx
-                        .window_change(col_width, row_height, pix_width, pix_height)
-                        .await
-                }
-                ChannelMsg::Signal { signal } => up_tx.signal(signal).await,
-                _ => Ok(()),
-            };
-            if r.is_err() {
-                break;
-            }
-        }
-        let _ = up_tx.close().await;
-        n
-    };
-    let handle = ctx.handle.clone();
-    let to_user = async {
-        let mut n = 0u64;
-        let mut exit = None;
-        let mut refused = false;
-        let mut eof_sent = false;
-        // The upstream channel vanished without a close: its connection
-        // died (the target's sshd, the network).
-        let mut lost = false;
-        loop {
-            let Some(msg) = up_rx.wait().await else {
-                lost = true;
-                break;
-            };
-            let r = match msg {
-                ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
-                    state
-                        .bytes_out
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(r) = rec {
-                        r.output(&data).await;
-                    }
-                    if let Some(g) = guard {
-                        g.output(&data);
-                    }
-                    if let Some(t) = transfers {
-                        t.server(&data).await;
-                    }
-                    user_tx.data_bytes(data).await
-                }
-                ChannelMsg::ExtendedData { data, ext } => {
-                    n += data.len() as u64;
-                    state
-                        .bytes_out
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(r) = rec {
-                        r.output(&data).await;
-                    }
-                    user_tx.extended_data_bytes(ext, data).await
-                }
-                ChannelMsg::Eof => {
-                    eof_sent = true;
-                    user_tx.eof().await
-                }
-                ChannelMsg::ExitStatus { exit_status } => {
-                    exit = Some(exit_status);
-                    user_tx.exit_status(exit_status).await
-                }
-                ChannelMsg::ExitSignal {
-                    signal_name,
-                    core_dumped,
-                    error_message,
-                    lang_tag,
-                } => {
-                    exit = Some(128 + signal_number(&signal_name));
-                    handle
-                        .exit_signal_request(
-                            user_id,
-                            signal_name,
-                            core_dumped,
-                            error_message,
-                            lang_tag,
-                        )
-                        .await
-                        .map_err(|_| russh::Error::SendError)
-                }
-                ChannelMsg::Failure => {
-                    let eol = if pty { "\r\n" } else { "\n" };
-                    let _ = user_tx
-                        .extended_data_bytes(
-                            1,
-                            format!("gatehouse: the target refused the request{eol}").into_bytes(),
-                        )
-                        .await;
-                    exit = Some(1);
-                    refused = true;
-                    let _ = user_tx.exit_status(1).await;
-                    break;
-                }
-                ChannelMsg::Close => break,
-                _ => Ok(()),
-            };
-            if r.is_err() {
-                break;
-            }
-        }
-        let lost = lost && exit.is_none();
-        if lost {
-            let eol = if pty { "\r\n" } else { "\n" };
-            let _ = user_tx
-                .extended_data_bytes(
-                    1,
-                    format!("gatehouse: the connection to the target was lost{eol}").into_bytes(),
-                )
-                .await;
-            let _ = user_tx.exit_status(255).await;
-        }
-        // One EOF only: clients such as asyncssh treat a second as an error.
-        if !eof_sent {
-            let _ = user_tx.eof().await;
-        }
-        let _ = user_tx.close().await;
-        (n, exit, refused, lost)
-    };
+    let to_target = to_target(ctx, &mut user_rx, &user_tx, &up_tx, taps);
+    let to_user = to_user(ctx, &mut up_rx, &user_tx, user_id, pty, taps);
     tokio::pin!(to_target);
     tokio::pin!(to_user);
     let mut outcome = PumpOutcome::default();
@@ -259,6 +97,191 @@ pub(crate) async fn pump(
         }
     }
     outcome
+}
+
+/// The user's side towards the target: data through the taps, EOF,
+/// window changes and signals. Returns the bytes passed on.
+async fn to_target(
+    ctx: &ChannelCtx,
+    user_rx: &mut russh::ChannelReadHalf,
+    user_tx: &russh::ChannelWriteHalf<Msg>,
+    up_tx: &russh::ChannelWriteHalf<client::Msg>,
+    taps: Taps<'_>,
+) -> u64 {
+    let Taps {
+        rec,
+        transfers,
+        guard,
+    } = taps;
+    let mut n = 0u64;
+    while let Some(msg) = user_rx.wait().await {
+        let r = match msg {
+            ChannelMsg::Data { data } => {
+                n += data.len() as u64;
+                ctx.state
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(g) = guard {
+                    Box::pin(guarded_input(ctx, g, &data, user_rx, user_tx, up_tx, rec)).await
+                } else {
+                    if let Some(r) = rec {
+                        r.input(&data).await;
+                    }
+                    if let Some(t) = transfers {
+                        t.client(&data).await;
+                    }
+                    up_tx.data_bytes(data).await
+                }
+            }
+            ChannelMsg::Eof => up_tx.eof().await,
+            ChannelMsg::Close => break,
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                let (col_width, row_height) = clamp_pty(
+                    col_width,
+                    row_height,
+                    ctx.who.config.server.max_pty_cols,
+                    ctx.who.config.server.max_pty_rows,
+                );
+                if let Some(r) = rec {
+                    r.resize(col_width, row_height).await;
+                }
+                if let Some(g) = guard {
+                    g.resize(col_width, row_height);
+                }
+                up_tx
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await
+            }
+            ChannelMsg::Signal { signal } => up_tx.signal(signal).await,
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            break;
+        }
+    }
+    let _ = up_tx.close().await;
+    n
+}
+
+/// The target's side towards the user: data and stderr through the
+/// taps, EOF, exit status or signal, a refused request, a lost target.
+/// Returns the bytes passed on, the exit status, whether the target
+/// refused the request and whether its connection was lost.
+async fn to_user(
+    ctx: &ChannelCtx,
+    up_rx: &mut russh::ChannelReadHalf,
+    user_tx: &russh::ChannelWriteHalf<Msg>,
+    user_id: russh::ChannelId,
+    pty: bool,
+    taps: Taps<'_>,
+) -> (u64, Option<u32>, bool, bool) {
+    let Taps {
+        rec,
+        transfers,
+        guard,
+    } = taps;
+    let handle = &ctx.handle;
+    let mut n = 0u64;
+    let mut exit = None;
+    let mut refused = false;
+    let mut eof_sent = false;
+    // The upstream channel vanished without a close: its connection
+    // died (the target's sshd, the network).
+    let mut lost = false;
+    loop {
+        let Some(msg) = up_rx.wait().await else {
+            lost = true;
+            break;
+        };
+        let r = match msg {
+            ChannelMsg::Data { data } => {
+                n += data.len() as u64;
+                ctx.state
+                    .bytes_out
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(r) = rec {
+                    r.output(&data).await;
+                }
+                if let Some(g) = guard {
+                    g.output(&data);
+                }
+                if let Some(t) = transfers {
+                    t.server(&data).await;
+                }
+                user_tx.data_bytes(data).await
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                n += data.len() as u64;
+                ctx.state
+                    .bytes_out
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(r) = rec {
+                    r.output(&data).await;
+                }
+                user_tx.extended_data_bytes(ext, data).await
+            }
+            ChannelMsg::Eof => {
+                eof_sent = true;
+                user_tx.eof().await
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                exit = Some(exit_status);
+                user_tx.exit_status(exit_status).await
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                exit = Some(128 + signal_number(&signal_name));
+                handle
+                    .exit_signal_request(user_id, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+                    .map_err(|_| russh::Error::SendError)
+            }
+            ChannelMsg::Failure => {
+                let eol = if pty { "\r\n" } else { "\n" };
+                let _ = user_tx
+                    .extended_data_bytes(
+                        1,
+                        format!("gatehouse: the target refused the request{eol}").into_bytes(),
+                    )
+                    .await;
+                exit = Some(1);
+                refused = true;
+                let _ = user_tx.exit_status(1).await;
+                break;
+            }
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            break;
+        }
+    }
+    let lost = lost && exit.is_none();
+    if lost {
+        let eol = if pty { "\r\n" } else { "\n" };
+        let _ = user_tx
+            .extended_data_bytes(
+                1,
+                format!("gatehouse: the connection to the target was lost{eol}").into_bytes(),
+            )
+            .await;
+        let _ = user_tx.exit_status(255).await;
+    }
+    // One EOF only: clients such as asyncssh treat a second as an error.
+    if !eof_sent {
+        let _ = user_tx.eof().await;
+    }
+    let _ = user_tx.close().await;
+    (n, exit, refused, lost)
 }
 
 /// Passes keystrokes on with every Enter held until the line on screen

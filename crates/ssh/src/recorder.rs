@@ -282,31 +282,25 @@ async fn run<W: Write>(
         let writing = failed.is_none();
         let result = match ev {
             RecEvent::Output(data) => {
-                let mut r = Ok(());
-                // The cap counts what the recording holds, not what went
-                // by: binary output grows up to six-fold as JSON text.
-                if !writing {
-                } else if cast.get_ref().accepted() < cap {
-                    r = cast.output(t, &data);
-                } else if !capped {
-                    capped = true;
-                    r = cast.marker(t, "output not recorded beyond the size cap");
-                }
-                if let Some(c) = capture.as_mut() {
-                    for command in c.output(&data) {
-                        if writing && r.is_ok() {
-                            r = cast.marker(t, &command);
-                        }
-                        let ev = events
-                            .event(EventType::COMMAND, Severity::Info, Outcome::Success)
-                            .details(serde_json::json!({
-                                "command": command,
-                                "source": "interactive",
-                                "recording_id": id,
-                                "offset": (t * 1000.0).round() / 1000.0,
-                            }));
-                        events.fact(ev).await;
-                    }
+                let (r, commands) = write_output(
+                    &mut cast,
+                    capture.as_mut(),
+                    &mut capped,
+                    cap,
+                    writing,
+                    t,
+                    &data,
+                );
+                for command in commands {
+                    let ev = events
+                        .event(EventType::COMMAND, Severity::Info, Outcome::Success)
+                        .details(serde_json::json!({
+                            "command": command,
+                            "source": "interactive",
+                            "recording_id": id,
+                            "offset": (t * 1000.0).round() / 1000.0,
+                        }));
+                    events.fact(ev).await;
                 }
                 r
             }
@@ -342,6 +336,49 @@ async fn run<W: Write>(
             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
+    Some(summary(cast, id, failed))
+}
+
+/// Output into the recording, up to `cap` bytes held, with a marker for
+/// each command line the screen shows (the commands are returned, for
+/// their events). Nothing is written once `writing` is false.
+fn write_output<W: Write>(
+    cast: &mut CastWriter<Hashing<W>>,
+    capture: Option<&mut LineCapture>,
+    capped: &mut bool,
+    cap: u64,
+    writing: bool,
+    t: f64,
+    data: &[u8],
+) -> (std::io::Result<()>, Vec<String>) {
+    let mut r = Ok(());
+    // The cap counts what the recording holds, not what went
+    // by: binary output grows up to six-fold as JSON text.
+    if !writing {
+    } else if cast.get_ref().accepted() < cap {
+        r = cast.output(t, data);
+    } else if !*capped {
+        *capped = true;
+        r = cast.marker(t, "output not recorded beyond the size cap");
+    }
+    let Some(c) = capture else {
+        return (r, Vec::new());
+    };
+    let commands = c.output(data);
+    for command in &commands {
+        if writing && r.is_ok() {
+            r = cast.marker(t, command);
+        }
+    }
+    (r, commands)
+}
+
+/// The finished recording: its id, hash and size on disk.
+fn summary<W: Write>(
+    cast: CastWriter<Hashing<W>>,
+    id: String,
+    failed: Option<String>,
+) -> RecordingSummary {
     let hashing = cast.into_inner();
     let sha256 = hashing
         .hash
@@ -349,12 +386,12 @@ async fn run<W: Write>(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Some(RecordingSummary {
+    RecordingSummary {
         id,
         sha256,
         bytes: hashing.bytes,
         error: failed,
-    })
+    }
 }
 
 /// A recording write failed (a full disk, a vanished directory): a
