@@ -12,41 +12,41 @@
 //! - [`audit`]: the one function through which every security decision
 //!   becomes an event (gating events and spooled facts).
 //! - [`upstream`]: connect and verify a target.
-//! - [`session`]: the per-connection types every stage shares, and the
+//! - `session`: the per-connection types every stage shares, and the
 //!   one event emitter of a session.
 //! - [`recorder`]: a tap: asciicast recording and interactive commands.
 //! - [`transfers`]: a tap: SFTP and scp operations as events.
 //! - `guard`: a tap: judges interactive command lines before they run.
-//! - [`connect`]: connects the session's target once (`session.start`,
+//! - `connect`: connects the session's target once (`session.start`,
 //!   `max_session`).
-//! - [`pump`]: copies channel data both ways through the taps; port
+//! - `pump`: copies channel data both ways through the taps; port
 //!   forwards and agent channels.
-//! - [`access`]: where a user may go (policy, grants, `access.denied`) and
+//! - `access`: where a user may go (policy, grants, `access.denied`) and
 //!   the just-in-time approval wait.
 //! - [`menu`]: the target menu and gateway commands; returns a choice.
-//! - [`channel`]: session channel set-up, authorisation and dispatch;
+//! - `channel`: session channel set-up, authorisation and dispatch;
 //!   port-forward and ProxyJump channels.
-//! - [`auth`]: publickey, certificate, password and TOTP authentication,
+//! - `auth`: publickey, certificate, password and TOTP authentication,
 //!   failure throttling and blocking.
-//! - [`handler`]: the russh `Handler`; each method hands over to a stage.
-//! - [`accept`]: the listener, its limits, kill requests, the spool
+//! - `handler`: the russh `Handler`; each method hands over to a stage.
+//! - `accept`: the listener, its limits, kill requests, the spool
 //!   flusher, and one task per connection up to `session.end`.
 
-pub mod accept;
-pub mod access;
+mod accept;
+mod access;
 pub mod audit;
-pub mod auth;
+mod auth;
 pub mod certs;
-pub mod channel;
-pub mod connect;
+mod channel;
+mod connect;
 mod guard;
-pub mod handler;
+mod handler;
 pub mod keys;
 mod limits;
 pub mod menu;
-pub mod pump;
+mod pump;
 pub mod recorder;
-pub mod session;
+mod session;
 mod transfers;
 pub mod upstream;
 

@@ -463,6 +463,7 @@ pub(crate) struct Events {
     mfa: bool,
     target: Option<String>,
     login: Option<String>,
+    node: String,
     on_failure: OnFailure,
 }
 
@@ -480,6 +481,7 @@ impl Events {
             mfa: who.mfa,
             target: dest.target.clone(),
             login: dest.login.clone(),
+            node: shared.node(),
             on_failure: who.on_failure(),
         }
     }
@@ -491,9 +493,9 @@ impl Events {
         &self.state
     }
 
-    /// An event of this session (the node is the gateway's current one).
+    /// An event of this session.
     pub fn event(&self, kind: &str, sev: Severity, result: Outcome) -> NewEvent {
-        let mut ev = NewEvent::new(kind, sev, result, &self.shared.node())
+        let mut ev = NewEvent::new(kind, sev, result, &self.node)
             .user(self.user.clone())
             .source_ip(self.state.peer.ip().to_string())
             .session(self.state.session_id.clone())
