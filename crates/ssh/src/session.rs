@@ -455,8 +455,11 @@ impl ConnState {
 /// The event emitter of one session: built once it is known who the user
 /// is and where they go, it fills user, session id, source address, MFA,
 /// target, login and node, so that a call site says only what happened.
+/// Cloning it is one reference count (taps and tasks hold clones).
 #[derive(Clone)]
-pub(crate) struct Events {
+pub(crate) struct Events(Arc<Emitter>);
+
+struct Emitter {
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     user: String,
@@ -474,7 +477,7 @@ impl Events {
         who: &Identity,
         dest: &Destination,
     ) -> Events {
-        Events {
+        Events(Arc::new(Emitter {
             shared: shared.clone(),
             state: state.clone(),
             user: who.user.clone(),
@@ -483,25 +486,26 @@ impl Events {
             login: dest.login.clone(),
             node: shared.node(),
             on_failure: who.on_failure(),
-        }
+        }))
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.0.shared
     }
     pub fn state(&self) -> &Arc<ConnState> {
-        &self.state
+        &self.0.state
     }
 
     /// An event of this session.
     pub fn event(&self, kind: &str, sev: Severity, result: Outcome) -> NewEvent {
-        let mut ev = NewEvent::new(kind, sev, result, &self.node)
-            .user(self.user.clone())
-            .source_ip(self.state.peer.ip().to_string())
-            .session(self.state.session_id.clone())
-            .mfa(self.mfa);
-        ev.target = self.target.clone();
-        ev.login = self.login.clone();
+        let e = &self.0;
+        let mut ev = NewEvent::new(kind, sev, result, &e.node)
+            .user(e.user.clone())
+            .source_ip(e.state.peer.ip().to_string())
+            .session(e.state.session_id.clone())
+            .mfa(e.mfa);
+        ev.target = e.target.clone();
+        ev.login = e.login.clone();
         ev
     }
 
@@ -509,7 +513,7 @@ impl Events {
     /// `audit.on_failure = "refuse"` an error when the store cannot take
     /// it (the caller then refuses).
     pub async fn gate(&self, ev: NewEvent) -> Result<(), AuditUnavailable> {
-        self.shared.audit.record(ev, self.on_failure).await
+        self.0.shared.audit.record(ev, self.0.on_failure).await
     }
 
     /// Records an event of something that already happened in this session
@@ -518,7 +522,7 @@ impl Events {
     /// is stopped: nothing more runs that the trail cannot show. False when
     /// the session is being stopped.
     pub async fn fact(&self, ev: NewEvent) -> bool {
-        match self.shared.audit.record_fact(ev, self.on_failure).await {
+        match self.0.shared.audit.record_fact(ev, self.0.on_failure).await {
             Ok(()) => true,
             Err(e) => {
                 self.stop(format!("the audit trail cannot be written ({})", e.0));
@@ -530,12 +534,12 @@ impl Events {
     /// Records a fact whose loss does not stop the session (it is ending
     /// anyway, or nothing ran): spooled when the store cannot take it.
     pub async fn fact_unstopped(&self, ev: NewEvent) {
-        let _ = self.shared.audit.record_fact(ev, self.on_failure).await;
+        let _ = self.0.shared.audit.record_fact(ev, self.0.on_failure).await;
     }
 
     /// Stops this session (see [`stop_session`]).
     pub fn stop(&self, why: String) {
-        stop_session(&self.shared, &self.state, why)
+        stop_session(&self.0.shared, &self.0.state, why)
     }
 }
 
