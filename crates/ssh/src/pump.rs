@@ -451,40 +451,8 @@ async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
     let (mut user_rx, user_tx) = user.split();
     let (mut up_rx, up_tx) = up.split();
     let (sent_in, sent_out) = (AtomicU64::new(0), AtomicU64::new(0));
-    let to_target = async {
-        while let Some(msg) = user_rx.wait().await {
-            let r = match msg {
-                ChannelMsg::Data { data } => {
-                    sent_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    up_tx.data_bytes(data).await
-                }
-                ChannelMsg::Eof => up_tx.eof().await,
-                ChannelMsg::Close => break,
-                _ => Ok(()),
-            };
-            if r.is_err() {
-                break;
-            }
-        }
-        let _ = up_tx.close().await;
-    };
-    let to_user = async {
-        while let Some(msg) = up_rx.wait().await {
-            let r = match msg {
-                ChannelMsg::Data { data } => {
-                    sent_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    user_tx.data_bytes(data).await
-                }
-                ChannelMsg::Eof => user_tx.eof().await,
-                ChannelMsg::Close => break,
-                _ => Ok(()),
-            };
-            if r.is_err() {
-                break;
-            }
-        }
-        let _ = user_tx.close().await;
-    };
+    let to_target = one_way(&mut user_rx, &up_tx, &sent_in);
+    let to_user = one_way(&mut up_rx, &user_tx, &sent_out);
     tokio::pin!(to_target);
     tokio::pin!(to_user);
     // Whichever side is done first, the other gets a moment to pass on
@@ -501,6 +469,32 @@ async fn raw_pump(user: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
         sent_in.load(Ordering::Relaxed),
         sent_out.load(Ordering::Relaxed),
     )
+}
+
+/// One direction of [`raw_pump`]: data and EOF passed on (counted) until
+/// either side closes; then the receiving side is closed.
+async fn one_way<S>(
+    rx: &mut russh::ChannelReadHalf,
+    tx: &russh::ChannelWriteHalf<S>,
+    sent: &std::sync::atomic::AtomicU64,
+) where
+    S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    while let Some(msg) = rx.wait().await {
+        let r = match msg {
+            ChannelMsg::Data { data } => {
+                sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                tx.data_bytes(data).await
+            }
+            ChannelMsg::Eof => tx.eof().await,
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            break;
+        }
+    }
+    let _ = tx.close().await;
 }
 
 /// A `direct-tcpip` channel (`ssh -L`), already authorised and audited.
