@@ -59,6 +59,9 @@ pub enum Command {
     /// Source addresses refused by the gateway: list, block, unblock.
     #[command(subcommand)]
     Sources(SourcesCmd),
+    /// Gateway nodes sharing the store: address, version, open sessions,
+    /// last heartbeat and state (up, stopped, lost).
+    Nodes,
 }
 
 #[derive(Subcommand, Debug)]

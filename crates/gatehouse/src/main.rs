@@ -5,6 +5,7 @@ mod approvals;
 mod cli;
 mod init;
 mod logging;
+mod nodes;
 mod operator;
 mod runbooks;
 mod sessions;
@@ -130,6 +131,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
             sources::run(cmd, &config, &store, cli.format).await
+        }
+        Command::Nodes => {
+            let config = load_config(&path)?;
+            nodes::run(&config, &open_store(&config).await?, cli.format).await
         }
         Command::Users(users::UsersCmd::HashPassword) => users::hash_password(cli.format),
         Command::Users(cmd) => {

@@ -97,6 +97,21 @@ pub struct ServerConfig {
     pub max_pty_cols: u32,
     #[serde(default = "default_max_pty_rows")]
     pub max_pty_rows: u32,
+    /// How often this node writes its heartbeat to the store.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: Dur,
+    /// A node whose heartbeat is older than this is lost: a live node
+    /// closes its open sessions in the trail. Longer than
+    /// `heartbeat_interval`.
+    #[serde(default = "default_node_lost_after")]
+    pub node_lost_after: Dur,
+}
+
+fn default_heartbeat_interval() -> Dur {
+    Dur::seconds(5)
+}
+fn default_node_lost_after() -> Dur {
+    Dur::seconds(30)
 }
 
 fn default_per_source_max_startups() -> usize {
@@ -162,6 +177,8 @@ impl Default for ServerConfig {
             max_connections_per_user: default_max_connections_per_user(),
             max_pty_cols: default_max_pty_cols(),
             max_pty_rows: default_max_pty_rows(),
+            heartbeat_interval: default_heartbeat_interval(),
+            node_lost_after: default_node_lost_after(),
         }
     }
 }
@@ -761,7 +778,8 @@ impl Config {
         errors.list
     }
 
-    /// `[server]`: limits that must be at least 1, the terminal size.
+    /// `[server]`: limits that must be at least 1, the terminal size, the
+    /// heartbeat.
     fn validate_server(&self, errors: &mut Errors) {
         if self.server.max_startups == 0 {
             errors.push("server.max_startups", "must be at least 1");
@@ -785,6 +803,24 @@ impl Config {
             errors.push(
                 "server.max_pty_cols",
                 "the largest terminal must be at least 20 columns by 5 rows (max_pty_cols, max_pty_rows)",
+            );
+        }
+        let (interval, lost) = (
+            &self.server.heartbeat_interval,
+            &self.server.node_lost_after,
+        );
+        if interval.get().is_zero() {
+            errors.push(
+                "server.heartbeat_interval",
+                "must be longer than 0; write e.g. \"5s\"",
+            );
+        }
+        if lost.get() <= interval.get() {
+            errors.push(
+                "server.node_lost_after",
+                format!(
+                    "must be longer than server.heartbeat_interval ({interval}), or a live node is declared lost between two heartbeats; write e.g. \"30s\""
+                ),
             );
         }
     }
@@ -1275,6 +1311,33 @@ roles = ["web-dev"]
         let e = Config::parse("[upstream]\nconnect_timeout = 10\n", p()).unwrap_err();
         assert_eq!(e.key, "upstream.connect_timeout", "{e}");
         assert!(e.message.contains("expected a duration"), "{e}");
+    }
+
+    #[test]
+    fn a_node_is_lost_only_after_more_than_one_heartbeat_interval() {
+        let c = Config::parse("", p()).unwrap();
+        assert_eq!(c.server.heartbeat_interval.get(), Duration::from_secs(5));
+        assert_eq!(c.server.node_lost_after.get(), Duration::from_secs(30));
+        assert!(
+            load_errors("[server]\nheartbeat_interval = \"1s\"\nnode_lost_after = \"4s\"\n")
+                .is_empty()
+        );
+        let errors =
+            load_errors("[server]\nheartbeat_interval = \"10s\"\nnode_lost_after = \"10s\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(
+                "server.node_lost_after: must be longer than server.heartbeat_interval (10s)"
+            ),
+            "{errors:?}"
+        );
+        let errors = load_errors("[server]\nheartbeat_interval = \"0s\"\n");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("server.heartbeat_interval: must be longer than 0")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`limits`]: login deadline, startup and per-user connection limits.
 //! - [`audit`]: the one function through which every security decision
 //!   becomes an event (gating events and spooled facts).
+//! - `nodes`: this node's heartbeat in the store, and closing the
+//!   sessions of nodes that stopped heartbeating.
 //! - [`upstream`]: connect and verify a target.
 //! - `session`: the per-connection types every stage shares, and the
 //!   one event emitter of a session.
@@ -44,6 +46,7 @@ mod handler;
 pub mod keys;
 mod limits;
 pub mod menu;
+mod nodes;
 mod pump;
 pub mod recorder;
 mod session;

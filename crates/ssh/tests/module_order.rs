@@ -13,6 +13,7 @@ const ORDER: &[&str] = &[
     "certs",
     "limits",
     "audit",
+    "nodes",
     "upstream",
     "session",
     "recorder",

@@ -11,6 +11,7 @@ mod approvals;
 mod checkpoint;
 mod format;
 mod identity;
+mod nodes;
 mod query;
 pub mod recordings;
 mod recovery;
@@ -33,8 +34,11 @@ pub use approvals::{Approval, ApprovalState};
 pub use checkpoint::{append_anchor, AnchorReport, Checkpoint, CheckpointReport, Signer};
 pub use format::QueryResult;
 pub use identity::{SessionRef, UserLock};
+pub use nodes::{Node, NodeState, StaleNode};
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
-pub use recovery::{recover_crashed_sessions, Recovery, CRASH_REASON};
+pub use recovery::{
+    close_lost_node, lost_reason, recover_crashed_sessions, Recovery, CRASH_REASON,
+};
 
 /// The hash that the first event's `prev_hash` holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

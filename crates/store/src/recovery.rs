@@ -13,6 +13,12 @@
 //! Everything is appended through the normal chained append, in one
 //! transaction, so the hash chain stays valid and a second start finds
 //! nothing left to close.
+//!
+//! [`close_lost_node`] does the same for another node that stopped
+//! heartbeating (see `nodes`), run by the live node that claimed it. That
+//! node's recordings are on its own disk: what this node cannot read is
+//! said so (`recordings_not_read`), not listed, and so never reported as
+//! missing or tampered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -28,6 +34,25 @@ use crate::{Backend, Pool, Store, StoreError};
 
 /// The `reason` of every event recovery writes.
 pub const CRASH_REASON: &str = "gateway crashed";
+
+/// The `reason` of the events that close a lost node's sessions.
+pub fn lost_reason(node: &str) -> String {
+    format!("node {node} stopped heartbeating; session lost")
+}
+
+/// Whose open sessions are closed, by which node, and why.
+struct Closing<'a> {
+    /// The node that started the sessions.
+    of: &'a str,
+    /// The node that writes the events (`of` itself after a crash).
+    by: &'a str,
+    /// The `reason` of each session's events.
+    reason: String,
+    /// The `reason` of `gateway.recovered`.
+    summary: String,
+    /// Another node's sessions (it stopped heartbeating).
+    lost: bool,
+}
 
 /// What [`recover_crashed_sessions`] closed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -356,12 +381,12 @@ fn parse_time(t: &str) -> Option<DateTime<Utc>> {
 }
 
 impl OpenSession {
-    /// An event of this session, written by `node`, for the crash.
-    fn event(&self, kind: &str, node: &str) -> NewEvent {
-        let mut ev = NewEvent::new(kind, Severity::Warn, Outcome::Error, node)
+    /// An event of this session, written by `c.by`, for the crash or loss.
+    fn event(&self, kind: &str, c: &Closing) -> NewEvent {
+        let mut ev = NewEvent::new(kind, Severity::Warn, Outcome::Error, c.by)
             .session(self.session_id.clone())
             .mfa(self.mfa)
-            .reason(CRASH_REASON);
+            .reason(c.reason.clone());
         ev.user = self.user.clone();
         ev.source_ip = self.source_ip.clone();
         ev.target = self.target.clone();
@@ -372,7 +397,7 @@ impl OpenSession {
 
 /// The closing event of a channel the crash interrupted: the open's own
 /// fields, the byte counts unknown (null), marked incomplete.
-fn closing_event(session: &OpenSession, node: &str, open: &Unclosed) -> NewEvent {
+fn closing_event(session: &OpenSession, c: &Closing, open: &Unclosed) -> NewEvent {
     let mut details = match &open.details {
         serde_json::Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
@@ -385,7 +410,7 @@ fn closing_event(session: &OpenSession, node: &str, open: &Unclosed) -> NewEvent
         set("bytes_read", serde_json::Value::Null);
         set("bytes_written", serde_json::Value::Null);
         set("status", serde_json::Value::Null);
-        set("error", CRASH_REASON.into());
+        set("error", c.reason.clone().into());
     } else {
         set("bytes_in", serde_json::Value::Null);
         set("bytes_out", serde_json::Value::Null);
@@ -393,17 +418,22 @@ fn closing_event(session: &OpenSession, node: &str, open: &Unclosed) -> NewEvent
     set("incomplete", true.into());
     set("recovered", true.into());
     set("open_id", open.open_id.clone().into());
+    if c.lost {
+        set("lost_node", c.of.into());
+    }
     session
-        .event(open.kind, node)
+        .event(open.kind, c)
         .details(serde_json::Value::Object(details))
 }
 
 /// The `session.end` of an interrupted session: the same details as a
 /// normal end, with what the crash lost set to null, the recordings as
 /// they are on disk (up to the recorder's last flush) and `recovered`.
+/// A lost node's session also names the node (`lost_node`) and says when
+/// no recording of it could be read here (`recordings_not_read`).
 fn session_end(
     session: &OpenSession,
-    node: &str,
+    c: &Closing,
     recordings: &[RecordingOnDisk],
     last_event: Option<&str>,
 ) -> NewEvent {
@@ -420,9 +450,7 @@ fn session_end(
         _ => serde_json::Value::Null,
     };
     let first = recordings.first();
-    session
-        .event(EventType::SESSION_END, node)
-        .details(serde_json::json!({
+    let mut details = serde_json::json!({
             "duration_ms": duration_ms,
             "bytes_in": null,
             "bytes_out": null,
@@ -436,7 +464,12 @@ fn session_end(
                 .map(|r| serde_json::json!({"id": r.id, "sha256": r.sha256, "bytes": r.bytes}))
                 .collect::<Vec<_>>(),
             "recovered": true,
-        }))
+    });
+    if c.lost {
+        details["lost_node"] = c.of.into();
+        details["recordings_not_read"] = recordings.is_empty().into();
+    }
+    session.event(EventType::SESSION_END, c).details(details)
 }
 
 /// Closes what a previous process of `node` left open: run at start,
@@ -448,9 +481,48 @@ pub async fn recover_crashed_sessions(
     node: &str,
     recordings: &Path,
 ) -> Result<Recovery, StoreError> {
-    let sessions = store.open_sessions_of(node).await?;
+    let closing = Closing {
+        of: node,
+        by: node,
+        reason: CRASH_REASON.to_string(),
+        summary: CRASH_REASON.to_string(),
+        lost: false,
+    };
+    close_open_sessions(store, &closing, recordings).await
+}
+
+/// Closes what the node `lost`, which stopped heartbeating, left open;
+/// run by the node `by` after it claimed `lost`
+/// ([`Store::claim_lost_node`]), so once however many nodes noticed.
+/// `recordings` is this node's recording directory: a recording found
+/// there is listed as on disk, one that is not (it is on the lost node's
+/// disk) is not listed and `recordings_not_read` says so. A
+/// `gateway.recovered` naming the lost node is written even when it had
+/// nothing open.
+pub async fn close_lost_node(
+    store: &Store,
+    lost: &str,
+    by: &str,
+    recordings: &Path,
+) -> Result<Recovery, StoreError> {
+    let closing = Closing {
+        of: lost,
+        by,
+        reason: lost_reason(lost),
+        summary: format!("node {lost} stopped heartbeating"),
+        lost: true,
+    };
+    close_open_sessions(store, &closing, recordings).await
+}
+
+async fn close_open_sessions(
+    store: &Store,
+    c: &Closing<'_>,
+    recordings: &Path,
+) -> Result<Recovery, StoreError> {
+    let sessions = store.open_sessions_of(c.of).await?;
     let mut report = Recovery::default();
-    if !sessions.is_empty() {
+    if !sessions.is_empty() || c.lost {
         let ids: Vec<String> = sessions.iter().map(|s| s.session_id.clone()).collect();
         let dir: PathBuf = recordings.to_path_buf();
         let on_disk = tokio::task::spawn_blocking(move || read_recordings(&dir, &ids))
@@ -464,39 +536,43 @@ pub async fn recover_crashed_sessions(
                 } else {
                     report.port_forwards += 1;
                 }
-                events.push(closing_event(s, node, &open));
+                events.push(closing_event(s, c, &open));
             }
             let last = store.last_event_time(&s.session_id).await?;
             let recs = on_disk
                 .get(&s.session_id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            events.push(session_end(s, node, recs, last.as_deref()));
+            events.push(session_end(s, c, recs, last.as_deref()));
             report.sessions.push(s.session_id.clone());
         }
-        let kills = store.stale_kills_of(node).await?;
+        let kills = store.stale_kills_of(c.of).await?;
+        let mut details = serde_json::json!({
+            "sessions": report.sessions.len(),
+            "session_ids": report.sessions,
+            "transfers": report.transfers,
+            "port_forwards": report.port_forwards,
+            "kill_requests": kills.len(),
+        });
+        if c.lost {
+            details["lost_node"] = c.of.into();
+        }
         events.push(
             NewEvent::new(
                 EventType::GATEWAY_RECOVERED,
                 Severity::Warn,
                 Outcome::Success,
-                node,
+                c.by,
             )
-            .reason(CRASH_REASON)
-            .details(serde_json::json!({
-                "sessions": report.sessions.len(),
-                "session_ids": report.sessions,
-                "transfers": report.transfers,
-                "port_forwards": report.port_forwards,
-                "kill_requests": kills.len(),
-            })),
+            .reason(c.summary.clone())
+            .details(details),
         );
         // One transaction: all of it or, on failure, none.
         store.append_batch(events).await?;
     }
     // After the events: a crash in between leaves kills that the next
     // start finds again (their sessions are then ended).
-    for id in store.stale_kills_of(node).await? {
+    for id in store.stale_kills_of(c.of).await? {
         store.kill_done(id).await?;
         report.kill_requests += 1;
     }

@@ -75,6 +75,16 @@ pub const SQLITE: &[&str] = &[
         grant_until TEXT
     )",
     "CREATE TABLE IF NOT EXISTS sink_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS nodes (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        last_heartbeat TEXT NOT NULL,
+        stopped_at TEXT,
+        lost_by TEXT,
+        lost_at TEXT
+    )",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -176,6 +186,16 @@ pub const POSTGRES: &[&str] = &[
         grant_until TEXT
     )",
     "CREATE TABLE IF NOT EXISTS sink_cursors (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS nodes (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        last_heartbeat TEXT NOT NULL,
+        stopped_at TEXT,
+        lost_by TEXT,
+        lost_at TEXT
+    )",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq

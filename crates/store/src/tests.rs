@@ -751,3 +751,152 @@ async fn anchored_checkpoints_reveal_a_cut_tail(db: Db) {
     db.done().await;
 }
 both!(anchored_checkpoints_reveal_a_cut_tail);
+
+fn start_on(node: &str, session: &str) -> NewEvent {
+    NewEvent::new(
+        EventType::SESSION_START,
+        Severity::Info,
+        Outcome::Success,
+        node,
+    )
+    .user("alice")
+    .source_ip("127.0.0.1")
+    .session(session)
+    .target("web01")
+    .login("deploy")
+}
+
+async fn node_of(store: &Store, name: &str) -> Node {
+    let all = store.nodes().await.unwrap();
+    all.into_iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("node {name} not listed"))
+}
+
+async fn lost_nodes_are_claimed_once_and_their_sessions_closed(db: Db) {
+    let s = &db.store;
+    let lost_after = std::time::Duration::from_secs(30);
+    s.register_node("A", "10.0.0.1:2222", "0.1.0")
+        .await
+        .unwrap();
+    s.register_node("B", "10.0.0.2:2222", "0.1.0")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.heartbeat("B", "10.0.0.2:2222", "0.1.0").await.unwrap(),
+        None
+    );
+    let end = NewEvent::new(
+        EventType::SESSION_END,
+        Severity::Info,
+        Outcome::Success,
+        "A",
+    )
+    .session("S2")
+    .details(json!({}));
+    s.append_batch(vec![
+        start_on("A", "S1"),
+        start_on("A", "S2"),
+        end,
+        start_on("A", "S3"),
+        start_on("B", "S4"),
+    ])
+    .await
+    .unwrap();
+    let a = node_of(s, "A").await;
+    assert_eq!(
+        (a.address.as_str(), a.version.as_str()),
+        ("10.0.0.1:2222", "0.1.0")
+    );
+    assert_eq!((a.open_sessions, a.state(lost_after)), (2, NodeState::Up));
+    assert_eq!(node_of(s, "B").await.open_sessions, 1);
+    assert!(s.stale_nodes(lost_after).await.unwrap().is_empty());
+
+    // A stops heartbeating: its heartbeat is old by the store's clock.
+    db.tamper("UPDATE nodes SET last_heartbeat = '2000-01-01T00:00:00.000Z' WHERE name = 'A'")
+        .await;
+    assert_eq!(node_of(s, "A").await.state(lost_after), NodeState::Lost);
+    let stale = s.stale_nodes(lost_after).await.unwrap();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].name, "A");
+    // Several live nodes notice at once: exactly one claim wins.
+    let claims =
+        futures::future::join_all(["B", "C", "D", "E"].map(|by| s.claim_lost_node(&stale[0], by)))
+            .await;
+    let won: Vec<bool> = claims.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let by = ["B", "C", "D", "E"][won.iter().position(|w| *w).unwrap()];
+    assert!(s.stale_nodes(lost_after).await.unwrap().is_empty());
+    // A claim given up can be won again.
+    s.release_lost_node("A", by).await.unwrap();
+    assert!(s.claim_lost_node(&stale[0], "B").await.unwrap());
+
+    // B closes A's sessions; S1's recording is on B's disk (a shared
+    // directory), S3's is not.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("S1.cast"), b"{\"version\":2}\n").unwrap();
+    let r = close_lost_node(s, "A", "B", dir.path()).await.unwrap();
+    assert_eq!(r.sessions, vec!["S1".to_string(), "S3".to_string()]);
+    let events = s.recent_events(3).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec!["session.end", "session.end", "gateway.recovered"]
+    );
+    for e in &events {
+        assert_eq!(e.event.node, "B");
+        assert_eq!(e.event.details["lost_node"], "A");
+    }
+    let (s1, s3) = (&events[0].event, &events[1].event);
+    assert_eq!(s1.reason.as_deref(), Some(lost_reason("A").as_str()));
+    assert_eq!(s1.result, Outcome::Error);
+    assert_eq!(s1.details["recovered"], true);
+    assert_eq!(s1.details["recording_id"], "S1");
+    assert_eq!(s1.details["recordings_not_read"], false);
+    assert_eq!(s3.session_id.as_deref(), Some("S3"));
+    assert_eq!(s3.details["recording_id"], serde_json::Value::Null);
+    assert_eq!(s3.details["recordings"], json!([]));
+    assert_eq!(s3.details["recordings_not_read"], true);
+    assert_eq!(events[2].event.details["sessions"], 2);
+    let a = node_of(s, "A").await;
+    assert_eq!(a.lost_by.as_deref(), Some("B"));
+    assert_eq!((a.open_sessions, a.state(lost_after)), (0, NodeState::Lost));
+    assert_eq!(
+        node_of(s, "B").await.open_sessions,
+        1,
+        "B's own session stays"
+    );
+
+    // A was not dead after all: its next heartbeat learns who closed its
+    // sessions, and it is up again.
+    let told = s.heartbeat("A", "10.0.0.1:2222", "0.1.0").await.unwrap();
+    assert_eq!(told.as_deref(), Some("B"));
+    assert_eq!(node_of(s, "A").await.state(lost_after), NodeState::Up);
+    assert_eq!(
+        s.heartbeat("A", "10.0.0.1:2222", "0.1.0").await.unwrap(),
+        None
+    );
+    assert!(
+        !s.claim_lost_node(&stale[0], "C").await.unwrap(),
+        "it heartbeat since the stale read"
+    );
+
+    // A clean stop is not lost, however old its heartbeat.
+    s.node_stopped("B").await.unwrap();
+    db.tamper("UPDATE nodes SET last_heartbeat = '2000-01-01T00:00:00.000Z' WHERE name = 'B'")
+        .await;
+    assert_eq!(node_of(s, "B").await.state(lost_after), NodeState::Stopped);
+    assert!(s.stale_nodes(lost_after).await.unwrap().is_empty());
+    // Starting again clears it.
+    s.register_node("B", "10.0.0.2:2222", "0.2.0")
+        .await
+        .unwrap();
+    let b = node_of(s, "B").await;
+    assert_eq!(
+        (b.state(lost_after), b.version.as_str()),
+        (NodeState::Up, "0.2.0")
+    );
+    assert!(s.verify_chain().await.unwrap().first_bad.is_none());
+    db.done().await;
+}
+both!(lost_nodes_are_claimed_once_and_their_sessions_closed);
