@@ -158,7 +158,7 @@ impl Gateway {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let killer = tokio::spawn(carry_out_kills(shared.clone()));
         let spooler = tokio::spawn(flush_spool_forever(shared.clone()));
-        crate::nodes::start(&shared.store, &shared.config(), &shared.shutdown);
+        let _heartbeat = crate::nodes::start(&shared.store, &shared.config());
         let reason = loop {
             tokio::select! {
                 accepted = self.listener.accept() => {

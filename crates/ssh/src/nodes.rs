@@ -1,6 +1,7 @@
 //! This node among the nodes sharing the store: it registers when the
-//! gateway starts, heartbeats every `server.heartbeat_interval`, and on a
-//! clean shutdown marks itself stopped. After each heartbeat it looks for
+//! gateway starts, heartbeats every `server.heartbeat_interval` until the
+//! gateway has stopped (its sessions ended or were told to), and then
+//! marks itself stopped. After each heartbeat it looks for
 //! nodes silent for longer than `server.node_lost_after`; for each one it
 //! wins the claim on (one claimer however many nodes notice), it closes
 //! the lost node's open sessions in the trail
@@ -16,29 +17,34 @@ use std::time::Duration;
 
 use gatehouse_model::Config;
 use gatehouse_store::Store;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// Starts this node's heartbeat task; it ends when `shutdown` gets a
-/// reason (the gateway's shutdown), marking the node stopped.
-pub(crate) fn start(store: &Store, config: &Arc<Config>, shutdown: &watch::Sender<Option<String>>) {
-    // The workspace has one version: the binary's is this crate's.
-    let version = env!("CARGO_PKG_VERSION");
-    tokio::spawn(keep_alive(
-        store.clone(),
-        config.clone(),
-        version,
-        shutdown.subscribe(),
-    ));
+/// This node's heartbeat task: it runs while this value lives, and when
+/// it is dropped (the gateway's `run` has returned) the task marks the
+/// node stopped and ends. A node that drains its sessions on SIGTERM thus
+/// heartbeats until they have ended, and one killed while draining is
+/// lost, not stopped.
+pub(crate) struct Heartbeat {
+    _alive: oneshot::Sender<()>,
 }
 
-/// Runs until the gateway shuts down (`shutdown` gets a reason), then
+/// Starts this node's heartbeat task.
+pub(crate) fn start(store: &Store, config: &Arc<Config>) -> Heartbeat {
+    // The workspace has one version: the binary's is this crate's.
+    let version = env!("CARGO_PKG_VERSION");
+    let (alive, stopped) = oneshot::channel();
+    tokio::spawn(keep_alive(store.clone(), config.clone(), version, stopped));
+    Heartbeat { _alive: alive }
+}
+
+/// Heartbeats until `stopped` resolves (its sender is dropped), then
 /// marks the node stopped. `version` is the Gatehouse version it runs.
 async fn keep_alive(
     store: Store,
     config: Arc<Config>,
     version: &'static str,
-    mut shutdown: watch::Receiver<Option<String>>,
+    mut stopped: oneshot::Receiver<()>,
 ) {
     let node = config.server.node.clone();
     let address = config.server.listen.clone();
@@ -51,17 +57,9 @@ async fn keep_alive(
     let mut healthy_since: Option<Instant> = None;
     let mut registered = false;
     loop {
-        if shutdown.borrow().is_some() {
-            break;
-        }
         tokio::select! {
             _ = tick.tick() => {}
-            changed = shutdown.changed() => {
-                if changed.is_err() || shutdown.borrow().is_some() {
-                    break;
-                }
-                continue;
-            }
+            _ = &mut stopped => break,
         }
         let beat = if registered {
             store.heartbeat(&node, &address, version).await
