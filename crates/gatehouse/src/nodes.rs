@@ -51,9 +51,9 @@ pub async fn run(config: &Config, store: &Store, format: Format) -> Result<ExitC
             (s, _) => s.to_string(),
         };
         let heartbeat = format!(
-            "{} ({}s ago)",
+            "{} ({} ago)",
             escape_control(&n.last_heartbeat),
-            n.silent_for.as_secs()
+            age(n.silent_for)
         );
         println!(
             "{:<20} {:<22} {:<10} {:>8}  {:<34} {state}",
@@ -65,4 +65,15 @@ pub async fn run(config: &Config, store: &Store, format: Format) -> Result<ExitC
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `42s`, `17m`, `5h`, `3d`: how long ago, roughly.
+fn age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
