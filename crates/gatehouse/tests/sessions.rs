@@ -237,6 +237,32 @@ fn without_a_terminal_the_menu_is_a_list_and_gateway_commands_answer() {
 }
 
 #[test]
+fn the_sessions_command_lists_the_users_own_sessions_only() {
+    let env = Env::start();
+    let out = env.ssh("alice@127.0.0.1", &["sessions"]);
+    assert_eq!(stdout(&out), "no sessions of alice\n", "{}", out.stderr);
+    assert_eq!(
+        stdout(&env.ssh("alice:web01@127.0.0.1", &["echo one"])),
+        "one\n"
+    );
+    let _ = env.wait_rows("select session_id from sessions where end_time is not null");
+    let out = kit::run(
+        env.client(&env.bob)
+            .ssh(env.port, "bob@127.0.0.1", &["sessions"]),
+        T,
+    )
+    .unwrap();
+    assert_eq!(stdout(&out), "no sessions of bob\n", "{}", out.stderr);
+    let rows = env.query("select session_id from sessions where \"user\" = 'alice'");
+    let sid = rows[0]["session_id"].as_str().unwrap().to_string();
+    let out = env.ssh("alice@127.0.0.1", &["sessions"]);
+    let text = stdout(&out);
+    assert!(text.starts_with(&sid), "{text}");
+    assert!(text.contains("@web01  started "), "{text}");
+    assert!(text.contains(" ended "), "{text}");
+}
+
+#[test]
 fn policy_denials_get_one_clear_line_and_an_event() {
     let env = Env::start();
     let out = kit::run(

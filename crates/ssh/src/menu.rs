@@ -3,6 +3,7 @@
 //! (`whoami`, `targets`) or the list. The menu only returns the user's
 //! choice: the channel stage decides access and connects.
 
+use gatehouse_model::escape_control;
 use gatehouse_policy::{reachable, Reachable};
 
 use russh::server::Msg;
@@ -128,6 +129,26 @@ async fn end(channel: &Channel<Msg>, code: u32) {
     let _ = channel.close().await;
 }
 
+/// `sessions`: the user's newest sessions, one a line.
+fn own_sessions(user: &str, list: &[gatehouse_store::SessionLine]) -> String {
+    if list.is_empty() {
+        return format!("no sessions of {user}\n");
+    }
+    let mut out = String::new();
+    for s in list {
+        let state = match &s.end {
+            Some(end) => format!("ended {end}"),
+            None => "running".to_string(),
+        };
+        out.push_str(&escape_control(&format!(
+            "{}  {}@{}  started {}  {state}",
+            s.id, s.login, s.target, s.start
+        )));
+        out.push('\n');
+    }
+    out
+}
+
 /// `ssh alice@gw COMMAND`: commands of the gateway itself.
 pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw: &[u8]) {
     let cmd = String::from_utf8_lossy(raw);
@@ -152,6 +173,23 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
             let _ = channel
                 .data_bytes(render(&ctx.who.user, &targets, "\n").into_bytes())
                 .await;
+            end(&channel, 0).await;
+        }
+        Some("sessions") => {
+            let text = match ctx.shared.store.sessions_of(&ctx.who.user, 20).await {
+                Ok(list) => own_sessions(&ctx.who.user, &list),
+                Err(e) => {
+                    fail(
+                        &channel,
+                        false,
+                        &format!("cannot read your sessions: {e}"),
+                        1,
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let _ = channel.data_bytes(text.into_bytes()).await;
             end(&channel, 0).await;
         }
         Some("requests") => {
@@ -207,7 +245,7 @@ pub(crate) async fn gateway_command(ctx: ChannelCtx, channel: Channel<Msg>, raw:
                 &channel,
                 false,
                 &format!(
-                    "unknown gateway command {:?}; available: whoami, targets, requests, approve ID, deny ID [reason] (to run a command on a target, connect as USER:TARGET)",
+                    "unknown gateway command {:?}; available: whoami, targets, sessions, requests, approve ID, deny ID [reason] (to run a command on a target, connect as USER:TARGET)",
                     cmd.chars().take(80).collect::<String>()
                 ),
                 2,

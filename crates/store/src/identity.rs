@@ -218,6 +218,32 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    /// The newest `limit` sessions of `user` on any node: (session id,
+    /// target, login, start time, end time when ended).
+    pub async fn sessions_of(
+        &self,
+        user: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionLine>, StoreError> {
+        let rows = fetch_all!(
+            self,
+            (String, Option<String>, Option<String>, String, Option<String>),
+            "SELECT session_id, target, login, start_time, end_time FROM sessions WHERE \"user\" = ?1 ORDER BY start_time DESC LIMIT ?2",
+            user,
+            limit
+        );
+        Ok(rows
+            .into_iter()
+            .map(|(id, target, login, start, end)| SessionLine {
+                id,
+                target: target.unwrap_or_default(),
+                login: login.unwrap_or_default(),
+                start,
+                end,
+            })
+            .collect())
+    }
+
     /// Is session `id` known and still running?
     pub async fn session_running(&self, id: &str) -> Result<bool, StoreError> {
         let row = fetch_opt!(
@@ -244,6 +270,16 @@ impl Store {
             ended: end.is_some(),
         }))
     }
+}
+
+/// One line of a user's session list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLine {
+    pub id: String,
+    pub target: String,
+    pub login: String,
+    pub start: String,
+    pub end: Option<String>,
 }
 
 /// What the control layer needs to know of a session to let someone read it.

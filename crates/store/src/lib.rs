@@ -33,7 +33,7 @@ use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
 pub use approvals::{Approval, ApprovalState};
 pub use checkpoint::{append_anchor, AnchorReport, Checkpoint, CheckpointReport, Signer};
 pub use format::QueryResult;
-pub use identity::{SessionRef, UserLock};
+pub use identity::{SessionLine, SessionRef, UserLock};
 pub use nodes::{Node, NodeState, StaleNode};
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
 pub use recovery::{
