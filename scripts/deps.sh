@@ -2,13 +2,14 @@
 set -euo pipefail
 # Installs what cargo does not (OpenSSH server and client, rsync, tmux,
 # sqlite3, asciinema, vim, less; Dropbear's and PuTTY's clients and lftp for
-# the interop test) with apt-get when missing and running as root, and
+# the interop test; HAProxy for the load-balancer test) with apt-get when missing and running as root, and
 # starts the local PostgreSQL server when it is installed but down.
 # Run by scripts/test.sh and bench/run.sh.
 need=()
 for pair in sshd:openssh-server ssh:openssh-client scp:openssh-client sftp:openssh-client \
             rsync:rsync tmux:tmux sqlite3:sqlite3 asciinema:asciinema vi:vim-tiny less:less \
-            dbclient:dropbear-bin plink:putty-tools psftp:putty-tools pscp:putty-tools lftp:lftp; do
+            dbclient:dropbear-bin plink:putty-tools psftp:putty-tools pscp:putty-tools lftp:lftp \
+            haproxy:haproxy; do
     bin=${pair%%:*}; pkg=${pair#*:}
     if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
         need+=("$pkg")

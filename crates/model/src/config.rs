@@ -84,6 +84,15 @@ pub struct ServerConfig {
     /// (Ansible with many forks); further ones are refused, not queued.
     #[serde(default = "default_per_source_max_startups")]
     pub per_source_max_startups: usize,
+    /// On SIGTERM, how long running sessions may go on after the gateway
+    /// stops accepting (they are told at once); "0s" ends them at once.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    /// Load balancers (addresses or CIDR blocks) whose connections begin
+    /// with a PROXY protocol header (v1 or v2) naming the user's address.
+    /// Empty: no header is accepted from anyone.
+    #[serde(default)]
+    pub proxy_protocol: Vec<crate::net::IpNet>,
     /// Session channels per connection, at most (OpenSSH's MaxSessions).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
@@ -112,6 +121,10 @@ fn default_heartbeat_interval() -> Dur {
 }
 fn default_node_lost_after() -> Dur {
     Dur::seconds(30)
+}
+
+fn default_drain_timeout() -> Dur {
+    Dur::seconds(0)
 }
 
 fn default_per_source_max_startups() -> usize {
@@ -173,6 +186,8 @@ impl Default for ServerConfig {
             max_auth_failures: default_max_auth_failures(),
             block_for: default_block_for(),
             per_source_max_startups: default_per_source_max_startups(),
+            proxy_protocol: Vec::new(),
+            drain_timeout: default_drain_timeout(),
             max_sessions: default_max_sessions(),
             max_connections_per_user: default_max_connections_per_user(),
             max_pty_cols: default_max_pty_cols(),

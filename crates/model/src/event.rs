@@ -87,6 +87,9 @@ impl EventType {
     /// A source address was cut off for holding too many unauthenticated
     /// connections (`server.per_source_max_startups`).
     pub const SOURCE_FLOOD: &'static str = "source.flood";
+    /// A connection from a load balancer listed in `server.proxy_protocol`
+    /// did not begin with a valid PROXY header, and was dropped.
+    pub const PROXY_INVALID: &'static str = "proxy.invalid";
     /// A session's recording could not be created or written.
     pub const RECORDING_FAILED: &'static str = "recording.failed";
     /// A channel request the gateway refused or passed on: subsystems,

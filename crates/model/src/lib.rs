@@ -9,6 +9,7 @@
 pub mod config;
 pub mod duration;
 pub mod event;
+pub mod net;
 pub mod text;
 pub mod username;
 
@@ -19,5 +20,6 @@ pub use config::{
 };
 pub use duration::{parse_duration, Dur, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};
+pub use net::{IpNet, IpNetError};
 pub use text::escape_control;
 pub use username::{ConnectRequest, UsernameError};

@@ -19,7 +19,7 @@ use gatehouse_store::Store;
 use russh::keys::PrivateKey;
 use russh::server::{self, Msg};
 use russh::{ChannelId, ChannelStream, Disconnect, MethodKind, MethodSet};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::audit::Audit;
@@ -27,6 +27,7 @@ use crate::auth::{block_if_over, grace_penalty, Authenticator};
 use crate::handler::Conn;
 use crate::keys::load_private_key;
 use crate::limits::{Counter, FloodNotices, Killable, Startup};
+use crate::proxy::{Header, ProxyError};
 use crate::session::{end_connection, truncate, ConnState, Events, Jump, LiveConn, Shared};
 use crate::SshError;
 
@@ -170,30 +171,24 @@ impl Gateway {
                             continue;
                         }
                     };
-                    let per_source = shared.config().server.per_source_max_startups;
-                    let source = match shared
-                        .unauth_by_source
-                        .try_take(&peer.ip().to_string(), per_source)
-                    {
-                        Ok(slot) => slot,
-                        Err(held) => {
-                            drop(socket);
-                            report_flood(&shared, peer, held, per_source);
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many unauthenticated connections; dropping");
-                        drop(socket);
-                        continue;
-                    };
-                    let shared = shared.clone();
-                    let done = done_tx.clone();
-                    tokio::spawn(async move {
-                        let startup = Startup { permit, source };
-                        serve_connection(shared, socket, peer, Some(startup), None).await;
-                        drop(done);
-                    });
+                    let balancer = shared
+                        .config()
+                        .server
+                        .proxy_protocol
+                        .iter()
+                        .any(|n| n.contains(peer.ip()));
+                    if balancer {
+                        // The header is read off the accept loop: a slow
+                        // balancer must not hold up other connections.
+                        let (shared, done) = (shared.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            if let Some((socket, client)) = proxied(&shared, socket, peer).await {
+                                admit(&shared, socket, client, done);
+                            }
+                        });
+                    } else {
+                        admit(&shared, socket, peer, done_tx.clone());
+                    }
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() { break "gateway stopped".to_string(); }
@@ -203,21 +198,17 @@ impl Gateway {
         };
         drop(self.listener);
         drop(done_tx);
+        let drain = shared.config().server.drain_timeout.get();
+        let drained =
+            !drain.is_zero() && drain_sessions(&shared, &reason, drain, &mut done_rx).await;
         killer.abort();
-        let live: Vec<(server::Handle, Vec<ChannelId>)> = shared
-            .live
-            .lock()
-            .map(|l| {
-                l.values()
-                    .map(|c| (c.handle.clone(), c.channels.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let message = format!("{reason}; your session is ending — reconnect in a moment");
-        for (handle, channels) in live {
-            end_connection(&handle, &channels, &message).await;
+        if !drained {
+            let message = format!("{reason}; your session is ending — reconnect in a moment");
+            for (handle, channels) in live_connections(&shared) {
+                end_connection(&handle, &channels, &message).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
         spooler.abort();
         if shared.audit.spooled() > 0 {
             if let Err(e) = shared.audit.flush_spool().await {
@@ -226,6 +217,105 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Every live connection's handle and open channels.
+fn live_connections(shared: &Shared) -> Vec<(server::Handle, Vec<ChannelId>)> {
+    shared
+        .live
+        .lock()
+        .map(|l| {
+            l.values()
+                .map(|c| (c.handle.clone(), c.channels.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `server.drain_timeout`: the listener is closed already; sessions are
+/// told and may finish on their own for up to `drain`. True when every
+/// connection ended in that time.
+async fn drain_sessions(
+    shared: &Shared,
+    reason: &str,
+    drain: Duration,
+    done: &mut mpsc::Receiver<()>,
+) -> bool {
+    let live = live_connections(shared);
+    tracing::info!(sessions = live.len(), seconds = drain.as_secs(), "draining");
+    let line = format!(
+        "\r\ngatehouse: {reason}; this session may run {}s more — new connections go to another node\r\n",
+        drain.as_secs()
+    );
+    for (handle, channels) in &live {
+        for ch in channels {
+            let _ = handle
+                .extended_data(*ch, 1, line.clone().into_bytes())
+                .await;
+        }
+    }
+    tokio::time::timeout(drain, done.recv()).await.is_ok()
+}
+
+/// Starts serving a connection from `peer` (the user's address, after a
+/// PROXY header) if its source and the gateway have startup room.
+fn admit(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, done: mpsc::Sender<()>) {
+    let per_source = shared.config().server.per_source_max_startups;
+    let source = match shared
+        .unauth_by_source
+        .try_take(&peer.ip().to_string(), per_source)
+    {
+        Ok(slot) => slot,
+        Err(held) => {
+            drop(socket);
+            report_flood(shared, peer, held, per_source);
+            return;
+        }
+    };
+    let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "too many unauthenticated connections; dropping");
+        drop(socket);
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let startup = Startup { permit, source };
+        serve_connection(shared, socket, peer, Some(startup), None).await;
+        drop(done);
+    });
+}
+
+/// Reads the PROXY header a trusted balancer (`server.proxy_protocol`)
+/// puts before the SSH stream; the user's address, or None when the
+/// connection must be dropped (no valid header within the login grace
+/// time: a `proxy.invalid` event; a bare TCP health check: nothing).
+async fn proxied(
+    shared: &Arc<Shared>,
+    mut socket: TcpStream,
+    balancer: SocketAddr,
+) -> Option<(TcpStream, SocketAddr)> {
+    let config = shared.config();
+    let grace = config.server.login_grace_time.get();
+    let why = match tokio::time::timeout(grace, crate::proxy::read_header(&mut socket)).await {
+        Ok(Ok(Header::Proxied(client))) => return Some((socket, client)),
+        Ok(Ok(Header::Local)) => return Some((socket, balancer)),
+        Ok(Err(ProxyError::Empty)) => return None,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no PROXY header within server.login_grace_time".to_string(),
+    };
+    tracing::warn!(%balancer, %why, "connection from a load balancer dropped");
+    let ev = NewEvent::new(
+        EventType::PROXY_INVALID,
+        Severity::Warn,
+        Outcome::Failure,
+        &config.server.node,
+    )
+    .source_ip(balancer.ip().to_string())
+    .reason(format!(
+        "{why}; the balancer at {balancer} is listed in server.proxy_protocol, so it must send a PROXY header (HAProxy: send-proxy or send-proxy-v2)"
+    ));
+    let _ = shared.audit.record(ev, config.audit.on_failure).await;
+    None
 }
 
 /// A source went over its share of unauthenticated connections: logged

@@ -158,46 +158,11 @@ pub fn check(
 
 /// `source-address`: comma-separated addresses and CIDR blocks.
 fn source_allowed(list: &str, peer: IpAddr) -> Result<bool, String> {
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-        v4 => v4,
-    };
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (addr, bits) = match item.split_once('/') {
-            Some((a, b)) => (a, Some(b)),
-            None => (item, None),
-        };
-        let net: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("certificate source-address {item:?} is not an address"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let bits: u32 =
-            match bits {
-                Some(b) => b.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
-                    format!("certificate source-address {item:?} has a bad prefix")
-                })?,
-                None => max,
-            };
-        let inside = match (net, peer) {
-            (IpAddr::V4(n), IpAddr::V4(p)) => {
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
-                u32::from(n) & mask == u32::from(p) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(p)) => {
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                u128::from(n) & mask == u128::from(p) & mask
-            }
-            _ => false,
-        };
-        if inside {
+        let net = gatehouse_model::IpNet::parse(item).map_err(|_| {
+            format!("certificate source-address {item:?} is not an address or CIDR block")
+        })?;
+        if net.contains(peer) {
             return Ok(true);
         }
     }

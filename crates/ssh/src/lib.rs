@@ -9,6 +9,7 @@
 //! - [`keys`]: load, generate and parse SSH keys.
 //! - [`certs`]: check user certificates against the trusted CAs.
 //! - [`limits`]: login deadline, startup and per-user connection limits.
+//! - `proxy`: the PROXY protocol header a trusted load balancer sends.
 //! - [`audit`]: the one function through which every security decision
 //!   becomes an event (gating events and spooled facts).
 //! - `nodes`: this node's heartbeat in the store, and closing the
@@ -47,6 +48,7 @@ pub mod keys;
 mod limits;
 pub mod menu;
 mod nodes;
+mod proxy;
 mod pump;
 pub mod recorder;
 mod session;

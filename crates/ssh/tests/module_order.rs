@@ -12,6 +12,7 @@ const ORDER: &[&str] = &[
     "keys",
     "certs",
     "limits",
+    "proxy",
     "audit",
     "nodes",
     "upstream",
