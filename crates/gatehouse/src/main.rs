@@ -1,6 +1,7 @@
 //! The `gatehouse` binary: parses the command line, loads the config and
 //! wires the libraries together. The only crate that uses `anyhow`.
 
+mod admin;
 mod approvals;
 mod cli;
 mod init;
@@ -498,6 +499,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let signing_key = config.audit.signing_key.clone();
     let anchor_file = config.audit.anchor_path();
     let sink_configs = config.sinks.clone();
+    let admin_listen = config.server.admin_listen.clone();
     let checkpoint_every = config
         .audit
         .checkpoint_interval
@@ -507,6 +509,8 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let gateway = gatehouse_ssh::Gateway::bind(config, store.clone()).await?;
     let addr = gateway.local_addr()?;
     let handle = gateway.handle();
+    let sink_names = sink_configs.iter().map(|s| s.name.clone()).collect();
+    let admin = admin::start(admin_listen.as_deref(), &handle, &store, sink_names).await?;
     let start = NewEvent::new(
         EventType::GATEWAY_START,
         Severity::Info,
@@ -521,22 +525,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     }
     // Before accepting connections: close what a crash of this node left
     // open (see docs/security-model.md, "After a crash").
-    match gatehouse_store::recover_crashed_sessions(&store, &node, &recording_dir).await {
-        Ok(r) if !r.is_empty() => {
-            tracing::warn!(
-                sessions = r.sessions.len(),
-                transfers = r.transfers,
-                port_forwards = r.port_forwards,
-                kill_requests = r.kill_requests,
-                "closed what a crash of this node left open"
-            )
-        }
-        Ok(_) => {}
-        Err(e) if on_failure == gatehouse_model::OnFailure::Refuse => {
-            bail!("cannot close the sessions a crash left open ({e}); fix the store or set audit.on_failure = \"continue\"")
-        }
-        Err(e) => tracing::error!(error = %e, "cannot close the sessions a crash left open"),
-    }
+    recover_crash(&store, &node, &recording_dir, on_failure).await?;
     eprintln!("gatehouse: listening on {addr} (config {})", path.display());
     tracing::info!(%addr, "listening");
 
@@ -552,11 +541,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         gatehouse_store::Signer::load_or_create(&signing_key)
             .context("cannot load the audit signing key")?,
     );
-    let mut sink_tasks = Vec::new();
-    for cfg in &sink_configs {
-        let sink = gatehouse_sinks::Sink::new(cfg)?;
-        sink_tasks.push(tokio::spawn(sink.run(store.clone())));
-    }
+    let sink_tasks = spawn_sinks(&sink_configs, &store)?;
     // Checkpoints are anchored outside the database: in the anchor file
     // and, as audit.checkpoint events, in every sink.
     let checkpoints = {
@@ -575,6 +560,9 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     gateway.run().await?;
     signals.abort();
     checkpoints.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     let stop = NewEvent::new(
         EventType::GATEWAY_STOP,
         Severity::Info,
@@ -597,6 +585,46 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     store.close().await;
     eprintln!("gatehouse: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Closes what a crash of this node left open; under `refuse`, a store
+/// that cannot take it stops the start.
+async fn recover_crash(
+    store: &Store,
+    node: &str,
+    recording_dir: &Path,
+    on_failure: gatehouse_model::OnFailure,
+) -> Result<()> {
+    match gatehouse_store::recover_crashed_sessions(store, node, recording_dir).await {
+        Ok(r) if !r.is_empty() => {
+            tracing::warn!(
+                sessions = r.sessions.len(),
+                transfers = r.transfers,
+                port_forwards = r.port_forwards,
+                kill_requests = r.kill_requests,
+                "closed what a crash of this node left open"
+            )
+        }
+        Ok(_) => {}
+        Err(e) if on_failure == gatehouse_model::OnFailure::Refuse => {
+            bail!("cannot close the sessions a crash left open ({e}); fix the store or set audit.on_failure = \"continue\"")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot close the sessions a crash left open"),
+    }
+    Ok(())
+}
+
+/// One task per configured sink.
+fn spawn_sinks(
+    configs: &[gatehouse_model::config::SinkConfig],
+    store: &Store,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for cfg in configs {
+        let sink = gatehouse_sinks::Sink::new(cfg)?;
+        tasks.push(tokio::spawn(sink.run(store.clone())));
+    }
+    Ok(tasks)
 }
 
 #[cfg(unix)]

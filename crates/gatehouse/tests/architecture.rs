@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gatehouse-policy", &["gatehouse-model"]),
     ("gatehouse-record", &[]),
     ("gatehouse-auth", &[]),
+    ("gatehouse-metrics", &[]),
     ("gatehouse-store", &["gatehouse-model"]),
     ("gatehouse-audit", &["gatehouse-model"]),
     ("gatehouse-sinks", &["gatehouse-model", "gatehouse-store"]),
@@ -37,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-auth",
             "gatehouse-audit",
             "gatehouse-control",
+            "gatehouse-metrics",
         ],
     ),
     (
@@ -51,6 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-sinks",
             "gatehouse-control",
             "gatehouse-ssh",
+            "gatehouse-metrics",
         ],
     ),
     (

@@ -52,6 +52,10 @@ pub struct Config {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The admin HTTP listener (`/healthz`, `/metrics`), e.g.
+    /// "127.0.0.1:9090". Plain HTTP, so loopback only. Unset: none.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
     #[serde(default = "default_host_key")]
     pub host_key: PathBuf,
     /// The name of this gateway instance in every event (`node`).
@@ -176,6 +180,7 @@ fn default_login_grace() -> Dur {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            admin_listen: None,
             listen: default_listen(),
             host_key: default_host_key(),
             node: default_node(),
@@ -796,6 +801,17 @@ impl Config {
     /// `[server]`: limits that must be at least 1, the terminal size, the
     /// heartbeat.
     fn validate_server(&self, errors: &mut Errors) {
+        if let Some(addr) = &self.server.admin_listen {
+            let loopback = addr
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                errors.push(
+                    "server.admin_listen",
+                    format!("{addr:?}: HTTPS is not available yet, so the admin listener must be a loopback address (e.g. 127.0.0.1:9090)"),
+                );
+            }
+        }
         if self.server.max_startups == 0 {
             errors.push("server.max_startups", "must be at least 1");
         }
@@ -1490,10 +1506,19 @@ roles = ["web-dev"]
     }
 
     #[test]
-    fn admin_listen_is_an_unknown_key() {
-        let e = Config::parse("[server]\nadmin_listen = \"127.0.0.1:9000\"\n", p()).unwrap_err();
-        assert_eq!(e.key, "server.admin_listen", "{e}");
-        assert!(e.message.contains("unknown field `admin_listen`"), "{e}");
+    fn admin_listen_must_be_loopback() {
+        let c = Config::parse("[server]\nadmin_listen = \"127.0.0.1:9000\"\n", p()).unwrap();
+        assert_eq!(c.server.admin_listen.as_deref(), Some("127.0.0.1:9000"));
+        assert!(c.validate(p()).is_empty());
+        let c = Config::parse("[server]\nadmin_listen = \"[::1]:9000\"\n", p()).unwrap();
+        assert!(c.validate(p()).is_empty());
+        for bad in ["0.0.0.0:9090", "10.0.0.1:9090", "localhost:9090", "9090"] {
+            let text = format!("[server]\nadmin_listen = \"{bad}\"\n");
+            let errors = Config::parse(&text, p()).unwrap().validate(p());
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].key, "server.admin_listen");
+            assert!(errors[0].message.contains("loopback"), "{}", errors[0]);
+        }
     }
 
     #[test]

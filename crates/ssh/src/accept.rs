@@ -82,6 +82,34 @@ impl GatewayHandle {
     pub fn active_connections(&self) -> usize {
         self.shared.live.lock().map(|l| l.len()).unwrap_or(0)
     }
+
+    /// Live connections whose session reached its target
+    /// (`session.start` written, the connection not yet gone).
+    pub fn active_sessions(&self) -> usize {
+        self.shared
+            .live
+            .lock()
+            .map(|l| {
+                l.values()
+                    .filter(|c| c.state.started.load(Ordering::Acquire))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether shutdown began: the gateway accepts no more connections.
+    pub fn draining(&self) -> bool {
+        self.shared.shutdown.borrow().is_some()
+    }
+
+    /// The gateway's metrics, with `sessions_active` and
+    /// `audit_spooled` brought up to date.
+    pub fn metrics(&self) -> Arc<gatehouse_metrics::Metrics> {
+        let metrics = self.shared.audit.metrics.clone();
+        metrics.set_sessions_active(self.active_sessions() as u64);
+        metrics.set_audit_spooled(self.shared.audit.spooled() as u64);
+        metrics
+    }
 }
 
 impl Gateway {

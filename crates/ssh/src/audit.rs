@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use gatehouse_audit::alert::{Alerts, Firing};
 use gatehouse_control::{Actor, Channel, Control};
+use gatehouse_metrics::Metrics;
 use gatehouse_model::config::AlertAction;
 use gatehouse_model::{Config, EventType, NewEvent, OnFailure, Outcome};
 use gatehouse_store::Store;
@@ -37,6 +38,8 @@ pub struct Audit {
     pub spool: Arc<Mutex<VecDeque<NewEvent>>>,
     /// The config the alert rules came from (their actions need it).
     config: Arc<Mutex<Arc<Config>>>,
+    /// Counts every event written here and times each store append.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Most events the spool keeps; sessions are stopped at the first event
@@ -51,6 +54,7 @@ impl Audit {
             alerts: Arc::new(Mutex::new(alerts)),
             spool: Arc::new(Mutex::new(VecDeque::new())),
             config: Arc::new(Mutex::new(config)),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -165,8 +169,12 @@ impl Audit {
             reason = ?event.reason,
             "event"
         );
-        match self.store.append(&event).await {
+        let started = std::time::Instant::now();
+        let appended = self.store.append(&event).await;
+        self.metrics.store_write(started.elapsed());
+        match appended {
             Ok(_) => {
+                count_event(&self.metrics, &event);
                 let firings = self
                     .alerts
                     .lock()
@@ -186,6 +194,20 @@ impl Audit {
             }
         }
     }
+}
+
+/// The metrics an event written to the trail moves: its type, an
+/// authentication failure's method, a session's bytes.
+fn count_event(metrics: &Metrics, event: &NewEvent) {
+    let method = event.details.get("method").and_then(|m| m.as_str());
+    let bytes = match (
+        event.details.get("bytes_in").and_then(|b| b.as_u64()),
+        event.details.get("bytes_out").and_then(|b| b.as_u64()),
+    ) {
+        (Some(i), Some(o)) if event.kind == EventType::SESSION_END => Some((i, o)),
+        _ => None,
+    };
+    metrics.event(&event.kind, method, bytes);
 }
 
 /// Operations of the control layer run inside the gateway write their
