@@ -210,7 +210,7 @@ impl Metrics {
             &mut out,
             "gatehouse_events_total",
             "counter",
-            "Events this gateway wrote to the audit trail.",
+            "Events the gateway wrote to the audit trail through its audit path.",
         );
         line(&mut out, "gatehouse_events_total", "", load(&self.events));
         head(
