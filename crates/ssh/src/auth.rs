@@ -64,6 +64,8 @@ pub(crate) struct Authenticator {
     pending_mfa: Option<(String, FirstFactor)>,
     /// Authentication failures on this connection.
     failures: u32,
+    /// The method being tried, for `auth.failure` (`details.method`).
+    method: &'static str,
 }
 
 impl Authenticator {
@@ -81,6 +83,7 @@ impl Authenticator {
             jump,
             pending_mfa: None,
             failures: 0,
+            method: "",
         }
     }
 
@@ -127,6 +130,9 @@ impl Authenticator {
         .user(user)
         .source_ip(self.state.peer.ip().to_string())
         .reason(reason);
+        if !self.method.is_empty() {
+            ev = ev.details(serde_json::json!({ "method": self.method }));
+        }
         if let Ok(r) = self.request(raw_user) {
             ev.target = r.target;
             ev.login = r.login;
@@ -423,6 +429,7 @@ impl Authenticator {
         raw_user: &str,
         key: &russh::keys::PublicKey,
     ) -> Result<Auth, russh::Error> {
+        self.method = "publickey";
         let config = self.shared.config();
         let user = match self.key_matches(&config, raw_user, key) {
             Ok(u) => u,
@@ -439,6 +446,7 @@ impl Authenticator {
         raw_user: &str,
         cert: &russh::keys::Certificate,
     ) -> Result<Auth, russh::Error> {
+        self.method = "certificate";
         let config = self.shared.config();
         let checked = self.gatehouse_user(&config, raw_user).and_then(|user| {
             let cas = crate::certs::trusted_cas(&config)?;
@@ -466,6 +474,7 @@ impl Authenticator {
 
     /// A password.
     pub async fn password(&mut self, raw_user: &str, password: &str) -> Result<Auth, russh::Error> {
+        self.method = "password";
         let config = self.shared.config();
         let user = match self.gatehouse_user(&config, raw_user) {
             Ok(u) => u.clone(),
@@ -510,6 +519,7 @@ impl Authenticator {
         raw_user: &str,
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, russh::Error> {
+        self.method = "totp";
         let config = self.shared.config();
         let Some((user, factor)) = self.pending_mfa.clone() else {
             // The second factor never stands alone.
