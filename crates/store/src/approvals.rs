@@ -1,6 +1,7 @@
 //! Just-in-time approval requests and the grants they produce.
 
-use crate::{Backend, Pool, Store, StoreError};
+use crate::bind::sql;
+use crate::{Pool, Store, StoreError};
 
 /// Where a request stands. Only a pending request can be decided or
 /// expire; the other states are final.
@@ -84,13 +85,6 @@ fn from_row(r: Row) -> Approval {
 }
 
 const COLUMNS: &str = "id, user_name, target, login, approvers, status, requested_at, decided_by, reason, grant_until";
-
-fn sql(backend: Backend, text: &str) -> String {
-    match backend {
-        Backend::Sqlite => text.to_string(),
-        Backend::Postgres => text.replace('?', "$"),
-    }
-}
 
 fn now() -> String {
     gatehouse_model::event::format_time(chrono::Utc::now())

@@ -1,7 +1,7 @@
 //! Identity state kept in the store: TOTP secrets (sealed by the caller)
 //! with the last accepted time step, and user locks.
 
-use crate::{Backend, Pool, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// An active lock on a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,46 +10,6 @@ pub struct UserLock {
     /// RFC 3339; None = until unlocked.
     pub until: Option<String>,
     pub by: String,
-}
-
-/// `?N` for SQLite, `$N` for PostgreSQL.
-fn sql(backend: Backend, text: &str) -> String {
-    match backend {
-        Backend::Sqlite => text.to_string(),
-        Backend::Postgres => text.replace('?', "$"),
-    }
-}
-
-macro_rules! exec {
-    ($store:expr, $sql:expr $(, $arg:expr)*) => {{
-        let q = sql($store.backend(), $sql);
-        match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(rw).await?.rows_affected(),
-            Pool::Postgres(pg) => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(pg).await?.rows_affected(),
-        }
-    }};
-}
-
-macro_rules! fetch_opt {
-    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
-        let q = sql($store.backend(), $sql);
-        let r: Option<$ty> = match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_optional(rw).await?,
-            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_optional(pg).await?,
-        };
-        r
-    }};
-}
-
-macro_rules! fetch_all {
-    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
-        let q = sql($store.backend(), $sql);
-        let r: Vec<$ty> = match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(rw).await?,
-            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(pg).await?,
-        };
-        r
-    }};
 }
 
 fn now() -> String {

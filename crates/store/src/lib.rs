@@ -7,6 +7,8 @@
 //! queries people write in `gatehouse audit query` and in runbooks are
 //! portable.
 
+#[macro_use]
+mod bind;
 mod approvals;
 mod checkpoint;
 mod format;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::{Backend, Pool, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// A node as the `nodes` table holds it, with the sessions it has open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,47 +78,6 @@ pub struct StaleNode {
     pub name: String,
     pub last_heartbeat: String,
     pub silent_for: Duration,
-}
-
-/// `?N` for SQLite, `$N` for PostgreSQL.
-fn sql(backend: Backend, text: &str) -> String {
-    match backend {
-        Backend::Sqlite => text.to_string(),
-        Backend::Postgres => text.replace('?', "$"),
-    }
-}
-
-/// The store's clock as RFC 3339 with milliseconds, like every other time
-/// in the store (`format_time`). `{now}` in a statement becomes this.
-fn with_now(backend: Backend, text: &str) -> String {
-    let now = match backend {
-        Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        Backend::Postgres => {
-            "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-        }
-    };
-    sql(backend, &text.replace("{now}", now))
-}
-
-macro_rules! exec {
-    ($store:expr, $sql:expr $(, $arg:expr)*) => {{
-        let q = with_now($store.backend(), $sql);
-        match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(rw).await?.rows_affected(),
-            Pool::Postgres(pg) => sqlx::query(sqlx::AssertSqlSafe(q))$(.bind($arg))*.execute(pg).await?.rows_affected(),
-        }
-    }};
-}
-
-macro_rules! fetch_all {
-    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
-        let q = with_now($store.backend(), $sql);
-        let r: Vec<$ty> = match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(rw).await?,
-            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(pg).await?,
-        };
-        r
-    }};
 }
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {

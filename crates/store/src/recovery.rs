@@ -30,7 +30,7 @@ use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
 use sha2::{Digest, Sha256};
 
 use crate::recordings::valid_recording_id;
-use crate::{Backend, Pool, Store, StoreError};
+use crate::{Backend, Store, StoreError};
 
 /// The `reason` of every event recovery writes.
 pub const CRASH_REASON: &str = "gateway crashed";
@@ -103,36 +103,6 @@ struct Unclosed {
     kind: &'static str,
     open_id: String,
     details: serde_json::Value,
-}
-
-/// `?N` for SQLite, `$N` for PostgreSQL.
-fn sql(backend: Backend, text: &str) -> String {
-    match backend {
-        Backend::Sqlite => text.to_string(),
-        Backend::Postgres => text.replace('?', "$"),
-    }
-}
-
-macro_rules! fetch_all {
-    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
-        let q = sql($store.backend(), $sql);
-        let r: Vec<$ty> = match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(rw).await?,
-            Pool::Postgres(pg) => sqlx::query_as(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_all(pg).await?,
-        };
-        r
-    }};
-}
-
-macro_rules! fetch_one {
-    ($store:expr, $ty:ty, $sql:expr $(, $arg:expr)*) => {{
-        let q = sql($store.backend(), $sql);
-        let r: $ty = match &$store.inner.pool {
-            Pool::Sqlite { rw, .. } => sqlx::query_scalar(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_one(rw).await?,
-            Pool::Postgres(pg) => sqlx::query_scalar(sqlx::AssertSqlSafe(q))$(.bind($arg))*.fetch_one(pg).await?,
-        };
-        r
-    }};
 }
 
 type SessionRow = (
