@@ -45,6 +45,9 @@ pub struct Config {
     pub alerts: Vec<AlertRule>,
     #[serde(default)]
     pub runbooks: RunbooksConfig,
+    /// The web console served on `server.admin_listen`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,8 +55,10 @@ pub struct Config {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// The admin HTTP listener (`/healthz`, `/metrics`), e.g.
-    /// "127.0.0.1:9090". Plain HTTP, so loopback only. Unset: none.
+    /// The admin listener: the web console, `/api/v1`, `/healthz` and
+    /// `/metrics`, e.g. "0.0.0.0:8022". HTTPS with `console.tls_cert` and
+    /// `console.tls_key`; plain HTTP only on a loopback address. Unset:
+    /// none.
     #[serde(default)]
     pub admin_listen: Option<String>,
     #[serde(default = "default_host_key")]
@@ -696,6 +701,110 @@ pub struct Role {
     pub agent_forwarding: bool,
     #[serde(default)]
     pub reauth_commands: Vec<String>,
+    /// What members may see and do in the web console and its API (deny
+    /// by default).
+    #[serde(default)]
+    pub console: Vec<ConsolePermission>,
+    /// Sessions on targets matching this selector are visible in the
+    /// console to members (besides their own).
+    #[serde(default)]
+    pub console_targets: Option<LabelSelector>,
+}
+
+/// One thing a role lets its members do in the web console and the API.
+/// Watching and killing apply to the sessions the member may view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsolePermission {
+    /// Sign in and view one's own sessions and recordings.
+    OwnSessions,
+    /// View every session and recording.
+    AllSessions,
+    /// Follow a running session live.
+    Watch,
+    /// End a running session.
+    Kill,
+    /// Read the audit log, run read-only SQL, export rows.
+    Audit,
+    /// Run runbooks (see their rows and planned actions).
+    Runbooks,
+    /// Apply runbooks (take their actions).
+    ApplyRunbooks,
+    /// Decide approval requests (where the member is an approver).
+    Approvals,
+    /// Lock and unlock users, reset their authenticators.
+    Users,
+}
+
+impl ConsolePermission {
+    pub const ALL: [ConsolePermission; 9] = [
+        ConsolePermission::OwnSessions,
+        ConsolePermission::AllSessions,
+        ConsolePermission::Watch,
+        ConsolePermission::Kill,
+        ConsolePermission::Audit,
+        ConsolePermission::Runbooks,
+        ConsolePermission::ApplyRunbooks,
+        ConsolePermission::Approvals,
+        ConsolePermission::Users,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsolePermission::OwnSessions => "own_sessions",
+            ConsolePermission::AllSessions => "all_sessions",
+            ConsolePermission::Watch => "watch",
+            ConsolePermission::Kill => "kill",
+            ConsolePermission::Audit => "audit",
+            ConsolePermission::Runbooks => "runbooks",
+            ConsolePermission::ApplyRunbooks => "apply_runbooks",
+            ConsolePermission::Approvals => "approvals",
+            ConsolePermission::Users => "users",
+        }
+    }
+}
+
+/// `[console]`: the web console on `server.admin_listen`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// PEM certificate chain for HTTPS (`gatehouse init` writes a
+    /// self-signed one).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// A signed-in console session ends after this long without a request.
+    #[serde(default = "default_console_idle")]
+    pub idle_timeout: Dur,
+    /// … and this long after sign-in in any case.
+    #[serde(default = "default_console_max_age")]
+    pub max_age: Dur,
+}
+
+impl ConsoleConfig {
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+}
+
+fn default_console_idle() -> Dur {
+    Dur::minutes(30)
+}
+fn default_console_max_age() -> Dur {
+    Dur::hours(12)
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout: default_console_idle(),
+            max_age: default_console_max_age(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -802,15 +911,29 @@ impl Config {
     /// heartbeat.
     fn validate_server(&self, errors: &mut Errors) {
         if let Some(addr) = &self.server.admin_listen {
-            let loopback = addr
-                .parse::<std::net::SocketAddr>()
-                .is_ok_and(|a| a.ip().is_loopback());
-            if !loopback {
-                errors.push(
+            match addr.parse::<std::net::SocketAddr>() {
+                Err(_) => errors.push(
                     "server.admin_listen",
-                    format!("{addr:?}: HTTPS is not available yet, so the admin listener must be a loopback address (e.g. 127.0.0.1:9090)"),
-                );
+                    format!("{addr:?} is not an address and port; write e.g. \"127.0.0.1:8022\""),
+                ),
+                Ok(a) if !a.ip().is_loopback() && !self.console.tls() => errors.push(
+                    "server.admin_listen",
+                    format!("{addr:?} is not a loopback address, so the console must use HTTPS: set console.tls_cert and console.tls_key (`gatehouse init` makes a self-signed pair)"),
+                ),
+                Ok(_) => {}
             }
+        }
+        if self.console.tls_cert.is_some() != self.console.tls_key.is_some() {
+            errors.push(
+                "console.tls_cert",
+                "console.tls_cert and console.tls_key go together: set both or neither",
+            );
+        }
+        if self.console.idle_timeout.get().is_zero() || self.console.max_age.get().is_zero() {
+            errors.push(
+                "console.idle_timeout",
+                "console.idle_timeout and console.max_age must be longer than 0; write e.g. \"30m\"",
+            );
         }
         if self.server.max_startups == 0 {
             errors.push("server.max_startups", "must be at least 1");

@@ -15,8 +15,9 @@ pub mod username;
 
 pub use config::{
     AlertAction, AlertRule, AlertThreshold, AllowRule, ApprovalRule, AuditConfig, AuthConfig,
-    Config, ConfigError, DenyRule, LabelSelector, OnFailure, RecordingConfig, Role, ServerConfig,
-    SinkConfig, SinkKind, StoreConfig, Target, UpstreamConfig, User,
+    Config, ConfigError, ConsoleConfig, ConsolePermission, DenyRule, LabelSelector, OnFailure,
+    RecordingConfig, Role, ServerConfig, SinkConfig, SinkKind, StoreConfig, Target, UpstreamConfig,
+    User,
 };
 pub use duration::{parse_duration, Dur, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};

@@ -18,6 +18,7 @@ use std::time::Duration;
 use gatehouse_model::config::{AllowRule, LabelSelector, OneOrMany};
 use gatehouse_model::{Config, Dur, Role, Target};
 
+pub mod console;
 pub mod shell;
 
 /// Which rule made a decision, for the audit trail and for `explain`.
