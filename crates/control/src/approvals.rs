@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_model::{ConsolePermission, EventType, Outcome, Severity};
 use gatehouse_store::{Approval, ApprovalState};
 
-use crate::{from_now, Authority, Control, ControlError, Result};
+use crate::{from_now, Authority, Channel, Control, ControlError, Result};
 
 /// How long a grant lasts when the rule that asked for it names no ttl.
 const DEFAULT_GRANT: Duration = Duration::from_secs(3600);
@@ -106,6 +106,9 @@ impl Control<'_> {
             return Err(ControlError::Refused(
                 "nobody approves their own request; ask another approver".into(),
             ));
+        }
+        if self.actor.channel == Channel::Web {
+            self.permit(ConsolePermission::Approvals, "decide approval requests")?;
         }
         if self.actor.authority == Authority::User {
             let roles: Vec<String> = a.approvers.split(',').map(str::to_string).collect();

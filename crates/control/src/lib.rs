@@ -15,6 +15,7 @@
 //! `by_session` / `by_source_ip` when the actor acted from an SSH session.
 
 mod approvals;
+mod permits;
 mod runbooks;
 mod sessions;
 mod sources;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gatehouse_audit::{ActionKind, Runbook};
-use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_model::{ConsolePermission, EventType, Outcome, Severity};
 use gatehouse_store::QueryResult;
 
 use crate::{Actor, Channel, Control, ControlError, Result};
@@ -39,6 +39,7 @@ impl Control<'_> {
         book: Runbook,
         params: BTreeMap<String, String>,
     ) -> Result<RunbookPlan> {
+        self.permit(ConsolePermission::Runbooks, "run runbooks")?;
         let sql = book
             .render(&params, chrono::Utc::now())
             .map_err(ControlError::Invalid)?;
@@ -57,6 +58,9 @@ impl Control<'_> {
     /// action is its own operation (audited before it happens) by the
     /// actor `runbook:NAME`, on behalf of this actor.
     pub async fn run_runbook(&self, plan: &RunbookPlan, apply: bool) -> Result<Vec<ActionOutcome>> {
+        if apply {
+            self.permit(ConsolePermission::ApplyRunbooks, "apply runbooks")?;
+        }
         let mut outcomes = Vec::new();
         if apply {
             let on_behalf =

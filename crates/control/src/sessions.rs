@@ -1,6 +1,6 @@
 //! Ending a session and reading its recording.
 
-use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_model::{ConsolePermission, EventType, Outcome, Severity};
 use gatehouse_store::recordings::valid_recording_id;
 
 use crate::{Authority, Control, ControlError, Result};
@@ -9,6 +9,19 @@ impl Control<'_> {
     /// Asks whichever node runs session `id` to end it (nodes carry out
     /// kill requests from the store and write `session.killed`).
     pub async fn kill_session(&self, id: &str, reason: &str) -> Result<()> {
+        if self.actor.authority == Authority::User {
+            let visible = self
+                .store
+                .session_owner(id)
+                .await?
+                .is_some_and(|s| self.may_view(&s));
+            if !visible {
+                return Err(ControlError::NotFound(format!(
+                    "no session {id} you may see"
+                )));
+            }
+            self.permit(ConsolePermission::Kill, "end sessions")?;
+        }
         if !self.store.session_running(id).await? {
             return Err(ControlError::NotFound(format!(
                 "no running session {id}; {}",
@@ -43,7 +56,7 @@ impl Control<'_> {
                 self.hint("sessions list", "sessions")
             ))
         })?;
-        let rec = match (s.recording_id, s.ended) {
+        let rec = match (s.recording_id.clone(), s.ended) {
             (Some(rec), _) => rec,
             (None, false) => id.to_string(),
             (None, true) => {
@@ -57,7 +70,8 @@ impl Control<'_> {
                 "session {id} names an invalid recording id {rec:?}"
             )));
         }
-        let allowed = self.actor.authority == Authority::Operator || s.user == self.actor.name;
+        let allowed = self.may_view(&s)
+            && (access != "watch" || self.permit(ConsolePermission::Watch, "watch").is_ok());
         let (result, reason) = if allowed {
             (Outcome::Success, None)
         } else {

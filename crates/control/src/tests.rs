@@ -29,6 +29,12 @@ allow = [{ targets = { name = "web01" }, logins = ["deploy"],
 
 [[roles]]
 name = "leads"
+console = ["approvals"]
+
+[[roles]]
+name = "web-watch"
+console = ["watch", "kill"]
+console_targets = { name = "web01" }
 
 [[users]]
 name = "alice"
@@ -44,6 +50,10 @@ roles = ["dev"]
 name = "carol"
 keys = ["ssh-ed25519 AAAA carol"]
 roles = ["dev"]
+
+[[users]]
+name = "wendy"
+roles = ["web-watch"]
 "#;
 
 struct Fixture {
@@ -420,4 +430,42 @@ actions = [{ kind = "kill_session", column = "session_id" }]
     let req = &events(&f.store, EventType::SESSION_KILL_REQUESTED).await[0];
     assert_eq!(req.details["run_by"], "root");
     assert_eq!(events(&f.store, EventType::RUNBOOK_RUN).await.len(), 2);
+}
+
+fn web(name: &str) -> Actor {
+    Actor {
+        channel: Channel::Web,
+        session_id: None,
+        ..Actor::user_in_session(name, "-", Some("192.0.2.7"))
+    }
+}
+
+#[tokio::test]
+async fn web_users_act_only_within_their_console_permissions() {
+    let f = sqlite().await;
+    start_session(&f.store, "bob", "S-bob").await;
+    let carol = Control::new(&f.store, &f.config, web("carol"));
+    // Another user's session is invisible, so it cannot be killed either.
+    let e = carol.kill_session("S-bob", "x").await.unwrap_err();
+    assert!(matches!(e, ControlError::NotFound(_)), "{e}");
+    let e = carol.lock_user("bob", "x", None).await.unwrap_err();
+    assert!(e.to_string().contains("\"users\""), "{e}");
+    assert!(f.store.user_lock("bob").await.unwrap().is_none());
+    // Bob sees his own session but holds no kill permission.
+    let bob = Control::new(&f.store, &f.config, web("bob"));
+    let e = bob.kill_session("S-bob", "x").await.unwrap_err();
+    assert!(e.to_string().contains("\"kill\""), "{e}");
+    // Wendy's role shows sessions on web01 and lets her watch and kill.
+    let wendy = Control::new(&f.store, &f.config, web("wendy"));
+    assert_eq!(
+        wendy.open_recording("S-bob", "watch").await.unwrap(),
+        "S-bob"
+    );
+    wendy.kill_session("S-bob", "seen enough").await.unwrap();
+    let ev = &events(&f.store, EventType::SESSION_KILL_REQUESTED).await[0];
+    assert_eq!(ev.details["channel"], "web");
+    assert_eq!(ev.details["by"], "wendy");
+    // Bob may replay but not watch live without the permission.
+    let e = bob.open_recording("S-bob", "watch").await.unwrap_err();
+    assert!(matches!(e, ControlError::Refused(_)), "{e}");
 }

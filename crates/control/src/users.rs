@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{EventType, Outcome, Severity};
+use gatehouse_model::{ConsolePermission, EventType, Outcome, Severity};
 
 use crate::{from_now, Control, ControlError, Result};
 
@@ -31,6 +31,10 @@ impl Control<'_> {
         reason: &str,
         ttl: Option<Duration>,
     ) -> Result<Locked> {
+        self.permit(
+            ConsolePermission::Users,
+            "lock users or reset authenticators",
+        )?;
         self.known_user(user)?;
         let until = ttl.map(from_now);
         let ending = self.store.live_sessions_of(user).await?;
@@ -56,6 +60,10 @@ impl Control<'_> {
 
     /// Lifts `user`'s lock; false when there was none.
     pub async fn unlock_user(&self, user: &str) -> Result<bool> {
+        self.permit(
+            ConsolePermission::Users,
+            "lock users or reset authenticators",
+        )?;
         self.known_user(user)?;
         let ev = self
             .event(
@@ -71,6 +79,10 @@ impl Control<'_> {
 
     /// Creates `user`'s TOTP secret (sealed with `auth.secrets_key`).
     pub async fn enroll_totp(&self, user: &str) -> Result<Enrolment> {
+        self.permit(
+            ConsolePermission::Users,
+            "lock users or reset authenticators",
+        )?;
         self.known_user(user)?;
         if self.store.totp(user).await?.is_some() {
             return Err(ControlError::Refused(format!(
@@ -106,6 +118,10 @@ impl Control<'_> {
 
     /// Removes `user`'s TOTP secret; false when there was none.
     pub async fn reset_totp(&self, user: &str) -> Result<bool> {
+        self.permit(
+            ConsolePermission::Users,
+            "lock users or reset authenticators",
+        )?;
         self.known_user(user)?;
         let ev = self
             .event(

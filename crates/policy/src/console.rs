@@ -52,10 +52,11 @@ impl ConsoleAccess {
         self.can(ConsolePermission::AllSessions)
     }
 
-    /// May the user view a session of `owner` on `target`?
+    /// May the user view a session of `owner` on `target`? Their own
+    /// always (signing in to the console still needs a permission).
     pub fn may_view(&self, owner: &str, target: Option<&str>) -> bool {
         self.sees_all()
-            || (owner == self.user && self.any())
+            || owner == self.user
             || target.is_some_and(|t| self.targets.contains_key(t))
     }
 
@@ -166,7 +167,7 @@ mod tests {
         let cfg = config();
         let nobody = console_access(&cfg, "nobody");
         assert!(!nobody.any());
-        assert!(!nobody.may_view("nobody", Some("web01")));
+        assert!(!nobody.may_view("dana", Some("web01")));
         assert!(!console_access(&cfg, "ghost").any());
 
         let dana = console_access(&cfg, "dana");

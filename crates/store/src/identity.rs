@@ -218,14 +218,16 @@ impl Store {
     /// Who ran session `id`, its recording (None while it runs or when it
     /// recorded nothing) and whether it has ended; None for an unknown id.
     pub async fn session_owner(&self, id: &str) -> Result<Option<SessionRef>, StoreError> {
-        let row = fetch_opt!(
+        let row =
+            fetch_opt!(
             self,
-            (Option<String>, Option<String>, Option<String>),
-            "SELECT \"user\", recording_id, end_time FROM sessions WHERE session_id = ?1",
+            (Option<String>, Option<String>, Option<String>, Option<String>),
+            "SELECT \"user\", target, recording_id, end_time FROM sessions WHERE session_id = ?1",
             id
         );
-        Ok(row.map(|(user, recording_id, end)| SessionRef {
+        Ok(row.map(|(user, target, recording_id, end)| SessionRef {
             user: user.unwrap_or_default(),
+            target,
             recording_id,
             ended: end.is_some(),
         }))
@@ -246,6 +248,7 @@ pub struct SessionLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRef {
     pub user: String,
+    pub target: Option<String>,
     pub recording_id: Option<String>,
     pub ended: bool,
 }
