@@ -64,3 +64,4 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
     fi
 fi
 
+bash "$(dirname "$0")/browser-deps.sh"
