@@ -1,6 +1,8 @@
-//! The admin HTTP listener (`server.admin_listen`, loopback only, plain
-//! HTTP): `GET /healthz` for load balancers and `GET /metrics` for
-//! Prometheus. The web console will be served here too.
+//! The admin listener (`server.admin_listen`): the web console and its
+//! API (`gatehouse-console`), `GET /healthz` for load balancers and
+//! `GET /metrics` for Prometheus. HTTPS with `console.tls_cert` /
+//! `console.tls_key`; plain HTTP only on loopback (the config refuses
+//! anything else), with a warning.
 
 use std::sync::Arc;
 
@@ -10,16 +12,31 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use gatehouse_console::{Console, Host, TlsListener};
+use gatehouse_control::Trail;
+use gatehouse_model::Config;
 use gatehouse_ssh::GatewayHandle;
 use gatehouse_store::Store;
 use tokio::net::TcpListener;
 
-/// What the handlers read from.
+/// What the health and metrics handlers read from.
 struct Admin {
     gateway: GatewayHandle,
     store: Store,
     /// The configured sinks' names (their lag is read at scrape time).
     sinks: Vec<String>,
+}
+
+/// The console's view of the running gateway.
+struct GatewayHost(GatewayHandle);
+
+impl Host for GatewayHost {
+    fn config(&self) -> Arc<Config> {
+        self.0.config()
+    }
+    fn trail(&self) -> &dyn Trail {
+        self.0.trail()
+    }
 }
 
 /// Binds `addr`; a failure is one line naming the key.
@@ -32,48 +49,46 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
 /// Binds `server.admin_listen` when set and serves it in a task (aborted
 /// once the gateway has drained).
 pub async fn start(
-    addr: Option<&str>,
+    config: &Config,
     gateway: &GatewayHandle,
     store: &Store,
     sinks: Vec<String>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(addr) = addr else {
+    let Some(addr) = config.server.admin_listen.as_deref() else {
         return Ok(None);
+    };
+    let tls = match (&config.console.tls_cert, &config.console.tls_key) {
+        (Some(cert), Some(key)) => Some(gatehouse_console::load_tls(cert, key)?),
+        _ => None,
     };
     let listener = bind(addr).await?;
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| addr.to_string());
-    eprintln!("gatehouse: admin (/healthz, /metrics) on http://{local}");
-    tracing::info!(addr = %local, "admin listening");
-    Ok(Some(tokio::spawn(serve(
-        listener,
-        gateway.clone(),
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() {
+        eprintln!("gatehouse: warning: the console on {local} is plain HTTP (loopback only); set console.tls_cert and console.tls_key for HTTPS");
+    }
+    eprintln!("gatehouse: console, API, /healthz and /metrics on {scheme}://{local}");
+    tracing::info!(addr = %local, scheme, "admin listening");
+    let secure = tls.is_some();
+    let listener = TlsListener::new(listener, tls)?;
+    let console = Console::new(
         store.clone(),
-        sinks,
-    ))))
-}
-
-/// Serves the admin endpoints on `listener` until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: GatewayHandle,
-    store: Store,
-    sinks: Vec<String>,
-) {
-    let state = Arc::new(Admin {
-        gateway,
-        store,
-        sinks,
-    });
-    let app = Router::new()
+        Arc::new(GatewayHost(gateway.clone())),
+        secure,
+    );
+    let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the admin listener stopped");
-    }
+        .with_state(Arc::new(Admin {
+            gateway: gateway.clone(),
+            store: store.clone(),
+            sinks,
+        }));
+    let app = ops.merge(gatehouse_console::router(console));
+    Ok(Some(tokio::spawn(gatehouse_console::serve(listener, app))))
 }
 
 /// 200 "ok" while the gateway accepts connections, 503 "draining" once

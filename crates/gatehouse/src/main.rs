@@ -442,6 +442,7 @@ fn explain(
         _ => None,
     };
     let allowed = d.allowed && denial.is_none();
+    let console = gatehouse_policy::console::console_access(config, user);
     if format == Format::Json {
         println!(
             "{}",
@@ -452,6 +453,11 @@ fn explain(
                 "port_forwarding": d.port_forwarding, "agent_forwarding": d.agent_forwarding,
                 "command_denied_by": denial.as_ref().map(|c| c.rule.to_string()),
                 "command_step_up_by": step_up.as_ref().map(|c| c.rule.to_string()),
+                "console": {
+                    "permissions": console.granted.iter().map(|(p, roles)| (p.as_str(), roles)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "view_targets": console.target_names(),
+                    "mfa_required": console.any() && console.mfa_required(),
+                },
             })
         );
     } else {
@@ -472,6 +478,7 @@ fn explain(
                 None => {}
             }
         }
+        print!("{console}");
     }
     Ok(if allowed {
         ExitCode::SUCCESS
@@ -499,7 +506,6 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let signing_key = config.audit.signing_key.clone();
     let anchor_file = config.audit.anchor_path();
     let sink_configs = config.sinks.clone();
-    let admin_listen = config.server.admin_listen.clone();
     let checkpoint_every = config
         .audit
         .checkpoint_interval
@@ -510,7 +516,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let addr = gateway.local_addr()?;
     let handle = gateway.handle();
     let sink_names = sink_configs.iter().map(|s| s.name.clone()).collect();
-    let admin = admin::start(admin_listen.as_deref(), &handle, &store, sink_names).await?;
+    let admin = admin::start(&handle.config(), &handle, &store, sink_names).await?;
     let start = NewEvent::new(
         EventType::GATEWAY_START,
         Severity::Info,

@@ -29,6 +29,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "gatehouse-console",
+        &[
+            "gatehouse-model",
+            "gatehouse-policy",
+            "gatehouse-auth",
+            "gatehouse-store",
+            "gatehouse-audit",
+            "gatehouse-control",
+            "gatehouse-record",
+        ],
+    ),
+    (
         "gatehouse-ssh",
         &[
             "gatehouse-model",
@@ -54,6 +66,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-control",
             "gatehouse-ssh",
             "gatehouse-metrics",
+            "gatehouse-console",
         ],
     ),
     (

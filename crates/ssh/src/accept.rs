@@ -73,6 +73,17 @@ impl GatewayHandle {
         Ok(())
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// The audit trail (which also runs the alert rules), for operations
+    /// other surfaces perform.
+    pub fn trail(&self) -> &dyn gatehouse_control::Trail {
+        &self.shared.audit
+    }
+
     /// Asks the gateway to stop: sessions get `reason`, the accept loop
     /// ends, and [`Gateway::run`] returns once every connection has ended.
     pub fn shutdown(&self, reason: &str) {
