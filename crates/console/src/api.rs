@@ -8,11 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use crate::extract::Json;
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use gatehouse_model::ConsolePermission as P;
 use gatehouse_store::SessionRow;
 use serde::Deserialize;
@@ -47,7 +49,7 @@ fn j(f: Fail) -> Fail {
 }
 
 fn ok(v: Value) -> Api {
-    Ok(Json(v).into_response())
+    Ok(axum::Json(v).into_response())
 }
 
 fn need(viewer: &Viewer, p: P) -> Result<(), Fail> {
@@ -288,12 +290,19 @@ async fn user_action(
     viewer: Viewer,
     Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Option<Json<UserBody>>,
+    body: axum::body::Bytes,
 ) -> Api {
     post_allowed(&console, &viewer, &headers)?;
     let config = console.config();
     let ops = ops(&console, &config, &viewer);
-    let reason = body.and_then(|b| b.0.reason).unwrap_or_default();
+    let reason = if body.is_empty() {
+        String::new()
+    } else {
+        serde_json::from_slice::<UserBody>(&body)
+            .map_err(|e| Fail::bad(format!("The JSON body is malformed ({e}).")).json())?
+            .reason
+            .unwrap_or_default()
+    };
     let v = match action.as_str() {
         "lock" => {
             if reason.trim().is_empty() {

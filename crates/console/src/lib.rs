@@ -18,6 +18,7 @@ mod actions;
 mod api;
 mod assets;
 mod audit;
+mod extract;
 mod html;
 mod sessions;
 mod signin;
@@ -111,7 +112,9 @@ async fn not_found() -> Fail {
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The same headers on every answer: CSP without inline scripts, no
-/// framing, no sniffing, no referrer, and nothing kept by shared caches
+/// framing, no sniffing, a referrer only to the console itself (a
+/// `no-referrer` policy would make browsers send `Origin: null` with
+/// forms, which the CSRF check refuses), and nothing kept by shared caches
 /// (pages and recordings are private; the assets may be cached).
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
@@ -126,7 +129,7 @@ async fn security_headers(mut res: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(

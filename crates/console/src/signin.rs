@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Form, FromRequestParts, Query, State};
+use crate::extract::{Form, Query};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -153,7 +154,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
         parts: &mut Parts,
         console: &Arc<Console>,
     ) -> Result<Viewer, Response> {
-        let api = parts.uri.path().starts_with("/api/");
+        let api = crate::extract::is_api(&parts.extensions, &parts.uri);
         let source_ip = peer_ip(parts);
         let config = console.config();
         let refuse = |fail: Fail| {
@@ -183,10 +184,15 @@ impl FromRequestParts<Arc<Console>> for Viewer {
                 )));
             };
             if console.store.touch_api_token(&t.id).await.unwrap_or(false) {
-                let ev = NewEvent::new("token.used", Severity::Info, Outcome::Success, &config.server.node)
-                    .user(t.user.clone())
-                    .source_ip(source_ip.clone())
-                    .details(serde_json::json!({"token_id": t.id, "channel": "api", "path": parts.uri.path()}));
+                let ev = NewEvent::new(
+                    "token.used",
+                    Severity::Info,
+                    Outcome::Success,
+                    &config.server.node,
+                )
+                .user(t.user.clone())
+                .source_ip(source_ip.clone())
+                .details(serde_json::json!({"token_id": t.id, "channel": "api"}));
                 if let Err(e) = console.host.trail().write(ev).await {
                     tracing::error!(error = %e, "cannot audit an API token's use");
                     return Err(refuse(Fail::page(StatusCode::SERVICE_UNAVAILABLE, "The audit trail cannot be written, so the API refuses requests; try again shortly.")));
@@ -254,11 +260,12 @@ fn unauthenticated(api: bool, parts: &Parts) -> Response {
         .json()
         .into_response();
     }
-    let next = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let original = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| parts.uri.clone());
+    let next = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Redirect::to(&format!("/signin?next={}", html::url(next))).into_response()
 }
 

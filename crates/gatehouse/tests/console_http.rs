@@ -1,0 +1,405 @@
+//! The console over plain HTTP (loopback) with the real `curl`: sign-in
+//! with password and TOTP, throttling and auditing of failures, the
+//! security headers, CSRF and Origin checks, permissions (deny by
+//! default, another user's session), malformed and oversized input, and
+//! API tokens. The browser flows are in `console.rs`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, T};
+use gatehouse_testkit as kit;
+
+struct Http {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Http {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// `curl -i` with `args`, against `http://127.0.0.1:PORT{path}`.
+fn curl(port: u16, path: &str, args: &[&str]) -> Http {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "30"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = kit::run(cmd, T).expect("run curl");
+    assert_eq!(out.code, Some(0), "curl failed: {}", out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (headers, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    Http {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `gatehouse users hash-password` (it needs no config).
+fn hash_password(password: &str) -> String {
+    let mut cmd = Command::new(common::gatehouse_bin());
+    cmd.args(["users", "hash-password"])
+        .current_dir(std::env::temp_dir());
+    let out = kit::run_with_input(cmd, password.as_bytes(), T).expect("hash-password");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn code(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = gatehouse_auth::totp::base32_decode(secret_b32).expect("base32 secret");
+    let now = chrono::Utc::now().timestamp() + offset_steps * 30;
+    gatehouse_auth::totp::code(&secret, now as u64)
+}
+
+/// Signs in; returns the cookie header value and the page's CSRF token.
+fn sign_in(port: u16, user: &str, password: &str, code: &str) -> (String, String) {
+    let origin = format!("Origin: http://127.0.0.1:{port}");
+    let r = curl(
+        port,
+        "/signin",
+        &[
+            "-H",
+            &origin,
+            "--data-urlencode",
+            &format!("user={user}"),
+            "--data-urlencode",
+            &format!("password={password}"),
+            "--data-urlencode",
+            &format!("code={code}"),
+        ],
+    );
+    assert_eq!(r.status, 303, "sign-in of {user} failed: {}", r.body);
+    let set = r.header("set-cookie").expect("a cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(
+        !set.contains("Secure"),
+        "plain HTTP cannot keep a Secure cookie: {set}"
+    );
+    let cookie = set.split(';').next().expect("cookie").to_string();
+    let page = curl(port, "/sessions", &["-H", &format!("Cookie: {cookie}")]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a csrf field on the page")
+        .to_string();
+    (cookie, csrf)
+}
+
+#[test]
+fn sign_in_permissions_csrf_bad_input_and_tokens() {
+    let admin = kit::free_port();
+    let rita_pw = "correct horse battery";
+    let carol_pw = "carols own password";
+    let rita_hash = hash_password(rita_pw);
+    let carol_hash = hash_password(carol_pw);
+    let extra = format!(
+        r#"
+[[roles]]
+name = "reviewer"
+console = ["all_sessions", "watch", "kill", "audit", "runbooks", "users"]
+
+[[roles]]
+name = "self"
+console = ["own_sessions"]
+
+[[users]]
+name = "rita"
+roles = ["reviewer"]
+password_hash = "{rita_hash}"
+
+[[users]]
+name = "carol"
+roles = ["self"]
+password_hash = "{carol_hash}"
+
+[[users]]
+name = "nora"
+roles = []
+password_hash = "{carol_hash}"
+"#
+    );
+    let env = Env::start_server(
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\nmax_auth_failures = 4"),
+        &extra,
+    );
+    kit::wait_for_port(admin, Duration::from_secs(20)).expect("console port");
+    assert!(
+        env.gateway_log().contains("plain HTTP"),
+        "a plain-HTTP console is announced with a warning:\n{}",
+        env.gateway_log()
+    );
+    let enrol = env.gatehouse(&["--format", "json", "users", "totp-enroll", "rita"]);
+    assert_eq!(enrol.code, Some(0), "{}", enrol.stderr);
+    let secret: serde_json::Value = serde_json::from_slice(&enrol.stdout).expect("json");
+    let secret = secret["secret"].as_str().expect("secret").to_string();
+
+    // A real session of alice's, to look for.
+    let out = env.ssh("alice:web01@127.0.0.1", &["echo", "from-alice"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows = env.wait_rows(
+        "SELECT session_id FROM sessions WHERE \"user\" = 'alice' AND end_time IS NOT NULL",
+    );
+    let alice_session = rows[0]["session_id"].as_str().expect("id").to_string();
+
+    // Not signed in: the sign-in page, or 401 JSON from the API; the
+    // security headers on every answer.
+    let r = curl(admin, "/sessions?user=alice", &[]);
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/signin?next=%2Fsessions%3Fuser%3Dalice")
+    );
+    let csp = r.header("content-security-policy").expect("CSP");
+    let script_src = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .expect("script-src");
+    assert!(!script_src.contains("unsafe-inline"), "{csp}");
+    assert!(script_src.contains("'wasm-unsafe-eval'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
+    let api = curl(admin, "/api/v1/whoami", &[]);
+    assert_eq!(api.status, 401);
+    assert!(api.body.starts_with("{\"error\":"), "{}", api.body);
+    // A forged cookie is no sign-in.
+    let forged = curl(
+        admin,
+        "/sessions",
+        &["-H", &format!("Cookie: gatehouse={}", "ab".repeat(32))],
+    );
+    assert_eq!(forged.status, 303);
+
+    // Wrong password and wrong code: refused, audited, same sentence.
+    let origin = format!("Origin: http://127.0.0.1:{admin}");
+    let bad = curl(
+        admin,
+        "/signin",
+        &["-H", &origin, "-d", "user=rita&password=nope&code=000000"],
+    );
+    assert_eq!(bad.status, 401);
+    assert!(bad
+        .body
+        .contains("Wrong user, password or verification code."));
+    let bad = curl(
+        admin,
+        "/signin",
+        &[
+            "-H",
+            &origin,
+            "--data-urlencode",
+            "user=rita",
+            "--data-urlencode",
+            &format!("password={rita_pw}"),
+            "-d",
+            "code=000000",
+        ],
+    );
+    assert_eq!(bad.status, 401);
+    let failures = env.wait_rows(
+        "SELECT reason, json_extract(details, '$.channel') AS channel FROM events WHERE type = 'auth.failure' AND \"user\" = 'rita'",
+    );
+    assert!(failures.len() >= 2, "{failures:?}");
+    assert!(
+        failures.iter().all(|f| f["channel"] == "web"),
+        "{failures:?}"
+    );
+    // No Origin: the sign-in form is not accepted from elsewhere.
+    let r = curl(admin, "/signin", &["-d", "user=rita&password=x&code=1"]);
+    assert_eq!(r.status, 403);
+    // A user with no console permission cannot sign in.
+    let r = curl(
+        admin,
+        "/signin",
+        &[
+            "-H",
+            &origin,
+            "--data-urlencode",
+            "user=nora",
+            "--data-urlencode",
+            &format!("password={carol_pw}"),
+        ],
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("grants console access"), "{}", r.body);
+
+    // Rita, with her code.
+    let (cookie, csrf) = sign_in(admin, "rita", rita_pw, &code(&secret, 0));
+    let ok = env.wait_rows(
+        "SELECT mfa FROM events WHERE type = 'auth.success' AND \"user\" = 'rita' AND json_extract(details, '$.channel') = 'web'",
+    );
+    assert_eq!(ok[0]["mfa"], 1);
+    let jar = format!("Cookie: {cookie}");
+    let page = curl(admin, &format!("/sessions/{alice_session}"), &["-H", &jar]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("echo from-alice"), "{}", page.body);
+    env.wait_rows(&format!(
+        "SELECT 1 FROM events WHERE type = 'recording.access' AND session_id = '{alice_session}' AND json_extract(details, '$.channel') = 'web' AND json_extract(details, '$.by') = 'rita'"
+    ));
+    let audit = curl(admin, "/audit?type=auth.*&user=rita", &["-H", &jar]);
+    assert_eq!(audit.status, 200);
+    env.wait_rows("SELECT 1 FROM events WHERE type = 'audit.read' AND \"user\" = 'rita'");
+    let csv = curl(
+        admin,
+        "/audit/export?format=csv&type=command",
+        &["-H", &jar],
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.starts_with("seq,id,time,type,"), "{}", csv.body);
+    assert!(csv.body.contains("echo from-alice"), "{}", csv.body);
+
+    // Bad input: one sentence, 4xx.
+    for (path, status) in [
+        ("/sessions?since=yesterday-ish", 400),
+        ("/sessions?active=maybe", 400),
+        ("/audit?severity=loud", 400),
+        ("/audit?before=x", 400),
+        ("/sessions/..%2F..%2Fetc%2Fpasswd", 404),
+        ("/sessions/01NOSUCHSESSION", 404),
+        ("/no/such/page", 404),
+    ] {
+        let r = curl(admin, path, &["-H", &jar]);
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(r.body.contains("id=\"error\""), "{path}: {}", r.body);
+        assert!(!r.body.contains("panicked"), "{path}");
+    }
+    let big = "x".repeat(100_000);
+    let r = curl(
+        admin,
+        "/users/alice",
+        &[
+            "-H",
+            &jar,
+            "-H",
+            &origin,
+            "--data-urlencode",
+            &format!("reason={big}"),
+        ],
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = curl(
+        admin,
+        "/users/alice",
+        &["-H", &jar, "-H", &origin, "-d", "action=lock"],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("The form is malformed"), "{}", r.body);
+
+    // CSRF: a missing or wrong token, or another Origin, changes nothing.
+    let lock = format!("csrf={csrf}&action=lock&reason=test");
+    for (token_ok, origin_hdr) in [
+        (false, origin.clone()),
+        (true, "Origin: https://evil.example".to_string()),
+    ] {
+        let data = if token_ok {
+            lock.clone()
+        } else {
+            "csrf=forged&action=lock&reason=test".to_string()
+        };
+        let r = curl(
+            admin,
+            "/users/alice",
+            &["-H", &jar, "-H", &origin_hdr, "-d", &data],
+        );
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
+    assert!(env
+        .query("SELECT 1 FROM events WHERE type = 'user.locked'")
+        .is_empty());
+    // The real form works.
+    let r = curl(
+        admin,
+        "/users/alice",
+        &["-H", &jar, "-H", &origin, "-d", &lock],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let locked = env.wait_rows(
+        "SELECT json_extract(details, '$.by') AS by, json_extract(details, '$.channel') AS channel FROM events WHERE type = 'user.locked'",
+    );
+    assert_eq!(
+        (locked[0]["by"].as_str(), locked[0]["channel"].as_str()),
+        (Some("rita"), Some("web"))
+    );
+    let r = curl(
+        admin,
+        "/users/alice",
+        &[
+            "-H",
+            &jar,
+            "-H",
+            &origin,
+            "-d",
+            &format!("csrf={csrf}&action=unlock"),
+        ],
+    );
+    assert_eq!(r.status, 303);
+
+    // Carol sees only her own sessions: alice's is "not found", the
+    // audit log is forbidden.
+    let (carol, _) = sign_in(admin, "carol", carol_pw, "");
+    let cj = format!("Cookie: {carol}");
+    let r = curl(admin, &format!("/sessions/{alice_session}"), &["-H", &cj]);
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = curl(
+        admin,
+        &format!("/sessions/{alice_session}/cast"),
+        &["-H", &cj],
+    );
+    assert_eq!(r.status, 404);
+    let r = curl(admin, "/sessions", &["-H", &cj]);
+    assert!(
+        !r.body.contains(&alice_session),
+        "carol sees alice's session"
+    );
+    assert_eq!(curl(admin, "/audit", &["-H", &cj]).status, 403);
+
+    // Signing out ends the cookie.
+    let r = curl(
+        admin,
+        "/signout",
+        &["-H", &jar, "-H", &origin, "-d", &format!("csrf={csrf}")],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(curl(admin, "/sessions", &["-H", &jar]).status, 303);
+
+    // Repeated failures block the address (max_auth_failures = 4).
+    for _ in 0..4 {
+        curl(
+            admin,
+            "/signin",
+            &["-H", &origin, "-d", "user=rita&password=wrong&code=1"],
+        );
+    }
+    let r = curl(
+        admin,
+        "/signin",
+        &["-H", &origin, "-d", "user=rita&password=wrong&code=1"],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("is blocked"), "{}", r.body);
+    env.wait_rows("SELECT 1 FROM events WHERE type = 'source.blocked' AND source_ip = '127.0.0.1'");
+}
