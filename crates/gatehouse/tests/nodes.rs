@@ -385,3 +385,125 @@ fn chrono_ms(t: &str) -> i64 {
         .map(|t| t.timestamp_millis())
         .unwrap_or(0)
 }
+
+/// Waits for `child` to exit (the session it runs was ended).
+fn ended(child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
+    let start = Instant::now();
+    while start.elapsed() < W {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("{what} still runs\n{}", logs());
+}
+
+#[test]
+fn a_kill_and_a_lock_from_one_node_end_sessions_on_the_other() {
+    let db = Database::create();
+    let mut env = Env::start_server(HEARTBEAT, "");
+    env.stop_gateway();
+    let port_b = kit::free_port();
+    let config_b = configure(&env, &db.url(), port_b);
+    let config_a = env.config_path.clone();
+    env.spawn_gateway();
+    let log_b = env.dir.path().join("node-b.log");
+    let _b = Node::spawn(&config_b, &log_b, port_b);
+    let log_a = env.dir.path().join("gateway.log");
+    let logs = move || {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("--- node-a\n{}\n--- node-b\n{}", read(&log_a), read(&log_b))
+    };
+    let spawn = |port: u16| {
+        let mut c = env
+            .alice()
+            .ssh(port, "alice:web01@127.0.0.1", &["sleep", "60"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().expect("ssh")
+    };
+    // One session on each node.
+    let mut on_a = spawn(env.port);
+    let mut on_b = spawn(port_b);
+    wait_nodes(&config_b, "one session on each node", &logs, |r| {
+        field(r, "node-a", "open_sessions") == 1 && field(r, "node-b", "open_sessions") == 1
+    });
+    let on_node = |node: &str| {
+        json(
+            &config_a,
+            &[
+                "audit",
+                "query",
+                &format!(
+                    "select session_id from sessions where end_time is null and node = '{node}'"
+                ),
+            ],
+        )[0]["session_id"]
+            .as_str()
+            .expect("a live session")
+            .to_string()
+    };
+    let session_a = on_node("node-a");
+
+    // Killed through node B's config (the CLI writes the request; node A
+    // is woken by the notification and ends its session).
+    let out = Command::new(common::gatehouse_bin())
+        .args(["--config"])
+        .arg(&config_b)
+        .args(["sessions", "kill", &session_a, "--reason", "from node b"])
+        .output()
+        .expect("gatehouse sessions kill");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ended(&mut on_a, "the session on node A", &logs);
+    let killed = wait_rows(
+        &config_b,
+        &format!("select node, reason from events where type = 'session.killed' and session_id = '{session_a}'"),
+        &logs,
+    );
+    assert_eq!(killed[0]["node"], "node-a");
+    assert_eq!(killed[0]["reason"], "from node b");
+
+    // Locked through node A's config: the session on node B ends.
+    let out = Command::new(common::gatehouse_bin())
+        .args(["--config"])
+        .arg(&config_a)
+        .args(["users", "lock", "alice", "--reason", "from node a"])
+        .output()
+        .expect("gatehouse users lock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ended(&mut on_b, "the session on node B", &logs);
+    wait_rows(
+        &config_a,
+        "select 1 from events where type = 'session.killed' and node = 'node-b'",
+        &logs,
+    );
+    // A locked user is refused on either node.
+    let out = kit::run(
+        env.alice().ssh(port_b, "alice:web01@127.0.0.1", &["true"]),
+        W,
+    )
+    .expect("ssh");
+    assert_ne!(out.code, Some(0));
+    let verify = Command::new(common::gatehouse_bin())
+        .args(["--config"])
+        .arg(&config_b)
+        .args(["audit", "verify"])
+        .output()
+        .expect("audit verify");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -382,14 +382,25 @@ fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, held: usize, limit: usiz
     });
 }
 
-/// How often the gateway looks for `gatehouse sessions kill` requests.
+/// How often, at most, the gateway looks for kill requests without being
+/// woken (on PostgreSQL a request wakes it at once through
+/// LISTEN/NOTIFY, and this is only the safety net; see `store::wake`).
 pub const KILL_POLL: Duration = Duration::from_millis(200);
 
-/// Carries out kill requests for the sessions this node runs.
+/// Carries out kill requests for the sessions this node runs, when a
+/// wake-up says one was written (or the fallback interval passed).
 async fn carry_out_kills(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(KILL_POLL);
+    let mut wake = shared.store.wake_ups();
+    let fallback = gatehouse_store::wake::fallback_interval(shared.store.backend()).max(KILL_POLL);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            w = wake.recv() => {
+                if matches!(w, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(fallback) => {}
+        }
         let pending = match shared.store.pending_kills().await {
             Ok(p) => p,
             Err(e) => {

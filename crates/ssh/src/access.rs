@@ -141,9 +141,15 @@ pub(crate) async fn wait_for_approval(
         .await;
     let wait = ctx.who.config.server.approval_wait.get();
     let deadline = tokio::time::Instant::now() + wait;
+    // A decision wakes this wait at once (LISTEN/NOTIFY on PostgreSQL);
+    // the fallback interval is the safety net.
+    let mut wake = ctx.shared.store.wake_ups();
+    let fallback = gatehouse_store::wake::fallback_interval(ctx.shared.store.backend())
+        .max(Duration::from_millis(300));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = tokio::time::sleep(fallback) => {}
+            _ = wake.recv() => {}
             msg = channel.wait() => match msg {
                 None | Some(ChannelMsg::Close) => {
                     expire(ctx, &id, "the user left before a decision").await;

@@ -181,6 +181,9 @@ impl Store {
                 &[Some(status), Some(by), reason, grant_until, Some(id)],
             )
             .await?;
+        if n == 1 {
+            self.wake(&crate::wake::approval_wake(id)).await?;
+        }
         Ok(n == 1)
     }
 

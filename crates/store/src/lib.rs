@@ -18,6 +18,7 @@ mod query;
 pub mod recordings;
 mod recovery;
 mod schema;
+pub mod wake;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -117,6 +118,10 @@ struct Inner {
     queue: std::sync::Mutex<Vec<Waiting>>,
     /// How long a read-only query may run, in milliseconds.
     query_timeout_ms: std::sync::atomic::AtomicU64,
+    /// Wake-ups for subscribers in this process (`wake`).
+    wake: tokio::sync::broadcast::Sender<String>,
+    /// Whether the LISTEN connection (PostgreSQL) was started.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -223,6 +228,8 @@ impl Store {
                 query_timeout_ms: std::sync::atomic::AtomicU64::new(
                     query::DEFAULT_QUERY_TIMEOUT.as_millis() as u64,
                 ),
+                wake: tokio::sync::broadcast::channel(64).0,
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -512,6 +519,7 @@ impl Store {
                     .await?;
             }
         }
+        self.wake(wake::WAKE_KILL).await?;
         Ok(())
     }
 

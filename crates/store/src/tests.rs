@@ -900,3 +900,49 @@ async fn lost_nodes_are_claimed_once_and_their_sessions_closed(db: Db) {
     db.done().await;
 }
 both!(lost_nodes_are_claimed_once_and_their_sessions_closed);
+
+async fn next(rx: &mut wake::WakeUps) -> String {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a wake-up")
+        .expect("open channel")
+}
+
+/// A kill request and an approval decision wake subscribers: on
+/// PostgreSQL those of another store (another node) through
+/// LISTEN/NOTIFY, on SQLite those of the same process.
+async fn kill_and_decision_wake_subscribers(db: Db) {
+    let other = Store::open(&db.url).await.unwrap();
+    let pg = db.store.backend() == Backend::Postgres;
+    let watcher = if pg { &other } else { &db.store };
+    let mut rx = watcher.wake_ups();
+    if pg {
+        // The LISTEN connection announces itself once it is up.
+        assert_eq!(next(&mut rx).await, wake::WAKE_KILL);
+    }
+    db.store.request_kill("S-1", "test", "root").await.unwrap();
+    assert_eq!(next(&mut rx).await, wake::WAKE_KILL);
+    let id = db
+        .store
+        .request_approval("alice", "web01", "deploy", "leads")
+        .await
+        .unwrap();
+    assert!(db
+        .store
+        .decide_approval(&id, true, "bob", None, None)
+        .await
+        .unwrap());
+    assert_eq!(next(&mut rx).await, wake::approval_wake(&id));
+    // A decision that changes nothing wakes nobody.
+    assert!(!db
+        .store
+        .decide_approval(&id, false, "bob", None, None)
+        .await
+        .unwrap());
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv())
+        .await
+        .is_err());
+    other.close().await;
+    db.done().await;
+}
+both!(kill_and_decision_wake_subscribers);
