@@ -352,10 +352,16 @@ async fn show(
         .await?;
     let events: Vec<gatehouse_model::event::Event> =
         events.into_iter().rev().map(|(_, e)| e).collect();
-    let storage = LocalDir::new(&config.recording.dir);
     let (markers, verified) = match &rec {
         None => (Vec::new(), String::new()),
-        Some(rec) => integrity(&storage, rec, &events, row.active),
+        Some(rec) => {
+            let storage = LocalDir::new(&config.recording.dir);
+            let name = rec.clone();
+            let scanned = tokio::task::spawn_blocking(move || scan(&storage, &name))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            integrity(scanned, rec, &events, row.active)
+        }
     };
     let (items, start_at) = command_list(&events, &markers, cmd, start);
     let player = match &rec {
@@ -435,7 +441,7 @@ async fn show(
 /// The recording's markers and a badge saying whether its SHA-256 is the
 /// one `session.end` recorded.
 fn integrity(
-    storage: &LocalDir,
+    scanned: std::io::Result<(Vec<Marker>, String, u64)>,
     rec: &str,
     events: &[gatehouse_model::event::Event],
     active: bool,
@@ -445,7 +451,7 @@ fn integrity(
         .filter(|e| e.event.kind == gatehouse_model::EventType::SESSION_END)
         .flat_map(|e| recordings::listed(&e.event.details))
         .find(|e| e.id == rec);
-    match scan(storage, rec) {
+    match scanned {
         Err(e) => (
             Vec::new(),
             html::badge("bad", &format!("recording unreadable: {e}")),
