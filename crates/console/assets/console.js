@@ -98,6 +98,15 @@
       t = header.version === 3 ? t + e[0] : e[0];
       abs.push(t);
     }
+    // The player shows only markers strictly before the recording's end;
+    // a session that ends right after a command (`exit`) has its last
+    // marker at the very end, so one empty output a millisecond later
+    // keeps it visible.
+    const markerAtEnd = events.some(function (e, i) { return e[1] === 'm' && abs[i] >= t; });
+    if (markerAtEnd) {
+      events.push([header.version === 3 ? 0.001 : t + 0.001, 'o', '']);
+      abs.push(t + 0.001);
+    }
     return { header, events, times: abs };
   }
 
