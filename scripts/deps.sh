@@ -65,3 +65,13 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
 fi
 
 bash "$(dirname "$0")/browser-deps.sh"
+
+# s3s-fs, an S3-protocol server over a directory that checks SigV4, for
+# crates/gatehouse/tests/s3.rs (recordings in object storage), into
+# target/s3s. 0.14.1 is the last release for rustc 1.95; about 3 minutes
+# to build on 2 cores.
+s3s="$(dirname "$0")/../target/s3s"
+if [ ! -x "$s3s/bin/s3s-fs" ]; then
+    echo "installing: s3s-fs 0.14.1 into target/s3s"
+    cargo install -q --locked s3s-fs@0.14.1 --features binary --root "$s3s"
+fi

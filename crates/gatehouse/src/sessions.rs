@@ -10,7 +10,7 @@ use gatehouse_control::Control;
 use gatehouse_model::{
     escape_control, parse_duration, Config, EventType, NewEvent, Outcome, Severity,
 };
-use gatehouse_store::recordings::{LocalDir, RecordingStorage};
+use gatehouse_store::recordings::{self, RecordingStorage};
 use gatehouse_store::{QueryResult, Store};
 
 use crate::cli::{Format, SessionsCmd};
@@ -62,7 +62,7 @@ pub async fn run(
         SessionsCmd::Export { id, output } => {
             let rec = control(store, config).open_recording(id, "export").await?;
             check_recordings(store, config, id, Some(&rec), "export").await?;
-            let storage = LocalDir::new(config.recording.dir.clone());
+            let storage = recordings::from_config(&config.recording)?;
             let mut text = String::new();
             storage
                 .open(&rec)
@@ -86,7 +86,7 @@ pub async fn run(
         } => {
             let rec = control(store, config).open_recording(id, "play").await?;
             check_recordings(store, config, id, Some(&rec), "play").await?;
-            let storage = LocalDir::new(config.recording.dir.clone());
+            let storage = recordings::from_config(&config.recording)?;
             let open = || -> Result<Box<dyn Read + Send>> {
                 storage
                     .open(&rec)
@@ -101,8 +101,8 @@ pub async fn run(
         }
         SessionsCmd::Watch { id } => {
             let rec = control(store, config).open_recording(id, "watch").await?;
-            let storage = LocalDir::new(config.recording.dir.clone());
-            watch(store, &storage, id, &rec).await?;
+            let storage = recordings::from_config(&config.recording)?;
+            watch(store, storage.as_ref(), id, &rec).await?;
             Ok(ExitCode::SUCCESS)
         }
         SessionsCmd::Kill { id, reason } => {
@@ -254,13 +254,13 @@ async fn check_recordings(
         }
         _ => return Ok(()),
     };
-    let storage = LocalDir::new(config.recording.dir.clone());
+    let storage = recordings::from_config(&config.recording)?;
     for expected in listed(&details) {
         if only.is_some_and(|o| o != expected.id) {
             continue;
         }
         let path = storage.locate(&expected.id);
-        let (problem, found, warning) = match check(&storage, &expected) {
+        let (problem, found, warning) = match check(storage.as_ref(), &expected) {
             Integrity::Intact => continue,
             Integrity::Modified { sha256, bytes } => (
                 "modified",
@@ -393,7 +393,12 @@ fn play(
 }
 
 /// Follows a live recording until its session ends.
-async fn watch(store: &Store, storage: &LocalDir, session: &str, rec: &str) -> Result<()> {
+async fn watch(
+    store: &Store,
+    storage: &dyn RecordingStorage,
+    session: &str,
+    rec: &str,
+) -> Result<()> {
     let mut file = None;
     for _ in 0..50 {
         match storage.open(rec) {

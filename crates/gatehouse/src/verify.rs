@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use gatehouse_model::{Config, EventType};
-use gatehouse_store::recordings::{self, Integrity, LocalDir, RecordingStorage};
+use gatehouse_store::recordings::{self, Integrity};
 use gatehouse_store::{Signer, Store};
 
 use crate::cli::Format;
@@ -145,7 +145,7 @@ pub async fn run(
 /// Every recording listed by a `session.end` event, compared with its
 /// file. Returns how many were checked and what does not match.
 async fn verify_recordings(config: &Config, store: &Store) -> Result<(u64, Vec<RecordingProblem>)> {
-    let storage = LocalDir::new(config.recording.dir.clone());
+    let storage = recordings::from_config(&config.recording)?;
     let mut checked = 0u64;
     let mut problems = Vec::new();
     let mut after = 0i64;
@@ -160,7 +160,7 @@ async fn verify_recordings(config: &Config, store: &Store) -> Result<(u64, Vec<R
             let session = ev.event.session_id.clone().unwrap_or_default();
             for expected in recordings::listed(&ev.event.details) {
                 checked += 1;
-                let problem = match recordings::check(&storage, &expected) {
+                let problem = match recordings::check(storage.as_ref(), &expected) {
                     Integrity::Intact => continue,
                     Integrity::Modified { sha256, bytes } => format!(
                         "{} was modified: sha256 {sha256} ({bytes} bytes), session.end holds {}{}; restore it from a backup",

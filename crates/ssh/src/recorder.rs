@@ -13,7 +13,7 @@ use bytes::Bytes;
 use gatehouse_model::{EventType, Outcome, Severity};
 use gatehouse_record::asciicast::{CastWriter, Header, SessionInfo};
 use gatehouse_record::capture::LineCapture;
-use gatehouse_store::recordings::{LocalDir, RecordingStorage};
+use gatehouse_store::recordings;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -156,7 +156,13 @@ pub(crate) fn start(
     } else {
         format!("{}-{n}", state.session_id)
     };
-    let storage = LocalDir::new(who.config.recording.dir.clone());
+    let storage = match recordings::from_config(&who.config.recording) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the recording storage");
+            return Err(format!("cannot create the recording {id}: {e}"));
+        }
+    };
     let file = match storage.create(&id) {
         Ok(f) => f,
         Err(e) => {

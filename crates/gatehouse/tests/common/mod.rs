@@ -19,6 +19,9 @@ pub struct Env {
     pub port: u16,
     pub config_path: PathBuf,
     pub gateway: Option<Child>,
+    /// Environment variables for the gateway and `gatehouse` commands
+    /// (set with [`Env::restart_with_env`]).
+    pub extra_env: Vec<(String, String)>,
 }
 
 pub fn gatehouse_bin() -> &'static str {
@@ -171,6 +174,7 @@ impl Env {
             port,
             config_path,
             gateway: None,
+            extra_env: Vec::new(),
         };
         env.spawn_gateway();
         env
@@ -182,6 +186,7 @@ impl Env {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("GATEHOUSE_LOG", "info,russh=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -225,6 +230,7 @@ impl Env {
     pub fn gatehouse(&self, args: &[&str]) -> kit::Output {
         let mut cmd = Command::new(gatehouse_bin());
         cmd.arg("--config").arg(&self.config_path).args(args);
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         kit::run(cmd, T).expect("run gatehouse")
     }
 
@@ -290,6 +296,17 @@ impl Env {
         self.stop_gateway();
         self.spawn_gateway();
         sshds
+    }
+
+    /// Restarts the gateway with these environment variables, which
+    /// [`Env::gatehouse`] then passes too.
+    pub fn restart_with_env(&mut self, vars: &[(&str, &str)]) {
+        self.extra_env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.stop_gateway();
+        self.spawn_gateway();
     }
 
     pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
