@@ -11,6 +11,7 @@
 mod bind;
 mod approvals;
 mod checkpoint;
+mod console;
 mod format;
 mod identity;
 mod nodes;
@@ -35,6 +36,10 @@ use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
 
 pub use approvals::{Approval, ApprovalState};
 pub use checkpoint::{append_anchor, AnchorReport, Checkpoint, CheckpointReport, Signer};
+pub use console::{
+    token_hash, ApiToken, ConsoleSession, EventFilter, NewConsoleSession, Scope, SessionFilter,
+    SessionRow,
+};
 pub use format::QueryResult;
 pub use identity::{SessionLine, SessionRef, UserLock};
 pub use nodes::{Node, NodeState, StaleNode};
@@ -842,5 +847,7 @@ fn pg_value(row: &sqlx::postgres::PgRow, i: usize) -> serde_json::Value {
     }
 }
 
+#[cfg(test)]
+mod console_tests;
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,76 @@ pub const SQLITE: &[&str] = &[
         lost_by TEXT,
         lost_at TEXT
     )",
+    // The web console: sign-in sessions (only the SHA-256 of the cookie's
+    // token is kept) and API tokens (only their SHA-256).
+    "CREATE TABLE IF NOT EXISTS console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        source_ip TEXT,
+        mfa INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions (user_name)",
+    "CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at)",
+    "CREATE TABLE IF NOT EXISTS api_tokens (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_name, created_at)",
+    // The console's session list (console.rs): session.start rows in
+    // time order, overall and per user, target and source.
+    "CREATE INDEX IF NOT EXISTS audit_starts_time ON audit_events (time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_user ON audit_events (user_name, time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_target ON audit_events (target, time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_source ON audit_events (source_ip, time, session_id) WHERE type = 'session.start'",
+    // The events list in seq order per user.
+    "CREATE INDEX IF NOT EXISTS audit_events_user_seq ON audit_events (user_name, seq)",
+    // Which backfills below have run (each once per store).
+    "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
+    // Sessions with a session.start and neither a session.end nor a
+    // session.killed, kept by triggers: an index for `active`, which no
+    // index on audit_events can answer without reading every session.
+    "CREATE TABLE IF NOT EXISTS active_sessions (session_id TEXT PRIMARY KEY)",
+    "CREATE TRIGGER IF NOT EXISTS audit_session_opened AFTER INSERT ON audit_events
+     WHEN NEW.type = 'session.start' AND NEW.session_id IS NOT NULL
+     BEGIN INSERT OR IGNORE INTO active_sessions (session_id) VALUES (NEW.session_id); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_session_closed AFTER INSERT ON audit_events
+     WHEN NEW.type IN ('session.end', 'session.killed')
+     BEGIN DELETE FROM active_sessions WHERE session_id = NEW.session_id; END",
+    // The guard's one row first (CROSS JOIN): once done, nothing is read.
+    "INSERT OR IGNORE INTO active_sessions (session_id)
+     SELECT s.session_id
+     FROM (SELECT COUNT(*) AS n FROM store_backfills WHERE name = 'active_sessions') g
+     CROSS JOIN audit_events s
+     WHERE g.n = 0 AND s.type = 'session.start' AND s.session_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.session_id = s.session_id
+                       AND e.type IN ('session.end', 'session.killed'))",
+    "INSERT OR IGNORE INTO store_backfills (name, done_at)
+     VALUES ('active_sessions', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+    // Command lines as a trigram full-text index (case-insensitive
+    // substrings of three characters or more), kept by a trigger; its
+    // rowid is the event's seq. Built from the existing events once.
+    "CREATE VIEW IF NOT EXISTS command_lines AS
+     SELECT seq, json_extract(details, '$.command') AS command FROM audit_events WHERE type = 'command'",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS command_text USING fts5(
+        command, content = 'command_lines', content_rowid = 'seq', tokenize = 'trigram'
+    )",
+    "CREATE TRIGGER IF NOT EXISTS audit_command_text AFTER INSERT ON audit_events
+     WHEN NEW.type = 'command'
+     BEGIN INSERT INTO command_text (rowid, command) VALUES (NEW.seq, json_extract(NEW.details, '$.command')); END",
+    "INSERT INTO command_text (command_text) SELECT 'rebuild'
+     WHERE NOT EXISTS (SELECT 1 FROM store_backfills WHERE name = 'command_text')",
+    "INSERT OR IGNORE INTO store_backfills (name, done_at)
+     VALUES ('command_text', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     "CREATE VIEW IF NOT EXISTS events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
@@ -196,6 +266,79 @@ pub const POSTGRES: &[&str] = &[
         lost_by TEXT,
         lost_at TEXT
     )",
+    "CREATE TABLE IF NOT EXISTS console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        source_ip TEXT,
+        mfa BOOLEAN NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions (user_name)",
+    "CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at)",
+    "CREATE TABLE IF NOT EXISTS api_tokens (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_name, created_at)",
+    "CREATE INDEX IF NOT EXISTS audit_starts_time ON audit_events (time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_user ON audit_events (user_name, time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_target ON audit_events (target, time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_starts_source ON audit_events (source_ip, time, session_id) WHERE type = 'session.start'",
+    "CREATE INDEX IF NOT EXISTS audit_events_user_seq ON audit_events (user_name, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_events_type_seq ON audit_events (type, seq)",
+    "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS active_sessions (session_id TEXT PRIMARY KEY)",
+    "CREATE OR REPLACE FUNCTION gatehouse_active_sessions() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+        IF NEW.type = 'session.start' AND NEW.session_id IS NOT NULL THEN
+            INSERT INTO active_sessions (session_id) VALUES (NEW.session_id) ON CONFLICT DO NOTHING;
+        ELSIF NEW.type IN ('session.end', 'session.killed') THEN
+            DELETE FROM active_sessions WHERE session_id = NEW.session_id;
+        END IF;
+        RETURN NULL;
+     END $$",
+    "DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_active_sessions'
+                       AND tgrelid = 'audit_events'::regclass) THEN
+            CREATE TRIGGER audit_active_sessions AFTER INSERT ON audit_events FOR EACH ROW
+            WHEN (NEW.type IN ('session.start', 'session.end', 'session.killed'))
+            EXECUTE FUNCTION gatehouse_active_sessions();
+        END IF;
+     END $$",
+    "INSERT INTO active_sessions (session_id)
+     SELECT s.session_id FROM audit_events s
+     WHERE s.type = 'session.start' AND s.session_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM store_backfills b WHERE b.name = 'active_sessions')
+       AND NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.session_id = s.session_id
+                       AND e.type IN ('session.end', 'session.killed'))
+     ON CONFLICT DO NOTHING",
+    "INSERT INTO store_backfills (name, done_at)
+     VALUES ('active_sessions', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+     ON CONFLICT DO NOTHING",
+    // Command lines by trigram (case-insensitive substrings), when the
+    // pg_trgm extension can be had (a trusted extension: the database's
+    // owner may create it); without it the command filter reads every
+    // command event.
+    "DO $$ BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+     EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'pg_trgm is not available; searching command lines reads every command event';
+     END $$",
+    "DO $$ BEGIN
+        IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+            CREATE INDEX IF NOT EXISTS audit_commands_trgm ON audit_events
+            USING gin (lower(details->>'command') gin_trgm_ops) WHERE type = 'command';
+        END IF;
+     END $$",
     "CREATE OR REPLACE VIEW events AS
      SELECT id, time, type, severity, user_name AS \"user\", source_ip, node, session_id, target,
             login, mfa, result, reason, details, prev_hash, hash, seq
