@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use gatehouse_control::Control;
 use gatehouse_model::ConsolePermission as P;
-use gatehouse_store::recordings::{self, LocalDir, RecordingStorage};
+use gatehouse_store::recordings::{self, RecordingStorage};
 use gatehouse_store::{Scope, SessionFilter, SessionRow};
 use serde::Deserialize;
 
@@ -262,6 +262,17 @@ fn control<'a>(
     )
 }
 
+/// Where recordings are: `recording.dir`, or the bucket of `recording.url`.
+fn storage(config: &gatehouse_model::Config) -> Result<Box<dyn RecordingStorage>, Fail> {
+    recordings::from_config(&config.recording).map_err(|e| {
+        tracing::error!(error = %e, "cannot reach the recordings");
+        Fail::page(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The recordings cannot be reached right now; tell your administrator.",
+        )
+    })
+}
+
 /// A marker in a recording: its time offset and label.
 struct Marker {
     t: f64,
@@ -269,7 +280,7 @@ struct Marker {
 }
 
 /// The markers and SHA-256 of recording `rec`, read in one pass.
-fn scan(storage: &LocalDir, rec: &str) -> std::io::Result<(Vec<Marker>, String, u64)> {
+fn scan(storage: &dyn RecordingStorage, rec: &str) -> std::io::Result<(Vec<Marker>, String, u64)> {
     use sha2::{Digest, Sha256};
     let mut reader = BufReader::new(storage.open(rec)?);
     let mut hasher = Sha256::new();
@@ -355,9 +366,9 @@ async fn show(
     let (markers, verified) = match &rec {
         None => (Vec::new(), String::new()),
         Some(rec) => {
-            let storage = LocalDir::new(&config.recording.dir);
+            let storage = storage(&config)?;
             let name = rec.clone();
-            let scanned = tokio::task::spawn_blocking(move || scan(&storage, &name))
+            let scanned = tokio::task::spawn_blocking(move || scan(storage.as_ref(), &name))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             integrity(scanned, rec, &events, row.active)
@@ -617,7 +628,7 @@ async fn live_ws(
     let rec = control(&console, &config, &viewer)
         .open_recording(&id, "watch")
         .await?;
-    let storage = LocalDir::new(&config.recording.dir);
+    let storage = storage(&config)?;
     let store = console.store.clone();
     Ok(ws
         .protocols(["v2.asciicast"])
@@ -630,62 +641,100 @@ async fn live_ws(
 }
 
 /// Sends the recording's header and events as they are written, until
-/// the session ends (or the viewer leaves).
+/// the session ends (or the viewer leaves). The recording is read in a
+/// blocking task (a file, or object storage that lists new chunks when it
+/// reaches the end) and handed over line by line.
 async fn follow(
     mut socket: WebSocket,
-    storage: LocalDir,
+    storage: Box<dyn RecordingStorage>,
     store: gatehouse_store::Store,
     session: String,
     rec: String,
 ) -> Result<(), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<String>>(256);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = stop.clone();
+    tokio::task::spawn_blocking(move || tail(storage.as_ref(), &rec, &tx, &reading));
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut ending = false;
+    let result = loop {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(Some(line)) => {
+                    if let Err(e) = socket.send(Message::Text(line.into())).await {
+                        break Err(e.to_string());
+                    }
+                }
+                // The recording does not exist (yet, after 5 s).
+                Some(None) | None => {
+                    let _ = socket.send(ended()).await;
+                    break Ok(());
+                }
+            },
+            _ = check.tick() => {
+                if ending {
+                    // Half a second after the end: what was written is sent.
+                    let _ = socket.send(ended()).await;
+                    break Ok(());
+                }
+                ending = !store.session_running(&session).await.unwrap_or(false);
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break Ok(()),
+                _ => {}
+            }
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    result
+}
+
+/// Reads recording `rec` line by line into `tx`, waiting at its end for
+/// more, until `stop`. Sends `None` when it cannot be opened.
+fn tail(
+    storage: &dyn RecordingStorage,
+    rec: &str,
+    tx: &tokio::sync::mpsc::Sender<Option<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
     let mut file = None;
     for _ in 0..50 {
-        match storage.open(&rec) {
+        match storage.open(rec) {
             Ok(f) => {
                 file = Some(f);
                 break;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
     let Some(file) = file else {
-        let _ = socket.send(ended()).await;
-        return Err(format!("recording {rec} does not exist"));
+        let _ = tx.blocking_send(None);
+        return;
     };
     let mut reader = BufReader::new(file);
     let mut partial = String::new();
-    let mut idle = 0u32;
-    loop {
+    while !stop.load(Ordering::Acquire) {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        if n == 0 {
-            idle += 1;
-            if idle.is_multiple_of(5) {
-                let running = store.session_running(&session).await.unwrap_or(false);
-                if !running {
-                    let _ = socket.send(ended()).await;
-                    return Ok(());
+        match reader.read_line(&mut line) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+            Ok(_) => {
+                partial.push_str(&line);
+                if partial.ends_with('\n') {
+                    let whole = std::mem::take(&mut partial);
+                    if tx
+                        .blocking_send(Some(whole.trim_end().to_string()))
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                msg = socket.recv() => match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                    _ => {}
-                }
+            Err(e) => {
+                tracing::debug!(error = %e, "live view: the recording cannot be read");
+                return;
             }
-            continue;
         }
-        idle = 0;
-        partial.push_str(&line);
-        if !partial.ends_with('\n') {
-            continue;
-        }
-        let whole = std::mem::take(&mut partial);
-        socket
-            .send(Message::Text(whole.trim_end().to_string().into()))
-            .await
-            .map_err(|e| e.to_string())?;
     }
 }
 
