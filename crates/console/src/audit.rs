@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use gatehouse_model::event::Event;
 use gatehouse_model::ConsolePermission as P;
-use gatehouse_model::{NewEvent, Outcome, Severity};
+use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
 use gatehouse_store::{EventFilter, QueryResult};
 
 use crate::sessions::{text_param, time_param, PAGE};
@@ -63,7 +63,7 @@ pub(crate) async fn audited(
         d.insert("token_id".into(), t.clone().into());
     }
     let ev = NewEvent::new(
-        "audit.read",
+        EventType::AUDIT_READ,
         Severity::Info,
         Outcome::Success,
         &config.server.node,

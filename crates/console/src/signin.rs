@@ -185,7 +185,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             };
             if console.store.touch_api_token(&t.id).await.unwrap_or(false) {
                 let ev = NewEvent::new(
-                    "token.used",
+                    EventType::TOKEN_USED,
                     Severity::Info,
                     Outcome::Success,
                     &config.server.node,

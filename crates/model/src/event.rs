@@ -105,6 +105,13 @@ impl EventType {
     /// Written at start when the node closed what a crash of its previous
     /// process left open (sessions, transfers, kill requests).
     pub const GATEWAY_RECOVERED: &'static str = "gateway.recovered";
+    /// Someone was shown audit rows in the console or the API (the log,
+    /// an export, a SQL result).
+    pub const AUDIT_READ: &'static str = "audit.read";
+    /// An API token was used (at most once a minute per token).
+    pub const TOKEN_USED: &'static str = "token.used";
+    pub const TOKEN_CREATED: &'static str = "token.created";
+    pub const TOKEN_REVOKED: &'static str = "token.revoked";
 }
 
 /// An event before the store has put it in the chain. `id` and `time` are
