@@ -355,7 +355,13 @@ fn the_console_in_a_real_browser() {
     let request = details["request"].as_str().expect("request id").to_string();
 
     // The browser. While it runs, the live session prints a line a second.
-    let shots = root.join("docs/console");
+    // The screenshots in docs/console/ are refreshed on request
+    // (`GH_CONSOLE_SCREENSHOTS=docs/console`); otherwise they go to
+    // target/ so that a test run leaves the tree clean.
+    let shots = match std::env::var("GH_CONSOLE_SCREENSHOTS") {
+        Ok(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target/tmp/console-screenshots"),
+    };
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     // Kept after the test (a failure's screenshot and HTML).
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-browser");
