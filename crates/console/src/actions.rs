@@ -164,7 +164,10 @@ async fn users(
             (false, true) => html::badge("bad", "required, not enrolled"),
             (false, false) => html::badge("", "none"),
         };
-        let lock_form = if lock.is_some() {
+        let own = u.name == viewer.user;
+        let lock_form = if own {
+            "<span class=\"muted\">(you)</span>".to_string()
+        } else if lock.is_some() {
             format!(
                 "<form method=\"post\" action=\"/users/{0}\" class=\"inline\">{1}<button type=\"submit\" name=\"action\" value=\"unlock\" class=\"unlock\">Unlock</button></form>",
                 html::esc(&u.name),
@@ -177,9 +180,9 @@ async fn users(
                 html::csrf(&viewer)
             )
         };
-        let reset = if totp {
+        let reset = if totp && !own {
             format!(
-                " <form method=\"post\" action=\"/users/{0}\" class=\"inline\" data-confirm=\"Remove {0}'s authenticator?\">{1}<button type=\"submit\" name=\"action\" value=\"totp-reset\">Reset TOTP</button></form>",
+                " <form method=\"post\" action=\"/users/{0}\" class=\"inline\" data-confirm=\"Remove {0}'s authenticator?\">{1}<button type=\"submit\" name=\"action\" value=\"totp-reset\" class=\"danger\">Reset TOTP</button></form>",
                 html::esc(&u.name),
                 html::csrf(&viewer)
             )

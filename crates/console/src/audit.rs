@@ -148,11 +148,28 @@ fn cells(e: &Event) -> Vec<String> {
         session,
         html::esc(ev.result.as_str()),
         html::esc(ev.reason.as_deref().unwrap_or("")),
-        format!(
-            "<code>{}</code>",
-            html::esc(&truncate(&ev.details.to_string(), 300))
-        ),
+        details_cell(&ev.details),
     ]
+}
+
+/// `key=value` pairs, shortened; the whole JSON in the tooltip.
+fn details_cell(details: &serde_json::Value) -> String {
+    let short = match details.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={}", truncate(s, 40)),
+                other => format!("{k}={}", truncate(&other.to_string(), 40)),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    format!(
+        "<code class=\"details\" title=\"{}\">{}</code>",
+        html::esc(&details.to_string()),
+        html::esc(&truncate(&short, 160))
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {

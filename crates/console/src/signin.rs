@@ -291,12 +291,18 @@ fn safe_next(next: Option<&str>) -> String {
 }
 
 fn signin_page(next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    signin_page_for(next, "", error, status)
+}
+
+/// The sign-in form, keeping the user name typed before a failure.
+fn signin_page_for(next: &str, user: &str, error: Option<&str>, status: StatusCode) -> Response {
     let error = error
         .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", html::esc(e)))
         .unwrap_or_default();
     let body = format!(
-        "<section class=\"signin\"><h1>Sign in to Gatehouse</h1>{error}<form method=\"post\" action=\"/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\"><label>User <input name=\"user\" id=\"user\" autocomplete=\"username\" required></label><label>Password <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>Verification code <input name=\"code\" id=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" placeholder=\"from your authenticator, when your role needs one\"></label><button type=\"submit\" id=\"signin\">Sign in</button></form></section>",
-        html::esc(next)
+        "<section class=\"signin\"><h1>Sign in to Gatehouse</h1>{error}<form method=\"post\" action=\"/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\"><label>User <input name=\"user\" id=\"user\" autocomplete=\"username\" value=\"{}\" required></label><label>Password <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>Verification code <input name=\"code\" id=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" placeholder=\"6 digits, if asked\"></label><button type=\"submit\" id=\"signin\">Sign in</button></form></section>",
+        html::esc(next),
+        html::esc(user)
     );
     (status, html::layout("Sign in", None, &body)).into_response()
 }
@@ -399,7 +405,12 @@ async fn signin(
                 tracing::error!(error = %e, "cannot audit a console sign-in failure");
             }
             throttle(&console, &ip).await;
-            Ok(signin_page(&next, Some(&said), StatusCode::UNAUTHORIZED))
+            Ok(signin_page_for(
+                &next,
+                &c.user,
+                Some(&said),
+                StatusCode::UNAUTHORIZED,
+            ))
         }
     }
 }
