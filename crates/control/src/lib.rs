@@ -19,6 +19,7 @@ mod permits;
 mod runbooks;
 mod sessions;
 mod sources;
+mod tokens;
 mod users;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use serde_json::{Map, Value};
 
 pub use approvals::Decided;
 pub use runbooks::{ActionOutcome, RunbookPlan};
+pub use tokens::CreatedToken;
 pub use users::{Enrolment, Locked};
 
 /// Through which surface an operation was asked for.

@@ -62,6 +62,27 @@ pub enum Command {
     /// Gateway nodes sharing the store: address, version, open sessions,
     /// last heartbeat and state (up, stopped, lost).
     Nodes,
+    /// API tokens for the console's /api/v1: create, list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Make a token that acts as USER (shown once).
+    Create {
+        user: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Tokens and their last use.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ mod operator;
 mod runbooks;
 mod sessions;
 mod sources;
+mod tokens;
 mod users;
 mod verify;
 
@@ -132,6 +133,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
             sources::run(cmd, &config, &store, cli.format).await
+        }
+        Command::Tokens(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            tokens::run(cmd, &config, &store, cli.format).await
         }
         Command::Nodes => {
             let config = load_config(&path)?;

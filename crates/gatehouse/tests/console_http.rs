@@ -386,6 +386,69 @@ password_hash = "{carol_hash}"
     assert_eq!(r.status, 303);
     assert_eq!(curl(admin, "/sessions", &["-H", &jar]).status, 303);
 
+    // API tokens: made on the host, shown once, scoped to the user,
+    // audited, revocable.
+    let made = env.gatehouse(&[
+        "--format", "json", "tokens", "create", "rita", "--name", "ci",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).expect("json");
+    let token = made["token"].as_str().expect("token").to_string();
+    let token_id = made["id"].as_str().expect("id").to_string();
+    let bearer = format!("Authorization: Bearer {token}");
+    let who = curl(admin, "/api/v1/whoami", &["-H", &bearer]);
+    assert_eq!(who.status, 200, "{}", who.body);
+    let who: serde_json::Value = serde_json::from_str(&who.body).expect("json");
+    assert_eq!(who["user"], "rita");
+    let list = curl(admin, "/api/v1/sessions?user=alice", &["-H", &bearer]);
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(list.body.contains(&alice_session), "{}", list.body);
+    let sql = curl(
+        admin,
+        "/api/v1/sql",
+        &[
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"q\": \"SELECT count(*) AS n FROM events\"}",
+        ],
+    );
+    assert_eq!(sql.status, 200, "{}", sql.body);
+    assert!(sql.body.contains("\"columns\":[\"n\"]"), "{}", sql.body);
+    let bad = curl(admin, "/api/v1/sessions?since=soonish", &["-H", &bearer]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.starts_with("{\"error\":"), "{}", bad.body);
+    env.wait_rows(&format!(
+        "SELECT 1 FROM events WHERE type = 'token.used' AND json_extract(details, '$.token_id') = '{token_id}'"
+    ));
+    env.wait_rows(&format!(
+        "SELECT 1 FROM events WHERE type = 'audit.read' AND json_extract(details, '$.token_id') = '{token_id}' AND json_extract(details, '$.channel') = 'api'"
+    ));
+    // Carol's token carries carol's permissions: no audit rows.
+    let carols = env.gatehouse(&["--format", "json", "tokens", "create", "carol"]);
+    assert_eq!(carols.code, Some(0), "{}", carols.stderr);
+    let carols: serde_json::Value = serde_json::from_slice(&carols.stdout).expect("json");
+    let carol_bearer = format!(
+        "Authorization: Bearer {}",
+        carols["token"].as_str().expect("token")
+    );
+    let r = curl(admin, "/api/v1/events", &["-H", &carol_bearer]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = curl(
+        admin,
+        &format!("/api/v1/sessions/{alice_session}"),
+        &["-H", &carol_bearer],
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let revoked = env.gatehouse(&["tokens", "revoke", &token_id]);
+    assert_eq!(revoked.code, Some(0), "{}", revoked.stderr);
+    assert_eq!(curl(admin, "/api/v1/whoami", &["-H", &bearer]).status, 401);
+    let listed = env.gatehouse(&["tokens", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("revoked"));
+    env.wait_rows("SELECT 1 FROM events WHERE type = 'token.revoked' AND \"user\" = 'rita'");
+
     // Repeated failures block the address (max_auth_failures = 4).
     for _ in 0..4 {
         curl(
