@@ -29,7 +29,10 @@ struct Database(String);
 
 impl Database {
     fn create() -> Database {
-        let name = format!("gh_nodes_{}", std::process::id());
+        // One per test: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("gh_nodes_{}_{n}", std::process::id());
         let _ = psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
         assert!(psql("postgres", &format!("CREATE DATABASE {name}"))
             .status
