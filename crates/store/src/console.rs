@@ -268,12 +268,16 @@ macro_rules! fetch_query {
                         Arg::Int(i) => query.bind(i),
                     };
                 }
-                query
-                    .fetch_all(pg)
-                    .await?
-                    .iter()
-                    .map($decode)
-                    .collect::<Vec<_>>()
+                // A plan for these values (a generic plan guesses every
+                // LIKE alike), and no JIT compiling for a page of rows.
+                let mut tx = pg.begin().await?;
+                sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows.iter().map($decode).collect::<Vec<_>>()
             }
         }
     }};
@@ -528,14 +532,41 @@ impl Store {
             return Ok(Vec::new());
         }
         let driver = self.session_driver(filter).await?;
+        let rows = self.sessions_from(filter, limit, &driver).await?;
+        if matches!(driver, Driver::Recent) && (rows.len() as i64) < limit {
+            // The newest sessions held too few: from the matching lines.
+            return self.sessions_from(filter, limit, &Driver::Commands).await;
+        }
+        Ok(rows)
+    }
+
+    async fn sessions_from(
+        &self,
+        filter: &SessionFilter,
+        limit: i64,
+        driver: &Driver,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let backend = self.backend();
         let mut q = Query::new();
-        let conds = session_conditions(self.backend(), filter, &mut q);
+        let conds = session_conditions(filter, &mut q);
+        let command = command_condition(backend, filter, driver, &mut q);
         let lim = q.int(limit);
-        let from = driver.from(self.backend(), &mut q);
+        let scan = match driver {
+            Driver::Recent => q.int(RECENT_SCAN),
+            _ => String::new(),
+        };
+        let from = driver.from(backend, filter, &mut q);
         let branch = |cond: &str| {
+            let from = match driver {
+                Driver::Recent => format!(
+                    "(SELECT s.* FROM audit_events s WHERE s.type = 'session.start' AND {cond}{conds}
+                      ORDER BY s.time DESC, s.session_id DESC LIMIT {scan}) s"
+                ),
+                _ => from.clone(),
+            };
             format!(
                 "SELECT seq, time, session_id FROM (SELECT s.seq, s.time, s.session_id FROM {from}
-                 WHERE s.type = 'session.start' AND {cond}{conds}
+                 WHERE s.type = 'session.start' AND {cond}{conds}{command}
                  ORDER BY s.time DESC, s.session_id DESC LIMIT {lim}) b"
             )
         };
@@ -557,10 +588,7 @@ impl Store {
         q.sql = format!(
             "WITH page AS ({} ORDER BY time DESC, session_id DESC LIMIT {lim}) {}",
             branches.join(" UNION "),
-            session_select(
-                self.backend(),
-                "page p JOIN audit_events s ON s.seq = p.seq"
-            )
+            session_select(backend, "page p JOIN audit_events s ON s.seq = p.seq")
         );
         fetch_query!(self, q, decode_session).into_iter().collect()
     }
@@ -583,8 +611,7 @@ impl Store {
         Ok(rows?.pop())
     }
 
-    /// Where the session list starts reading: the few active sessions, the
-    /// sessions of few matching command lines, or the start-time indexes.
+    /// Where the session list starts reading (see [`Driver`]).
     async fn session_driver(&self, filter: &SessionFilter) -> Result<Driver, StoreError> {
         if filter.active == Some(true) {
             return Ok(Driver::Active);
@@ -592,19 +619,22 @@ impl Store {
         let Some(text) = filter.command.as_deref() else {
             return Ok(Driver::Starts);
         };
-        if self.backend() != Backend::Sqlite || text.chars().count() < 3 {
+        if self.backend() == Backend::Postgres {
+            return Ok(Driver::Recent);
+        }
+        if text.chars().count() < 3 {
             return Ok(Driver::Starts);
         }
-        let phrase = fts_phrase(text);
+        // FTS5 counts lazily: this reads at most FEW_COMMANDS + 1 matches.
         let n = fetch_one!(
             self,
             i64,
             "SELECT COUNT(*) FROM (SELECT rowid FROM command_text WHERE command_text MATCH ?1 LIMIT ?2) m",
-            phrase.as_str(),
+            fts_phrase(text),
             FEW_COMMANDS + 1
         );
         Ok(if n <= FEW_COMMANDS {
-            Driver::Commands(phrase)
+            Driver::Commands
         } else {
             Driver::Starts
         })
@@ -621,11 +651,18 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
+        let narrow = self.narrow_events(filter).await?;
         let mut q = Query::new();
-        let conds = event_conditions(self.backend(), filter, &mut q);
+        let conds = event_conditions(self.backend(), filter, narrow, &mut q);
         let lim = q.int(limit);
+        // `seq + 0`: read the narrow filter's few rows through its index
+        // and sort them, rather than walk the whole trail in seq order.
+        let order = match narrow {
+            Narrow::None => "seq DESC",
+            _ => "seq + 0 DESC",
+        };
         q.sql = format!(
-            "SELECT {} FROM audit_events WHERE 1 = 1{conds} ORDER BY seq DESC LIMIT {lim}",
+            "SELECT {} FROM audit_events WHERE 1 = 1{conds} ORDER BY {order} LIMIT {lim}",
             self.select_columns()
         );
         fetch_query!(self, q, decode_event)
@@ -633,22 +670,84 @@ impl Store {
             .map(|(seq, ev)| ev.map(|e| (seq, e)))
             .collect()
     }
+
+    /// Which filter, if any, matches few enough events to read them all
+    /// through its index and sort: counted, up to a cap, through that
+    /// index (neither database can guess it: SQLite keeps no statistics,
+    /// and PostgreSQL's for `time` do not know where the window falls).
+    async fn narrow_events(&self, f: &EventFilter) -> Result<Narrow, StoreError> {
+        // PostgreSQL reads a type in seq order through (type, seq).
+        if let (Some(kind), Backend::Sqlite) = (&f.kind, self.backend()) {
+            let mut q = Query::new();
+            let cond = type_condition("type", kind, &mut q);
+            let cap = q.int(NARROW_TYPE + 1);
+            q.sql = format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE 1 = 1{cond} LIMIT {cap}) m"
+            );
+            if self.count(q).await? <= NARROW_TYPE {
+                return Ok(Narrow::Type);
+            }
+        }
+        if f.since.is_some() || f.until.is_some() {
+            let mut q = Query::new();
+            let cond = time_condition("time", f, &mut q);
+            let cap = q.int(NARROW_WINDOW + 1);
+            q.sql = format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE 1 = 1{cond} LIMIT {cap}) m"
+            );
+            if self.count(q).await? <= NARROW_WINDOW {
+                return Ok(Narrow::Window);
+            }
+        }
+        Ok(Narrow::None)
+    }
+
+    async fn count(&self, q: Query) -> Result<i64, StoreError> {
+        let n: Vec<Result<i64, sqlx::Error>> =
+            fetch_query!(self, q, |r| r.try_get::<i64, usize>(0));
+        Ok(n.into_iter().next().transpose()?.unwrap_or(0))
+    }
 }
 
-/// The rows the session list starts from.
+/// The event filter read through its own index, see
+/// [`Store::narrow_events`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Narrow {
+    None,
+    Type,
+    Window,
+}
+
+/// Most events of a type read and sorted (SQLite).
+const NARROW_TYPE: i64 = 20_000;
+
+/// Most events of a time window read and sorted.
+const NARROW_WINDOW: i64 = 100_000;
+
+/// The rows the session list starts from. The database's planner cannot
+/// tell how many sessions a filter matches (SQLite keeps no statistics;
+/// PostgreSQL guesses LIKE wrong), so the store chooses.
 enum Driver {
-    /// `session.start` events through the start-time indexes.
+    /// `session.start` events through the start-time indexes, newest
+    /// first: every filter is an index column or is met often.
     Starts,
-    /// `active_sessions`.
+    /// `active_sessions`: few rows.
     Active,
-    /// Sessions with a command line the trigram index matches (SQLite).
-    Commands(String),
+    /// Sessions with a matching command line: on SQLite those the trigram
+    /// index finds when it finds few; on PostgreSQL those of every
+    /// matching line (the trigram index when pg_trgm is there).
+    Commands,
+    /// PostgreSQL with a command filter: only the newest `RECENT_SCAN`
+    /// sessions that meet the other filters; when they hold less than a
+    /// page, the page is read again from [`Driver::Commands`].
+    Recent,
 }
 
 impl Driver {
-    fn from(&self, backend: Backend, q: &mut Query) -> String {
+    fn from(&self, backend: Backend, f: &SessionFilter, q: &mut Query) -> String {
+        let text = f.command.as_deref().unwrap_or_default();
         match (self, backend) {
-            (Driver::Starts, _) => "audit_events s".into(),
+            (Driver::Starts | Driver::Recent, _) => "audit_events s".into(),
             // CROSS JOIN keeps SQLite from reordering: the small side first.
             (Driver::Active, Backend::Sqlite) => {
                 "active_sessions a CROSS JOIN audit_events s ON s.session_id = a.session_id".into()
@@ -656,19 +755,29 @@ impl Driver {
             (Driver::Active, Backend::Postgres) => {
                 "active_sessions a JOIN audit_events s ON s.session_id = a.session_id".into()
             }
-            (Driver::Commands(phrase), _) => format!(
+            (Driver::Commands, Backend::Sqlite) => format!(
                 "(SELECT DISTINCT c.session_id AS session_id FROM command_text
                   CROSS JOIN audit_events c ON c.seq = command_text.rowid
                   WHERE command_text MATCH {} AND c.type = 'command') m
                  CROSS JOIN audit_events s ON s.session_id = m.session_id",
-                q.text(phrase.as_str())
+                q.text(fts_phrase(text))
+            ),
+            (Driver::Commands, Backend::Postgres) => format!(
+                "(SELECT DISTINCT c.session_id AS session_id FROM audit_events c
+                  WHERE c.type = 'command' AND lower(c.details->>'command') LIKE {} ESCAPE '\\') m
+                 JOIN audit_events s ON s.session_id = m.session_id",
+                q.text(contains_pattern(text))
             ),
         }
     }
 }
 
-/// ` AND …` for every filter set (the scope is added per branch).
-fn session_conditions(backend: Backend, f: &SessionFilter, q: &mut Query) -> String {
+/// How many of the newest sessions [`Driver::Recent`] reads.
+const RECENT_SCAN: i64 = 5000;
+
+/// ` AND …` for every filter set but the command (the scope is added per
+/// branch).
+fn session_conditions(f: &SessionFilter, q: &mut Query) -> String {
     let mut c = String::new();
     for (col, v) in [
         ("user_name", &f.user),
@@ -699,19 +808,36 @@ fn session_conditions(backend: Backend, f: &SessionFilter, q: &mut Query) -> Str
         Some(false) => c.push_str(&format!(" AND {ended}")),
         None => {}
     }
-    if let Some(text) = &f.command {
-        let line = match backend {
-            Backend::Sqlite => "lower(json_extract(x.details, '$.command'))",
-            Backend::Postgres => "lower(x.details->>'command')",
-        };
-        // Exact, also where the trigram index chose the candidates.
-        c.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM audit_events x WHERE x.session_id = s.session_id
-               AND x.type = 'command' AND {line} LIKE {} ESCAPE '\\')",
-            q.text(contains_pattern(text))
-        ));
-    }
     c
+}
+
+/// ` AND …` for the command filter: the session has a matching line.
+fn command_condition(
+    backend: Backend,
+    f: &SessionFilter,
+    driver: &Driver,
+    q: &mut Query,
+) -> String {
+    let Some(text) = &f.command else {
+        return String::new();
+    };
+    let pattern = q.text(contains_pattern(text));
+    match (backend, driver) {
+        // The candidates are the matching lines' sessions already.
+        (Backend::Postgres, Driver::Commands) => String::new(),
+        // A scalar subquery: PostgreSQL runs it per session through the
+        // session index, rather than joining every matching line.
+        (Backend::Postgres, _) => format!(
+            " AND (SELECT 1 FROM audit_events x WHERE x.session_id = s.session_id
+               AND x.type = 'command' AND lower(x.details->>'command') LIKE {pattern} ESCAPE '\\'
+               LIMIT 1) IS NOT NULL"
+        ),
+        // Exact, also where the trigram index chose the candidates.
+        (Backend::Sqlite, _) => format!(
+            " AND EXISTS (SELECT 1 FROM audit_events x WHERE x.session_id = s.session_id
+               AND x.type = 'command' AND lower(json_extract(x.details, '$.command')) LIKE {pattern} ESCAPE '\\')"
+        ),
+    }
 }
 
 /// The row's columns for the sessions in `from` (which names `p`, the
@@ -801,40 +927,74 @@ where
     })
 }
 
-/// ` AND …` for every event filter set.
-fn event_conditions(backend: Backend, f: &EventFilter, q: &mut Query) -> String {
+/// ` AND …` for `kind`: a type, or a prefix ending in `*` read as the range
+/// [prefix, prefix with its last character bumped), which the type index
+/// serves.
+fn type_condition(col: &str, kind: &str, q: &mut Query) -> String {
+    match kind.strip_suffix('*') {
+        Some("") => String::new(),
+        Some(prefix) => {
+            let mut upper: Vec<char> = prefix.chars().collect();
+            if let Some(last) = upper.pop() {
+                upper.push(char::from_u32(last as u32 + 1).unwrap_or(char::MAX));
+            }
+            let upper: String = upper.into_iter().collect();
+            format!(
+                " AND {col} >= {} AND {col} < {}",
+                q.text(prefix),
+                q.text(upper)
+            )
+        }
+        None => format!(" AND {col} = {}", q.text(kind)),
+    }
+}
+
+fn time_condition(col: &str, f: &EventFilter, q: &mut Query) -> String {
+    let mut c = String::new();
+    if let Some(t) = &f.since {
+        c.push_str(&format!(" AND {col} >= {}", q.text(norm_time(t))));
+    }
+    if let Some(t) = &f.until {
+        c.push_str(&format!(" AND {col} < {}", q.text(norm_time(t))));
+    }
+    c
+}
+
+/// ` AND …` for every event filter set. On SQLite, the type and time
+/// conditions are written so that no index serves them (`col || ''`)
+/// unless `narrow` says theirs is the one to read.
+fn event_conditions(backend: Backend, f: &EventFilter, narrow: Narrow, q: &mut Query) -> String {
+    let sqlite = backend == Backend::Sqlite;
+    let col = |name: &'static str, mine: bool| -> String {
+        if sqlite && !mine {
+            format!("({name} || '')")
+        } else {
+            name.to_string()
+        }
+    };
     let mut c = String::new();
     if let Some(kind) = &f.kind {
-        match kind.strip_suffix('*') {
-            Some("") => {}
-            Some(prefix) => {
-                // [prefix, prefix with its last character bumped): every
-                // type that starts with it, through the type index.
-                let mut upper: Vec<char> = prefix.chars().collect();
-                if let Some(last) = upper.pop() {
-                    upper.push(char::from_u32(last as u32 + 1).unwrap_or(char::MAX));
-                }
-                let upper: String = upper.into_iter().collect();
-                c.push_str(&format!(
-                    " AND type >= {} AND type < {}",
-                    q.text(prefix),
-                    q.text(upper)
-                ));
-            }
-            None => c.push_str(&format!(" AND type = {}", q.text(kind.as_str()))),
-        }
+        c.push_str(&type_condition(
+            &col("type", narrow == Narrow::Type),
+            kind,
+            q,
+        ));
     }
-    for (col, v) in [
+    for (name, v) in [
         ("user_name", &f.user),
         ("target", &f.target),
         ("session_id", &f.session_id),
     ] {
         if let Some(v) = v {
-            c.push_str(&format!(" AND {col} = {}", q.text(v.as_str())));
+            c.push_str(&format!(" AND {name} = {}", q.text(v.as_str())));
         }
     }
     if let Some(r) = f.result {
         c.push_str(&format!(" AND result = {}", q.text(r.as_str())));
+        if r != Outcome::Success {
+            // The partial index of unsuccessful events.
+            c.push_str(" AND result <> 'success'");
+        }
     }
     if let Some(min) = f.severity.filter(|s| *s > Severity::Info) {
         let levels: Vec<String> = [
@@ -847,14 +1007,17 @@ fn event_conditions(backend: Backend, f: &EventFilter, q: &mut Query) -> String 
         .filter(|s| *s >= min)
         .map(|s| q.text(s.as_str()))
         .collect();
-        c.push_str(&format!(" AND severity IN ({})", levels.join(", ")));
+        // The partial index of events above info.
+        c.push_str(&format!(
+            " AND severity IN ({}) AND severity <> 'info'",
+            levels.join(", ")
+        ));
     }
-    if let Some(t) = &f.since {
-        c.push_str(&format!(" AND time >= {}", q.text(norm_time(t))));
-    }
-    if let Some(t) = &f.until {
-        c.push_str(&format!(" AND time < {}", q.text(norm_time(t))));
-    }
+    c.push_str(&time_condition(
+        &col("time", narrow == Narrow::Window),
+        f,
+        q,
+    ));
     if let Some(text) = &f.text {
         let p = q.text(contains_pattern(text));
         let details = match backend {

@@ -675,3 +675,43 @@ async fn the_last_checkpoint_is_the_newest(db: Db) {
     db.done().await;
 }
 both!(the_last_checkpoint_is_the_newest);
+
+/// More events of a type than SQLite reads through the type index and
+/// sorts: the page walks the trail in seq order instead, with the same
+/// result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_common_type_is_read_in_seq_order() {
+    let db = sqlite().await;
+    let s = &db.store;
+    let mut events = Vec::new();
+    for i in 0..20_050u32 {
+        let kind = if i % 1000 == 0 {
+            EventType::AUTH_FAILURE
+        } else {
+            EventType::COMMAND
+        };
+        events.push(ev(kind, "S", "alice", i % 3000));
+    }
+    s.append_batch(events).await.unwrap();
+    let mut f = EventFilter {
+        kind: Some("command".into()),
+        ..Default::default()
+    };
+    let page = s.events_page(&f, 3).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(page.iter().all(|(_, e)| e.event.kind == "command"));
+    assert_eq!(page[0].0, 20_050);
+    f.kind = Some("auth.*".into());
+    let failures = s.events_page(&f, 100).await.unwrap();
+    assert_eq!(failures.len(), 21);
+    assert_eq!(failures[0].0, 20_001);
+    f.kind = Some("c*".into());
+    f.since = Some(at(2990));
+    f.before_seq = Some(20_000);
+    let late = s.events_page(&f, 1000).await.unwrap();
+    assert!(late
+        .iter()
+        .all(|(seq, e)| *seq < 20_000 && e.event.time >= at(2990)));
+    assert_eq!(late.len(), 60);
+    db.done().await;
+}

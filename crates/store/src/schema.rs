@@ -118,6 +118,8 @@ pub const SQLITE: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS audit_starts_source ON audit_events (source_ip, time, session_id) WHERE type = 'session.start'",
     // The events list in seq order per user.
     "CREATE INDEX IF NOT EXISTS audit_events_user_seq ON audit_events (user_name, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_events_notable ON audit_events (seq) WHERE severity <> 'info'",
+    "CREATE INDEX IF NOT EXISTS audit_events_unsuccessful ON audit_events (seq) WHERE result <> 'success'",
     // Which backfills below have run (each once per store).
     "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
     // Sessions with a session.start and neither a session.end nor a
@@ -294,6 +296,8 @@ pub const POSTGRES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS audit_starts_target ON audit_events (target, time, session_id) WHERE type = 'session.start'",
     "CREATE INDEX IF NOT EXISTS audit_starts_source ON audit_events (source_ip, time, session_id) WHERE type = 'session.start'",
     "CREATE INDEX IF NOT EXISTS audit_events_user_seq ON audit_events (user_name, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_events_notable ON audit_events (seq) WHERE severity <> 'info'",
+    "CREATE INDEX IF NOT EXISTS audit_events_unsuccessful ON audit_events (seq) WHERE result <> 'success'",
     "CREATE INDEX IF NOT EXISTS audit_events_type_seq ON audit_events (type, seq)",
     "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS active_sessions (session_id TEXT PRIMARY KEY)",
