@@ -260,3 +260,5 @@ fn from_now(d: std::time::Duration) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod token_tests;
