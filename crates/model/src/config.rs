@@ -1629,19 +1629,40 @@ roles = ["web-dev"]
     }
 
     #[test]
-    fn admin_listen_must_be_loopback() {
+    fn admin_listen_needs_tls_unless_loopback() {
         let c = Config::parse("[server]\nadmin_listen = \"127.0.0.1:9000\"\n", p()).unwrap();
         assert_eq!(c.server.admin_listen.as_deref(), Some("127.0.0.1:9000"));
         assert!(c.validate(p()).is_empty());
         let c = Config::parse("[server]\nadmin_listen = \"[::1]:9000\"\n", p()).unwrap();
         assert!(c.validate(p()).is_empty());
-        for bad in ["0.0.0.0:9090", "10.0.0.1:9090", "localhost:9090", "9090"] {
+        for bad in ["0.0.0.0:9090", "10.0.0.1:9090"] {
             let text = format!("[server]\nadmin_listen = \"{bad}\"\n");
             let errors = Config::parse(&text, p()).unwrap().validate(p());
             assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
             assert_eq!(errors[0].key, "server.admin_listen");
             assert!(errors[0].message.contains("loopback"), "{}", errors[0]);
+            assert!(
+                errors[0].message.contains("console.tls_cert"),
+                "{}",
+                errors[0]
+            );
+            // With a certificate, any address will do.
+            let text = format!("{text}[console]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+            assert!(Config::parse(&text, p()).unwrap().validate(p()).is_empty());
         }
+        for bad in ["localhost:9090", "9090"] {
+            let text = format!("[server]\nadmin_listen = \"{bad}\"\n");
+            let errors = Config::parse(&text, p()).unwrap().validate(p());
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(
+                errors[0].message.contains("not an address"),
+                "{}",
+                errors[0]
+            );
+        }
+        let half = "[console]\ntls_cert = \"c.pem\"\n";
+        let errors = Config::parse(half, p()).unwrap().validate(p());
+        assert_eq!(errors[0].key, "console.tls_cert");
     }
 
     #[test]
