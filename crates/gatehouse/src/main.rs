@@ -63,7 +63,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 /// Loads and validates the config, resolving relative paths against the
 /// config file's directory. Prints every problem found.
 fn load_config(path: &Path) -> Result<Config> {
-    match Config::load(path) {
+    match Config::load(path).and_then(|c| with_secrets(c, path)) {
         Ok(mut c) => {
             let base = path
                 .parent()
@@ -78,6 +78,20 @@ fn load_config(path: &Path) -> Result<Config> {
             }
             bail!("{}", errors[0]);
         }
+    }
+}
+
+/// Fills `client_secret` from the variables `client_secret_env` names:
+/// the binary is the one crate that reads the environment.
+fn with_secrets(
+    mut config: Config,
+    path: &Path,
+) -> std::result::Result<Config, Vec<gatehouse_model::ConfigError>> {
+    let errors = config.resolve_secrets(path, |var| std::env::var(var).ok());
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
     }
 }
 
@@ -264,7 +278,7 @@ fn matches_filter(ev: &gatehouse_model::event::Event, filter: &[(String, String)
 }
 
 fn check(path: &Path, format: Format) -> Result<ExitCode> {
-    let config = match Config::load(path) {
+    let config = match Config::load(path).and_then(|c| with_secrets(c, path)) {
         Ok(mut c) => {
             let base = path
                 .parent()
@@ -395,7 +409,7 @@ fn reload_candidate(path: &Path, running: (usize, usize)) -> Result<Config, Stri
             path.display()
         ));
     }
-    let config = match Config::load(path) {
+    let config = match Config::load(path).and_then(|c| with_secrets(c, path)) {
         Ok(mut c) => {
             let base = path
                 .parent()

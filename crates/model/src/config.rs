@@ -48,6 +48,10 @@ pub struct Config {
     /// The web console served on `server.admin_listen`.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Single sign-on: OpenID Connect providers whose people may log in
+    /// without a `[[users]]` entry (`docs/configuration.md`).
+    #[serde(default)]
+    pub identity_providers: Vec<IdentityProvider>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +70,11 @@ pub struct ServerConfig {
     /// The name of this gateway instance in every event (`node`).
     #[serde(default = "default_node")]
     pub node: String,
+    /// The gateway as a service: `eventSource` of its CloudTrail records
+    /// (the `cloudtrail` view, `format = "cloudtrail"`), e.g.
+    /// "ssh-proxy.example.com". The same on every node.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
     /// Environment variables a client may pass to the target (`SendEnv`),
     /// like sshd's `AcceptEnv`; `*` at the end is a prefix wildcard.
     #[serde(default = "default_accept_env")]
@@ -172,6 +181,9 @@ fn default_host_key() -> PathBuf {
 fn default_node() -> String {
     "gatehouse-1".into()
 }
+fn default_service_name() -> String {
+    crate::cloudtrail::DEFAULT_SERVICE_NAME.into()
+}
 fn default_accept_env() -> Vec<String> {
     vec!["LANG".into(), "LC_*".into()]
 }
@@ -189,6 +201,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             host_key: default_host_key(),
             node: default_node(),
+            service_name: default_service_name(),
             accept_env: default_accept_env(),
             max_startups: default_max_startups(),
             login_grace_time: default_login_grace(),
@@ -415,6 +428,10 @@ pub enum SinkKind {
         token: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<PathBuf>,
+        /// NDJSON file for documents the cluster rejects for good
+        /// (default [`default_dead_letter_file`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter_file: Option<PathBuf>,
     },
     /// Splunk HTTP Event Collector.
     SplunkHec {
@@ -444,6 +461,23 @@ impl SinkKind {
 
 fn default_max_bytes() -> u64 {
     100 * 1024 * 1024
+}
+
+/// `data/SINK.dead-letter.ndjson` (relative to the config file's
+/// directory), the sink name with anything but letters, digits, `.`, `-`
+/// and `_` replaced by `_`.
+pub fn default_dead_letter_file(sink: &str) -> PathBuf {
+    let safe: String = sink
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from("data").join(format!("{safe}.dead-letter.ndjson"))
 }
 
 /// serde's `flatten` cannot be combined with `deny_unknown_fields`, so
@@ -583,6 +617,116 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[[identity_providers]]`: an OpenID Connect provider. People it signs
+/// in log in as the identity its ID token names (`user_claim`), with the
+/// roles `role_map` gives the values of `groups_claim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProvider {
+    /// Names the provider in events and in the store.
+    pub name: String,
+    pub kind: IdentityProviderKind,
+    /// The issuer URL; `ISSUER/.well-known/openid-configuration` is its
+    /// discovery document. `https://`, or `http://` on a loopback address.
+    pub issuer: String,
+    /// The client (application) registered at the provider for Gatehouse.
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// The environment variable that holds the client secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    #[serde(default = "default_sso_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim whose value is the Gatehouse user name.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// The claim whose values (a string or a list) `role_map` maps.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// A value of `groups_claim` → the roles it gives.
+    #[serde(default)]
+    pub role_map: BTreeMap<String, Vec<String>>,
+    /// When not empty, the `email` claim must be verified and end in one
+    /// of these domains.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// How long a key stays bound to the identity that signed in with it
+    /// (checked with the provider at every login).
+    #[serde(default = "default_sso_session")]
+    pub sso_session: Dur,
+    /// PEM certificates to trust for the provider's HTTPS besides the
+    /// public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The protocol an identity provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityProviderKind {
+    Oidc,
+}
+
+fn default_sso_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "groups", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_user_claim() -> String {
+    "preferred_username".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_sso_session() -> Dur {
+    Dur::hours(12)
+}
+
+/// One role an identity holds, and the claim value that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleGrant {
+    /// `groups_claim`'s value, as the provider sent it.
+    pub claim: String,
+    pub role: String,
+}
+
+impl IdentityProvider {
+    /// The roles `values` of `groups_claim` give, in `role_map` order,
+    /// each role once (from the first value that gives it).
+    pub fn roles_for(&self, values: &[String]) -> Vec<RoleGrant> {
+        let mut out: Vec<RoleGrant> = Vec::new();
+        for (claim, roles) in &self.role_map {
+            if !values.contains(claim) {
+                continue;
+            }
+            for role in roles {
+                if !out.iter().any(|g| &g.role == role) {
+                    out.push(RoleGrant {
+                        claim: claim.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Is `email` in one of `allowed_domains` (any address when the list
+    /// is empty)? Compared without regard to case.
+    pub fn domain_allowed(&self, email: Option<&str>) -> bool {
+        if self.allowed_domains.is_empty() {
+            return true;
+        }
+        let Some(domain) = email.and_then(|e| e.rsplit_once('@')).map(|(_, d)| d) else {
+            return false;
+        };
+        self.allowed_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
@@ -709,6 +853,10 @@ pub struct Role {
     /// console to members (besides their own).
     #[serde(default)]
     pub console_targets: Option<LabelSelector>,
+    /// Members log in through an identity provider (single sign-on),
+    /// even with a registered key or password.
+    #[serde(default)]
+    pub require_sso: bool,
 }
 
 /// One thing a role lets its members do in the web console and the API.
@@ -904,6 +1052,7 @@ impl Config {
         self.validate_sinks(&mut errors);
         self.validate_alerts(&mut errors);
         self.validate_users(&mut errors);
+        self.validate_identity_providers(&mut errors);
         errors.list
     }
 
@@ -934,6 +1083,9 @@ impl Config {
                 "console.idle_timeout",
                 "console.idle_timeout and console.max_age must be longer than 0; write e.g. \"30m\"",
             );
+        }
+        if let Err(message) = check_service_name(&self.server.service_name) {
+            errors.push("server.service_name", message);
         }
         if self.server.max_startups == 0 {
             errors.push("server.max_startups", "must be at least 1");
@@ -1179,6 +1331,57 @@ impl Config {
         self.users.iter().find(|u| u.name == name)
     }
 
+    pub fn identity_provider(&self, name: &str) -> Option<&IdentityProvider> {
+        self.identity_providers.iter().find(|p| p.name == name)
+    }
+
+    /// Does any role of `user` (a `[[users]]` entry) set `require_sso`?
+    pub fn sso_required(&self, user: &str) -> bool {
+        self.user(user).is_some_and(|u| {
+            u.roles
+                .iter()
+                .filter_map(|r| self.role(r))
+                .any(|r| r.require_sso)
+        })
+    }
+
+    /// This config with `user` among `[[users]]` (replacing one of the
+    /// same name): how an identity from a provider is judged by the same
+    /// policy as a configured user.
+    pub fn with_user(&self, user: User) -> Config {
+        let mut c = self.clone();
+        c.users.retain(|u| u.name != user.name);
+        c.users.push(user);
+        c
+    }
+
+    /// Fills each provider's `client_secret` from the environment variable
+    /// its `client_secret_env` names, read through `env` (the binary's
+    /// job: this crate reads no environment). The errors name the key.
+    pub fn resolve_secrets(
+        &mut self,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<ConfigError> {
+        let mut errors = Errors {
+            file: path,
+            list: Vec::new(),
+        };
+        for (i, p) in self.identity_providers.iter_mut().enumerate() {
+            let Some(var) = &p.client_secret_env else {
+                continue;
+            };
+            match env(var).filter(|v| !v.is_empty()) {
+                Some(secret) => p.client_secret = Some(secret),
+                None => errors.push(
+                    format!("identity_providers[{i}].client_secret_env"),
+                    format!("the environment variable {var} is not set or empty; set it to the client secret, or use client_secret"),
+                ),
+            }
+        }
+        errors.list
+    }
+
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
     }
@@ -1217,9 +1420,19 @@ impl Config {
         for s in &mut self.sinks {
             match &mut s.kind {
                 SinkKind::Jsonl { path, .. } => fix(path),
-                SinkKind::Webhook { ca_file, .. }
-                | SinkKind::Elasticsearch { ca_file, .. }
-                | SinkKind::SplunkHec { ca_file, .. } => {
+                SinkKind::Elasticsearch {
+                    ca_file,
+                    dead_letter_file,
+                    ..
+                } => {
+                    if let Some(p) = ca_file.as_mut() {
+                        fix(p);
+                    }
+                    let p = dead_letter_file
+                        .get_or_insert_with(|| default_dead_letter_file(&s.name));
+                    fix(p);
+                }
+                SinkKind::Webhook { ca_file, .. } | SinkKind::SplunkHec { ca_file, .. } => {
                     if let Some(p) = ca_file.as_mut() {
                         fix(p);
                     }
@@ -1230,6 +1443,11 @@ impl Config {
         for t in &mut self.targets {
             if let Some(k) = t.known_hosts.as_mut() {
                 fix(k);
+            }
+        }
+        for p in &mut self.identity_providers {
+            if let Some(ca) = p.ca_file.as_mut() {
+                fix(ca);
             }
         }
         if let Some(rest) = self.store.url.strip_prefix("sqlite://") {
@@ -1245,7 +1463,159 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `[[identity_providers]]`: unique valid names, an issuer URL the
+    /// gateway may use, one way to give the secret, the `openid` scope,
+    /// roles that exist, plain domains, a session longer than 0.
+    fn validate_identity_providers(&self, errors: &mut Errors) {
+        if self.identity_providers.is_empty() {
+            for (i, r) in self.roles.iter().enumerate() {
+                if r.require_sso {
+                    errors.push(
+                        format!("roles[{i}].require_sso"),
+                        "no identity provider is configured; add [[identity_providers]] or remove require_sso",
+                    );
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.identity_providers.iter().enumerate() {
+            let key = format!("identity_providers[{i}]");
+            if !is_valid_name(&p.name) {
+                errors.push(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid identity provider name {:?}; use 1-64 letters, digits, '.', '_' or '-'",
+                        p.name
+                    ),
+                );
+            }
+            if !names.insert(p.name.as_str()) {
+                errors.push(
+                    format!("{key}.name"),
+                    format!("duplicate identity provider {:?}", p.name),
+                );
+            }
+            if let Err(why) = issuer_ok(&p.issuer) {
+                errors.push(format!("{key}.issuer"), why);
+            }
+            if p.client_id.trim().is_empty() {
+                errors.push(
+                    format!("{key}.client_id"),
+                    "empty; copy the client id of the application registered for Gatehouse at the provider",
+                );
+            }
+            if p.client_secret.is_some() && p.client_secret_env.is_some() {
+                errors.push(
+                    format!("{key}.client_secret"),
+                    "give client_secret or client_secret_env, not both",
+                );
+            }
+            if !p.scopes.iter().any(|s| s == "openid") {
+                errors.push(
+                    format!("{key}.scopes"),
+                    "must include \"openid\" (without it the provider issues no ID token)",
+                );
+            }
+            for (k, v) in [
+                ("user_claim", &p.user_claim),
+                ("groups_claim", &p.groups_claim),
+            ] {
+                if v.trim().is_empty() {
+                    errors.push(format!("{key}.{k}"), "empty; name a claim of the ID token");
+                }
+            }
+            for (claim, roles) in &p.role_map {
+                for role in roles {
+                    if self.role(role).is_none() {
+                        errors.push(
+                            format!("{key}.role_map.{claim}"),
+                            format!("unknown role {role:?}; define it with [[roles]] name = {role:?} or remove it"),
+                        );
+                    }
+                }
+            }
+            for (j, d) in p.allowed_domains.iter().enumerate() {
+                let plain = !d.is_empty()
+                    && !d.contains('@')
+                    && !d.starts_with('.')
+                    && d.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                if !plain {
+                    errors.push(
+                        format!("{key}.allowed_domains[{j}]"),
+                        format!("{d:?} is not a domain; write e.g. \"example.com\""),
+                    );
+                }
+            }
+            if p.sso_session.get().is_zero() {
+                errors.push(
+                    format!("{key}.sso_session"),
+                    "must be longer than 0; write e.g. \"12h\"",
+                );
+            }
+        }
+    }
+}
+
+/// An issuer URL the gateway may fetch: `https://HOST...`, or `http://`
+/// to a loopback address (tokens must not cross a network in clear).
+fn issuer_ok(issuer: &str) -> Result<(), String> {
+    let rest = if let Some(r) = issuer.strip_prefix("https://") {
+        r
+    } else if let Some(r) = issuer.strip_prefix("http://") {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{issuer:?}: plain http:// is accepted only on a loopback address; use the provider's https:// issuer URL"
+            ));
+        }
+        r
+    } else {
+        return Err(format!(
+            "{issuer:?} is not an https:// URL; copy the provider's issuer URL (its discovery document is ISSUER/.well-known/openid-configuration)"
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') || issuer.contains(['?', '#']) {
+        return Err(format!(
+            "{issuer:?} names no host, or has a query or fragment; copy the provider's issuer URL"
+        ));
+    }
+    Ok(())
+}
+
 /// The problems [`Config::validate`] collects, all labelled with one file.
+/// `server.service_name`: a DNS name (labels of letters, digits and
+/// hyphens, joined by dots), as CloudTrail's `eventSource` values are.
+fn check_service_name(name: &str) -> Result<(), String> {
+    let fix = "write a DNS name such as \"ssh-proxy.example.com\"";
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("must be 1 to 253 characters; {fix}"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a DNS name: each dot-separated label is 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen; {fix}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 struct Errors<'a> {
     file: &'a Path,
     list: Vec<ConfigError>,
@@ -1465,6 +1835,19 @@ roles = ["web-dev"]
         let e = Config::parse("[upstream]\nconnect_timeout = 10\n", p()).unwrap_err();
         assert_eq!(e.key, "upstream.connect_timeout", "{e}");
         assert!(e.message.contains("expected a duration"), "{e}");
+    }
+
+    #[test]
+    fn the_service_name_defaults_to_gatehouse_and_must_be_a_dns_name() {
+        let c = Config::parse("", p()).unwrap();
+        assert_eq!(c.server.service_name, "gatehouse");
+        assert!(load_errors("[server]\nservice_name = \"ssh-proxy.example.com\"\n").is_empty());
+        for bad in ["", "ssh proxy", "-gw.example.com", "gw..example.com", "gw'; drop"] {
+            let errors = load_errors(&format!("[server]\nservice_name = {bad:?}\n"));
+            assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+            assert!(errors[0].contains("server.service_name:"), "{errors:?}");
+            assert!(errors[0].contains("ssh-proxy.example.com"), "{errors:?}");
+        }
     }
 
     #[test]
@@ -1726,6 +2109,148 @@ roles = ["web-dev"]
         assert_eq!(t("10.0.0.5:2200").socket_address(), "10.0.0.5:2200");
         assert_eq!(t("::1").socket_address(), "[::1]:22");
         assert_eq!(t("[::1]:2200").socket_address(), "[::1]:2200");
+    }
+
+    const SSO: &str = r#"
+[[identity_providers]]
+name = "corp"
+kind = "oidc"
+issuer = "https://login.example.com/realms/corp"
+client_id = "gatehouse"
+client_secret_env = "GH_OIDC_SECRET"
+groups_claim = "groups"
+role_map = { "ops" = ["web-dev"], "admins" = ["web-dev", "admin"] }
+allowed_domains = ["example.com"]
+ca_file = "corp-ca.pem"
+
+[[roles]]
+name = "admin"
+require_sso = true
+"#;
+
+    #[test]
+    fn an_identity_provider_has_defaults_and_maps_claims_to_roles() {
+        let c = Config::parse(&format!("{GOOD}{SSO}"), p()).unwrap();
+        assert_eq!(c.validate(p()), vec![]);
+        let idp = &c.identity_providers[0];
+        assert_eq!(idp.kind, IdentityProviderKind::Oidc);
+        assert_eq!(idp.user_claim, "preferred_username");
+        assert_eq!(idp.sso_session.get(), Duration::from_secs(12 * 3600));
+        assert!(idp.scopes.iter().any(|s| s == "openid"));
+        assert!(c.role("admin").unwrap().require_sso);
+        assert!(!c.role("web-dev").unwrap().require_sso);
+        // Each role once, with the claim value that gave it first.
+        let grants = idp.roles_for(&["admins".into(), "ops".into(), "other".into()]);
+        let pairs: Vec<(&str, &str)> = grants
+            .iter()
+            .map(|g| (g.claim.as_str(), g.role.as_str()))
+            .collect();
+        assert_eq!(pairs, [("admins", "web-dev"), ("admins", "admin")]);
+        assert!(idp.roles_for(&["nobody".into()]).is_empty());
+        assert!(idp.domain_allowed(Some("Alice@EXAMPLE.com")));
+        assert!(!idp.domain_allowed(Some("alice@example.com.evil.org")));
+        assert!(!idp.domain_allowed(None));
+        // The secret comes from the environment, through the caller.
+        let mut c2 = c.clone();
+        let errors = c2.resolve_secrets(p(), |_| None);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "identity_providers[0].client_secret_env");
+        assert!(
+            errors[0].message.contains("GH_OIDC_SECRET"),
+            "{}",
+            errors[0]
+        );
+        assert!(c2
+            .resolve_secrets(p(), |v| (v == "GH_OIDC_SECRET").then(|| "s3cret".into()))
+            .is_empty());
+        assert_eq!(
+            c2.identity_providers[0].client_secret.as_deref(),
+            Some("s3cret")
+        );
+        c2.resolve_paths(Path::new("/etc/gh"));
+        assert_eq!(
+            c2.identity_providers[0].ca_file.as_deref(),
+            Some(Path::new("/etc/gh/corp-ca.pem"))
+        );
+        // An identity is judged as a user of the config.
+        let with = c.with_user(User {
+            name: "bob".into(),
+            keys: vec![],
+            roles: vec!["admin".into()],
+            password_hash: None,
+            principals: vec![],
+        });
+        assert!(with.sso_required("bob"));
+        assert!(!c.sso_required("bob"));
+    }
+
+    #[test]
+    fn identity_provider_mistakes_are_named() {
+        let bad = SSO
+            .replace(
+                "https://login.example.com/realms/corp",
+                "http://login.example.com",
+            )
+            .replace(
+                "client_secret_env = \"GH_OIDC_SECRET\"",
+                "client_secret_env = \"X\"\nclient_secret = \"y\"\nscopes = [\"email\"]",
+            )
+            .replace(
+                "\"admins\" = [\"web-dev\", \"admin\"]",
+                "\"admins\" = [\"root\"]",
+            )
+            .replace("[\"example.com\"]", "[\"@example.com\"]");
+        let text = format!("{GOOD}{bad}");
+        let errors: Vec<String> = Config::parse(&text, p())
+            .unwrap()
+            .validate(p())
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        for want in [
+            "identity_providers[0].issuer: \"http://login.example.com\": plain http:// is accepted only on a loopback address",
+            "identity_providers[0].client_secret: give client_secret or client_secret_env, not both",
+            "identity_providers[0].scopes: must include \"openid\"",
+            "identity_providers[0].role_map.admins: unknown role \"root\"",
+            "identity_providers[0].allowed_domains[0]: \"@example.com\" is not a domain",
+        ] {
+            assert!(errors.iter().any(|e| e.contains(want)), "{want}\n{errors:?}");
+        }
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        // Plain HTTP on loopback is fine (a provider on the same host).
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000/x",
+            "http://localhost/realms/a",
+        ] {
+            let text = format!(
+                "{GOOD}{}",
+                SSO.replace("https://login.example.com/realms/corp", ok)
+            );
+            assert!(
+                Config::parse(&text, p()).unwrap().validate(p()).is_empty(),
+                "{ok}"
+            );
+        }
+        for bad in ["login.example.com", "https://", "https://h/x?y=1"] {
+            let text = format!(
+                "{GOOD}{}",
+                SSO.replace("https://login.example.com/realms/corp", bad)
+            );
+            let errors = Config::parse(&text, p()).unwrap().validate(p());
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].key, "identity_providers[0].issuer");
+        }
+        // An unknown kind or key is a parse error naming it.
+        let e = Config::parse(&SSO.replace("\"oidc\"", "\"saml\""), p()).unwrap_err();
+        assert!(e.message.contains("unknown variant `saml`"), "{e}");
+        let e = Config::parse(&SSO.replace("groups_claim", "group_claim"), p()).unwrap_err();
+        assert!(e.message.contains("unknown field `group_claim`"), "{e}");
+        // require_sso without a provider.
+        let text = "[[roles]]\nname = \"r\"\nrequire_sso = true\n";
+        let errors = Config::parse(text, p()).unwrap().validate(p());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "roles[0].require_sso");
     }
 
     #[test]

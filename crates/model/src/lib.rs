@@ -6,6 +6,7 @@
 //! of them. It is an API boundary: the names here are the names in the
 //! config file (`docs/configuration.md`) and the audit trail.
 
+pub mod cloudtrail;
 pub mod config;
 pub mod duration;
 pub mod event;
@@ -15,9 +16,9 @@ pub mod username;
 
 pub use config::{
     AlertAction, AlertRule, AlertThreshold, AllowRule, ApprovalRule, AuditConfig, AuthConfig,
-    Config, ConfigError, ConsoleConfig, ConsolePermission, DenyRule, LabelSelector, OnFailure,
-    RecordingConfig, Role, ServerConfig, SinkConfig, SinkKind, StoreConfig, Target, UpstreamConfig,
-    User,
+    Config, ConfigError, ConsoleConfig, ConsolePermission, DenyRule, IdentityProvider,
+    IdentityProviderKind, LabelSelector, OnFailure, RecordingConfig, Role, RoleGrant, ServerConfig,
+    SinkConfig, SinkKind, StoreConfig, Target, UpstreamConfig, User,
 };
 pub use duration::{parse_duration, Dur, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};
