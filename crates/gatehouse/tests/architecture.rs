@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gatehouse-record", &[]),
     ("gatehouse-auth", &[]),
     ("gatehouse-metrics", &[]),
+    ("gatehouse-oidc", &["gatehouse-model"]),
     ("gatehouse-store", &["gatehouse-model"]),
     ("gatehouse-audit", &["gatehouse-model"]),
     ("gatehouse-sinks", &["gatehouse-model", "gatehouse-store"]),
