@@ -75,3 +75,17 @@ if [ ! -x "$s3s/bin/s3s-fs" ]; then
     echo "installing: s3s-fs 0.14.1 into target/s3s"
     cargo install -q --locked s3s-fs@0.14.1 --features binary --root "$s3s"
 fi
+
+# oidc-provider (OpenID Certified), the identity provider the single
+# sign-on tests start (tests/oidc/provider.mjs), at the version pinned in
+# tests/oidc/package.json: `npm ci` into target/oidc when missing or when
+# tests/oidc/package-lock.json changed (its copy there is the stamp).
+oidc_src="$(dirname "$0")/../tests/oidc"
+oidc="$(dirname "$0")/../target/oidc"
+if [ ! -d "$oidc/node_modules/oidc-provider" ] || ! cmp -s "$oidc_src/package-lock.json" "$oidc/package-lock.json"; then
+    echo "installing: oidc-provider ($(sed -n 's/.*"oidc-provider": *"\([^"]*\)".*/\1/p' "$oidc_src/package.json" | head -1)) into target/oidc"
+    mkdir -p "$oidc"
+    cp "$oidc_src/package.json" "$oidc_src/package-lock.json" "$oidc/"
+    (cd "$oidc" && npm ci --silent --no-audit --no-fund)
+fi
+
