@@ -103,6 +103,10 @@ async fn healthz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let metrics = admin.gateway.metrics();
+    metrics.set_recording_upload(
+        gatehouse_store::recordings::s3::upload_lag(),
+        gatehouse_store::recordings::s3::failed_uploads(),
+    );
     if !admin.sinks.is_empty() {
         match admin.store.head_seq().await {
             Ok(head) => {

@@ -521,7 +521,10 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     })?;
     let store = open_store(&config).await?;
     let node = config.server.node.clone();
-    let recording_dir = config.recording.dir.clone();
+    let recordings: std::sync::Arc<dyn gatehouse_store::recordings::RecordingStorage> =
+        gatehouse_store::recordings::from_config(&config.recording)
+            .map(std::sync::Arc::from)
+            .map_err(|e| anyhow::anyhow!("cannot use the recording storage: {e}"))?;
     let on_failure = config.audit.on_failure;
     let signing_key = config.audit.signing_key.clone();
     let anchor_file = config.audit.anchor_path();
@@ -551,7 +554,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     }
     // Before accepting connections: close what a crash of this node left
     // open (see docs/security-model.md, "After a crash").
-    recover_crash(&store, &node, &recording_dir, on_failure).await?;
+    recover_crash(&store, &node, recordings, on_failure).await?;
     eprintln!("gatehouse: listening on {addr} (config {})", path.display());
     tracing::info!(%addr, "listening");
 
@@ -618,10 +621,10 @@ async fn serve(path: &Path) -> Result<ExitCode> {
 async fn recover_crash(
     store: &Store,
     node: &str,
-    recording_dir: &Path,
+    recordings: std::sync::Arc<dyn gatehouse_store::recordings::RecordingStorage>,
     on_failure: gatehouse_model::OnFailure,
 ) -> Result<()> {
-    match gatehouse_store::recover_crashed_sessions(store, node, recording_dir).await {
+    match gatehouse_store::recover_crashed_sessions(store, node, recordings).await {
         Ok(r) if !r.is_empty() => {
             tracing::warn!(
                 sessions = r.sessions.len(),

@@ -5,53 +5,23 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::servers::Haproxy;
 use common::{stdout, Env, T};
 use gatehouse_testkit as kit;
-
-struct Haproxy {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// HAProxy in front of the gateway: `v1` and `v2` are its listening
 /// ports, one per PROXY protocol version; it connects from 127.0.0.1.
 fn haproxy(gateway: u16, v1: u16, v2: u16) -> Haproxy {
-    let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("HAProxy is not installed: apt-get install haproxy (scripts/deps.sh does)");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             listen v1\n  bind 127.0.0.1:{v1}\n  server gw 127.0.0.1:{gateway} source 127.0.0.1 send-proxy\n\
+    Haproxy::start(
+        &format!(
+            "listen v1\n  bind 127.0.0.1:{v1}\n  server gw 127.0.0.1:{gateway} source 127.0.0.1 send-proxy\n\
              listen v2\n  bind 127.0.0.1:{v2}\n  server gw 127.0.0.1:{gateway} source 127.0.0.1 send-proxy-v2\n"
         ),
+        &[v1, v2],
     )
-    .expect("write haproxy.cfg");
-    let child = Command::new(bin)
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy");
-    for port in [v1, v2] {
-        kit::wait_for_port(port, Duration::from_secs(10)).expect("haproxy listens");
-    }
-    Haproxy { child, _dir: dir }
 }
 
 /// `ssh` from the local address `from` to `port`.

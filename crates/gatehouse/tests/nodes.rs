@@ -5,10 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::servers::{
+    configure, ended, field, json, nodes, state, wait_nodes, wait_rows, Database, Node,
+};
 use common::{stdout, Env};
 use gatehouse_testkit as kit;
 
@@ -17,215 +20,9 @@ const W: Duration = Duration::from_secs(30);
 
 const HEARTBEAT: &str = "heartbeat_interval = \"1s\"\nnode_lost_after = \"4s\"\n";
 
-fn psql(db: &str, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql])
-        .output()
-        .expect("psql (PostgreSQL must run on 127.0.0.1:5432)")
-}
-
-/// A database of its own, dropped at the end.
-struct Database(String);
-
-impl Database {
-    fn create() -> Database {
-        // One per test: the tests of this file run in parallel.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("gh_nodes_{}_{n}", std::process::id());
-        let _ = psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-        assert!(psql("postgres", &format!("CREATE DATABASE {name}"))
-            .status
-            .success());
-        Database(name)
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
-        );
-    }
-}
-
-/// A second gateway process, killed when the test ends.
-struct Node {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Node {
-    fn spawn(config: &Path, log: &Path, port: u16) -> Node {
-        let file = std::fs::File::create(log).expect("log");
-        let child = Command::new(common::gatehouse_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("GATEHOUSE_LOG", "info,russh=warn")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn gateway");
-        let node = Node {
-            child: Some(child),
-            log: log.to_path_buf(),
-        };
-        if let Err(e) = kit::wait_for_port(port, Duration::from_secs(20)) {
-            panic!("gateway did not start: {e}\n{}", node.log());
-        }
-        node
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits (bounded) for the process to exit.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + W;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs `gatehouse --config CONFIG --format json args...` and parses it.
-fn json(config: &Path, args: &[&str]) -> serde_json::Value {
-    let mut cmd = Command::new(common::gatehouse_bin());
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--format", "json"])
-        .args(args);
-    let out = kit::run(cmd, common::T).expect("run gatehouse");
-    assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
-/// `gatehouse nodes` as (name → row).
-fn nodes(config: &Path) -> Rows {
-    json(config, &["nodes"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| (n["name"].as_str().unwrap_or_default().to_string(), n))
-        .collect()
-}
-
-/// Polls `gatehouse nodes` until `done` holds for the rows.
-fn wait_nodes(
-    config: &Path,
-    what: &str,
-    logs: &dyn Fn() -> String,
-    done: impl Fn(&Rows) -> bool,
-) -> Rows {
-    let deadline = Instant::now() + W;
-    loop {
-        let rows = nodes(config);
-        if done(&rows) {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {what}: {rows:#?}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Polls `audit query` until it returns at least one row.
-fn wait_rows(config: &Path, sql: &str, logs: &dyn Fn() -> String) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + W;
-    loop {
-        let rows = json(config, &["audit", "query", sql])
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !rows.is_empty() {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "no rows for {sql}\n{}", logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-type Rows = std::collections::BTreeMap<String, serde_json::Value>;
-
-/// `key` of `node`'s row (null when the node is not listed).
-fn field(rows: &Rows, node: &str, key: &str) -> serde_json::Value {
-    rows.get(node)
-        .map(|n| n[key].clone())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn state(rows: &Rows, node: &str) -> String {
-    field(rows, node, "state")
-        .as_str()
-        .unwrap_or("absent")
-        .to_string()
-}
-
-/// Node A's config (the Env's) on PostgreSQL as `node-a`, and node B's
-/// beside it: its own port, recordings and anchor file.
-fn configure(env: &Env, url: &str, port_b: u16) -> PathBuf {
-    let text = std::fs::read_to_string(&env.config_path).expect("read config");
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("url = \"sqlite://") {
-                format!("url = \"{url}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let a = text.replace("node = \"test-node\"", "node = \"node-a\"")
-        + "\n[audit]\nanchor_file = \"anchor-a.jsonl\"\n";
-    std::fs::write(&env.config_path, a).expect("write config a");
-    let b = text
-        .replace("node = \"test-node\"", "node = \"node-b\"")
-        .replace(
-            &format!("listen = \"127.0.0.1:{}\"", env.port),
-            &format!("listen = \"127.0.0.1:{port_b}\""),
-        )
-        .replace("dir = \"recordings\"", "dir = \"recordings-b\"")
-        + "\n[audit]\nanchor_file = \"anchor-b.jsonl\"\n";
-    let path = env.dir.path().join("node-b.toml");
-    std::fs::write(&path, b).expect("write config b");
-    path
-}
-
 #[test]
 fn a_node_that_stops_heartbeating_has_its_sessions_closed_by_another() {
-    let db = Database::create();
+    let db = Database::create("nodes");
     let mut env = Env::start_server(HEARTBEAT, "");
     env.stop_gateway();
     let port_b = kit::free_port();
@@ -233,7 +30,7 @@ fn a_node_that_stops_heartbeating_has_its_sessions_closed_by_another() {
     let config_a = env.config_path.clone();
     env.spawn_gateway();
     let log_b = env.dir.path().join("node-b.log");
-    let mut b = Node::spawn(&config_b, &log_b, port_b);
+    let mut b = Node::spawn(&config_b, &log_b, port_b, &[]);
     let log_a = env.dir.path().join("gateway.log");
     let logs = move || {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -389,22 +186,9 @@ fn chrono_ms(t: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Waits for `child` to exit (the session it runs was ended).
-fn ended(child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
-    let start = Instant::now();
-    while start.elapsed() < W {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("{what} still runs\n{}", logs());
-}
-
 #[test]
 fn a_kill_and_a_lock_from_one_node_end_sessions_on_the_other() {
-    let db = Database::create();
+    let db = Database::create("nodes");
     let mut env = Env::start_server(HEARTBEAT, "");
     env.stop_gateway();
     let port_b = kit::free_port();
@@ -412,7 +196,7 @@ fn a_kill_and_a_lock_from_one_node_end_sessions_on_the_other() {
     let config_a = env.config_path.clone();
     env.spawn_gateway();
     let log_b = env.dir.path().join("node-b.log");
-    let _b = Node::spawn(&config_b, &log_b, port_b);
+    let _b = Node::spawn(&config_b, &log_b, port_b, &[]);
     let log_a = env.dir.path().join("gateway.log");
     let logs = move || {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();

@@ -5,72 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::servers::{S3, S3_SECRET};
 use common::{stdout, Env};
-use gatehouse_testkit::{self as kit, Tmux};
+use gatehouse_testkit::Tmux;
 
 const W: Duration = Duration::from_secs(20);
-const KEY: &str = "gatehouse-test";
-const SECRET: &str = "s3cret-key-for-tests";
-
-fn s3s_fs() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/s3s/bin/s3s-fs");
-    let home = std::env::var("HOME").map(|h| Path::new(&h).join(".cargo/bin/s3s-fs"));
-    [Ok(root), home]
-        .into_iter()
-        .flatten()
-        .find(|p| p.exists())
-        .expect("s3s-fs is not installed: run scripts/deps.sh")
-}
-
-/// s3s-fs on a free port with one bucket, `bucket`, under `root`.
-struct S3 {
-    child: Child,
-    port: u16,
-    root: PathBuf,
-}
-
-impl S3 {
-    fn start(root: PathBuf) -> S3 {
-        std::fs::create_dir_all(root.join("bucket")).unwrap();
-        let port = kit::free_port();
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", KEY, "--secret-key", SECRET])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        kit::wait_for_port(port, W).expect("s3s-fs listens");
-        S3 { child, port, root }
-    }
-
-    /// The chunk objects of recording `id`, as s3s-fs stores them.
-    fn chunks(&self, id: &str) -> Vec<PathBuf> {
-        let dir = self.root.join("bucket/rec").join(format!("{id}.cast"));
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        v.retain(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
-        });
-        v.sort();
-        v
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const SECRET: &str = S3_SECRET;
 
 /// A gateway whose `[recording]` names the bucket, with `secret`.
 fn gateway(s3: &S3, secret: &str) -> Env {
@@ -83,13 +27,9 @@ fn gateway(s3: &S3, secret: &str) -> Env {
     );
     assert!(config.contains("s3://bucket/rec"));
     std::fs::write(&env.config_path, config).unwrap();
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    env.restart_with_env(&[
-        ("AWS_ENDPOINT_URL", &endpoint),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", KEY),
-        ("AWS_SECRET_ACCESS_KEY", secret),
-    ]);
+    let vars = s3.env(secret);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.restart_with_env(&vars);
     env
 }
 

@@ -73,6 +73,10 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     events: AtomicU64,
     audit_spooled: AtomicU64,
+    /// Milliseconds the oldest recording chunk not yet in object storage
+    /// has waited.
+    upload_lag_ms: AtomicU64,
+    upload_failures: AtomicU64,
     store_write: Histogram,
     /// Sink name → events behind the head of the trail.
     sink_lag: Mutex<Vec<(String, u64)>>,
@@ -124,6 +128,14 @@ impl Metrics {
 
     pub fn set_audit_spooled(&self, n: u64) {
         self.audit_spooled.store(n, Ordering::Relaxed);
+    }
+
+    /// Object-storage recordings: how long the oldest chunk not yet
+    /// stored has waited, and the chunks given up on after retries.
+    pub fn set_recording_upload(&self, lag: Duration, failures: u64) {
+        let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
+        self.upload_lag_ms.store(ms, Ordering::Relaxed);
+        self.upload_failures.store(failures, Ordering::Relaxed);
     }
 
     /// Events the sink `name` has yet to deliver.
@@ -224,6 +236,26 @@ impl Metrics {
             "gatehouse_audit_spooled",
             "",
             load(&self.audit_spooled),
+        );
+        head(
+            &mut out,
+            "gatehouse_recording_upload_lag_seconds",
+            "gauge",
+            "How long the oldest recording chunk not yet in object storage has waited (0: all stored).",
+        );
+        let lag = load(&self.upload_lag_ms) as f64 / 1000.0;
+        let _ = writeln!(out, "gatehouse_recording_upload_lag_seconds {lag}");
+        head(
+            &mut out,
+            "gatehouse_recording_upload_failures_total",
+            "counter",
+            "Recording chunks not stored after every retry.",
+        );
+        line(
+            &mut out,
+            "gatehouse_recording_upload_failures_total",
+            "",
+            load(&self.upload_failures),
         );
         self.render_histogram(&mut out);
         self.render_sink_lag(&mut out);

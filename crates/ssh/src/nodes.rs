@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_model::Config;
+use gatehouse_store::recordings::{self, RecordingStorage};
 use gatehouse_store::Store;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -49,7 +50,13 @@ async fn keep_alive(
     let node = config.server.node.clone();
     let address = config.server.listen.clone();
     let lost_after = config.server.node_lost_after.get();
-    let recordings = config.recording.dir.clone();
+    let recordings: Arc<dyn RecordingStorage> = match recordings::from_config(&config.recording) {
+        Ok(s) => Arc::from(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the recording storage; a lost node's recordings will be read from recording.dir");
+            Arc::new(recordings::LocalDir::new(config.recording.dir.clone()))
+        }
+    };
     let mut tick = tokio::time::interval(config.server.heartbeat_interval.get());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Since when every heartbeat has reached the store (None: the last
@@ -98,7 +105,7 @@ async fn close_lost_nodes(
     store: &Store,
     me: &str,
     lost_after: Duration,
-    recordings: &std::path::Path,
+    recordings: &Arc<dyn RecordingStorage>,
 ) {
     let stale = match store.stale_nodes(lost_after).await {
         Ok(s) => s,
@@ -116,7 +123,7 @@ async fn close_lost_nodes(
                 continue;
             }
         }
-        match gatehouse_store::close_lost_node(store, &lost.name, me, recordings).await {
+        match gatehouse_store::close_lost_node(store, &lost.name, me, recordings.clone()).await {
             Ok(r) => tracing::warn!(
                 node = %lost.name,
                 silent_for = ?lost.silent_for,

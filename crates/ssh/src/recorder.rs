@@ -21,6 +21,9 @@ pub use crate::session::RecordingSummary;
 use crate::session::{Destination, Events, Identity};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// The flush after the last one (see `run`): just over object storage's
+/// chunk interval.
+const LATE_FLUSH: Duration = Duration::from_millis(2100);
 /// Quiet time after which the command capture's screen is put to sleep.
 const IDLE_SLEEP: Duration = Duration::from_secs(5);
 /// Recording size per exec channel beyond which its output is no longer
@@ -224,12 +227,12 @@ pub(crate) fn start(
     Ok(Recorder { tx, done })
 }
 
-async fn run<W: Write>(
+async fn run(
     events: Events,
     config: Arc<gatehouse_model::Config>,
     spec: RecordingSpec,
     id: String,
-    mut cast: CastWriter<Hashing<W>>,
+    mut cast: CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
     mut rx: mpsc::Receiver<RecEvent>,
 ) -> Option<RecordingSummary> {
     let start = Instant::now();
@@ -251,10 +254,14 @@ async fn run<W: Write>(
     // waiting in the buffer, then putting the screen to sleep. An idle
     // session's recorder costs no wake-ups.
     let mut flush_at: Option<tokio::time::Instant> = None;
+    // One more flush [`LATE_FLUSH`] after the last: storage that batches
+    // (object storage cuts a chunk at most every 2 s) stores what the
+    // last burst left in its buffer, though nothing more comes.
+    let mut late_at: Option<tokio::time::Instant> = None;
     // The screen sleeps until there is something on it.
     let mut sleep_at = Some(tokio::time::Instant::now());
     loop {
-        let next = flush_at.or(sleep_at);
+        let next = [flush_at, late_at, sleep_at].into_iter().flatten().min();
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = async {
@@ -263,14 +270,27 @@ async fn run<W: Write>(
                     None => std::future::pending().await,
                 }
             } => {
-                if flush_at.take().is_some() {
+                let now = tokio::time::Instant::now();
+                let due = |at: Option<tokio::time::Instant>| at.is_some_and(|t| t <= now);
+                let flush = if due(flush_at) {
+                    flush_at = None;
+                    late_at = Some(now + LATE_FLUSH);
+                    true
+                } else if due(late_at) {
+                    late_at = None;
+                    true
+                } else {
+                    false
+                };
+                if flush {
                     if failed.is_none() {
                         if let Err(e) = cast.flush() {
                             failed = Some(e.to_string());
                             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
                         }
                     }
-                } else if sleep_at.take().is_some() {
+                } else if due(sleep_at) {
+                    sleep_at = None;
                     if let Some(c) = capture.as_mut() {
                         c.hibernate();
                     }
@@ -342,7 +362,18 @@ async fn run<W: Write>(
             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
-    Some(summary(cast, id, failed))
+    // Ended in the storage before the digest is reported: an object
+    // store's last chunk is in the bucket once `finish` returns.
+    let mut hashing = cast.into_inner();
+    let mut inner = std::mem::replace(&mut hashing.inner, Box::new(std::io::sink()));
+    let finished = tokio::task::spawn_blocking(move || inner.finish())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    if let (None, Err(e)) = (&failed, finished) {
+        failed = Some(e.to_string());
+        write_failed(&events, required, &id, &e, hashing.bytes).await;
+    }
+    Some(summary(hashing, id, failed))
 }
 
 /// Output into the recording, up to `cap` bytes held, with a marker for
@@ -380,12 +411,7 @@ fn write_output<W: Write>(
 }
 
 /// The finished recording: its id, hash and size on disk.
-fn summary<W: Write>(
-    cast: CastWriter<Hashing<W>>,
-    id: String,
-    failed: Option<String>,
-) -> RecordingSummary {
-    let hashing = cast.into_inner();
+fn summary<W: Write>(hashing: Hashing<W>, id: String, failed: Option<String>) -> RecordingSummary {
     let sha256 = hashing
         .hash
         .finalize()

@@ -25,13 +25,58 @@ pub fn valid_recording_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// A recording being written. [`RecordingWriter::finish`] ends it:
+/// when it returns `Ok`, every byte written is stored and readable from
+/// any node; an error says what was not stored.
+pub trait RecordingWriter: Write + Send {
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+impl RecordingWriter for std::fs::File {
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+/// Nothing stored: what a finished recording's writer is replaced with.
+impl RecordingWriter for io::Sink {
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub trait RecordingStorage: Send + Sync {
     /// A new recording, written incrementally.
-    fn create(&self, id: &str) -> io::Result<Box<dyn Write + Send>>;
+    fn create(&self, id: &str) -> io::Result<Box<dyn RecordingWriter>>;
     /// An existing recording (possibly still being written).
     fn open(&self, id: &str) -> io::Result<Box<dyn Read + Send>>;
     /// Where the recording is, for humans.
     fn locate(&self, id: &str) -> String;
+    /// The ids of the recordings of `session` (`SESSION`, `SESSION-1`,
+    /// …), in the order of their number.
+    fn session_recordings(&self, session: &str) -> io::Result<Vec<String>>;
+    /// When the recording was last written, where the storage knows it.
+    fn last_written(&self, _id: &str) -> Option<std::time::SystemTime> {
+        None
+    }
+}
+
+/// Orders recording ids of one session: `SESSION` first, then `SESSION-N`
+/// by N; ids of other sessions and malformed ones are left out.
+pub fn of_session(session: &str, ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut found: Vec<(u64, String)> = ids
+        .into_iter()
+        .filter(|id| valid_recording_id(id))
+        .filter_map(|id| {
+            let n = match id.strip_prefix(session)? {
+                "" => 0,
+                rest => rest.strip_prefix('-')?.parse::<u64>().ok()?,
+            };
+            Some((n, id))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Recordings as `DIR/ID.cast` files.
@@ -56,7 +101,7 @@ impl LocalDir {
 }
 
 impl RecordingStorage for LocalDir {
-    fn create(&self, id: &str) -> io::Result<Box<dyn Write + Send>> {
+    fn create(&self, id: &str) -> io::Result<Box<dyn RecordingWriter>> {
         std::fs::create_dir_all(&self.dir)?;
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -73,6 +118,23 @@ impl RecordingStorage for LocalDir {
         self.path(id)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| format!("<invalid id {id:?}>"))
+    }
+
+    fn session_recordings(&self, session: &str) -> io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let names = entries.flatten().filter_map(|e| {
+            let name = e.file_name();
+            name.to_str()?.strip_suffix(".cast").map(str::to_string)
+        });
+        Ok(of_session(session, names))
+    }
+
+    fn last_written(&self, id: &str) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.path(id).ok()?).ok()?.modified().ok()
     }
 }
 
@@ -184,6 +246,17 @@ mod tests {
             .unwrap();
         assert_eq!(text, "x");
         assert!(s.create("01ABC-2").is_err(), "never overwrites a recording");
+        s.create("01ABC").unwrap().finish().unwrap();
+        s.create("01ABC-10").unwrap().finish().unwrap();
+        s.create("01ABCD").unwrap().finish().unwrap();
+        assert_eq!(
+            s.session_recordings("01ABC").unwrap(),
+            vec!["01ABC", "01ABC-2", "01ABC-10"]
+        );
+        assert!(LocalDir::new(dir.path().join("none"))
+            .session_recordings("01ABC")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

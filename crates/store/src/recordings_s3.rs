@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{valid_recording_id, RecordingStorage};
+use super::{of_session, valid_recording_id, RecordingStorage, RecordingWriter};
 
 /// A chunk is uploaded at least this often while data comes in.
 pub const CHUNK_INTERVAL: Duration = Duration::from_secs(2);
@@ -34,6 +34,60 @@ pub const CHUNK_INTERVAL: Duration = Duration::from_secs(2);
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waits before the 2nd, 3rd and 4th try of a request that failed on the
+/// network or with a status worth retrying (408, 429, 5xx).
+const RETRY_WAITS: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// Chunks cut and not yet stored, by when they were cut (for
+/// [`upload_lag`]), across every recording of this process.
+static PENDING: Mutex<std::collections::BTreeMap<u64, Instant>> =
+    Mutex::new(std::collections::BTreeMap::new());
+static NEXT_CHUNK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FAILED_UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long the oldest chunk not yet stored has waited (zero when every
+/// chunk cut is in the bucket): what a node that died now would lose
+/// beyond the chunk being buffered.
+pub fn upload_lag() -> Duration {
+    let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    pending
+        .values()
+        .next()
+        .map(|t| t.elapsed())
+        .unwrap_or_default()
+}
+
+/// Chunks given up on after every retry, since the process started.
+pub fn failed_uploads() -> u64 {
+    FAILED_UPLOADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A chunk cut now: counted in [`upload_lag`] until dropped.
+struct Pending(u64);
+
+impl Pending {
+    fn new() -> Pending {
+        let n = NEXT_CHUNK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PENDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, Instant::now());
+        Pending(n)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        PENDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
 
 /// Where the bucket is and who we are, from the environment.
 #[derive(Clone)]
@@ -131,7 +185,7 @@ impl S3Storage {
 }
 
 impl RecordingStorage for S3Storage {
-    fn create(&self, id: &str) -> io::Result<Box<dyn Write + Send>> {
+    fn create(&self, id: &str) -> io::Result<Box<dyn RecordingWriter>> {
         let dir = self.dir(id)?;
         // Also proves the credentials before the session starts.
         if !self.client.list(&dir, None)?.is_empty() {
@@ -175,12 +229,30 @@ impl RecordingStorage for S3Storage {
             Err(_) => format!("<invalid id {id:?}>"),
         }
     }
+
+    fn session_recordings(&self, session: &str) -> io::Result<Vec<String>> {
+        // `PREFIX/SESSION` lists SESSION.cast/… and SESSION-N.cast/….
+        let dir = self.dir(session)?;
+        let base = dir.trim_end_matches('/').trim_end_matches(".cast");
+        let start = base.len() - session.len();
+        let mut ids: Vec<String> = self
+            .client
+            .list(base, None)?
+            .into_iter()
+            .filter_map(|k| {
+                let (id, _) = k.get(start..)?.split_once(".cast/")?;
+                Some(id.to_string())
+            })
+            .collect();
+        ids.dedup();
+        Ok(of_session(session, ids))
+    }
 }
 
 /// Chunks waiting for upload: at most [`QUEUED`] (then `write` waits,
 /// as it would for a slow disk), and the thread that uploads them.
 type Uploader = (
-    mpsc::SyncSender<(String, Vec<u8>)>,
+    mpsc::SyncSender<(String, Vec<u8>, Pending)>,
     std::thread::JoinHandle<()>,
 );
 const QUEUED: usize = 16;
@@ -216,17 +288,24 @@ impl ChunkWriter {
         let key = format!("{}{:08}", self.dir, self.next);
         let body = std::mem::take(&mut self.buf);
         self.next += 1;
+        let pending = Pending::new();
         match &self.uploader {
             None => {
-                self.client.put(&key, &body)?;
-                let (tx, rx) = mpsc::sync_channel::<(String, Vec<u8>)>(QUEUED);
+                self.client.put(&key, &body).inspect_err(|_| {
+                    FAILED_UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })?;
+                drop(pending);
+                let (tx, rx) = mpsc::sync_channel::<(String, Vec<u8>, Pending)>(QUEUED);
                 let client = self.client.clone();
                 let error = self.error.clone();
                 let thread = std::thread::Builder::new()
                     .name("s3-recording".into())
                     .spawn(move || {
-                        for (key, body) in rx {
-                            if let Err(e) = client.put(&key, &body) {
+                        for (key, body, pending) in rx {
+                            let r = client.put(&key, &body);
+                            drop(pending);
+                            if let Err(e) = r {
+                                FAILED_UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::error!(error = %e, "recording chunk upload failed");
                                 let mut slot = error.lock().unwrap_or_else(|e| e.into_inner());
                                 slot.get_or_insert_with(|| e.to_string());
@@ -237,7 +316,7 @@ impl ChunkWriter {
                 self.uploader = Some((tx, thread));
                 Ok(())
             }
-            Some((tx, _)) => tx.send((key, body)).map_err(|_| {
+            Some((tx, _)) => tx.send((key, body, pending)).map_err(|_| {
                 self.failed()
                     .err()
                     .unwrap_or_else(|| io::Error::other("recording uploader stopped"))
@@ -267,15 +346,29 @@ impl Write for ChunkWriter {
     }
 }
 
-impl Drop for ChunkWriter {
-    /// The last chunk, and a wait until every chunk is stored.
-    fn drop(&mut self) {
-        if let Err(e) = self.cut() {
-            tracing::error!(error = %e, dir = %self.dir, "last recording chunk not uploaded");
-        }
+impl RecordingWriter for ChunkWriter {
+    /// The last chunk, and a wait until every chunk is stored (the
+    /// recorder computes the digest it reports only after this).
+    fn finish(&mut self) -> io::Result<()> {
+        self.failed()?;
+        let last = self.cut();
         if let Some((tx, thread)) = self.uploader.take() {
             drop(tx);
             let _ = thread.join();
+        }
+        last?;
+        self.failed()
+    }
+}
+
+impl Drop for ChunkWriter {
+    /// A writer dropped without [`RecordingWriter::finish`] (a panic)
+    /// still stores what it holds.
+    fn drop(&mut self) {
+        if self.uploader.is_some() || !self.buf.is_empty() {
+            if let Err(e) = self.finish() {
+                tracing::error!(error = %e, dir = %self.dir, "last recording chunk not uploaded");
+            }
         }
     }
 }
@@ -316,12 +409,39 @@ struct Response {
 
 impl Client {
     fn put(&self, key: &str, body: &[u8]) -> io::Result<()> {
-        self.expect_ok("PUT", key, self.request("PUT", key, &[], body))
+        self.expect_ok("PUT", key, self.retried("PUT", key, &[], body))
             .map(|_| ())
     }
 
     fn get(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.expect_ok("GET", key, self.request("GET", key, &[], &[]))
+        self.expect_ok("GET", key, self.retried("GET", key, &[], &[]))
+    }
+
+    /// [`Client::request`], tried again after [`RETRY_WAITS`] when the
+    /// network failed or the server answered 408, 429 or 5xx (every
+    /// request here is idempotent: a chunk PUT writes the same bytes).
+    fn retried(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, String)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut waits = RETRY_WAITS.iter();
+        loop {
+            let r = self.request(method, key, query, body);
+            let again = match &r {
+                Ok(resp) => matches!(resp.status, 408 | 429 | 500..=599),
+                Err(e) => e.kind() != io::ErrorKind::InvalidInput,
+            };
+            match waits.next() {
+                Some(wait) if again => {
+                    tracing::warn!(method, key, "S3 request failed; trying again");
+                    std::thread::sleep(*wait);
+                }
+                _ => return r,
+            }
+        }
     }
 
     /// Every key under `prefix` (after `start_after`), in order
@@ -340,7 +460,7 @@ impl Client {
             if let Some(t) = &token {
                 query.push(("continuation-token", t.clone()));
             }
-            let body = self.expect_ok("LIST", prefix, self.request("GET", "", &query, &[]))?;
+            let body = self.expect_ok("LIST", prefix, self.retried("GET", "", &query, &[]))?;
             let text = String::from_utf8_lossy(&body);
             keys.extend(tags(&text, "Key"));
             token = match tags(&text, "IsTruncated").first().map(String::as_str) {

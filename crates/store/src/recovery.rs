@@ -21,15 +21,13 @@
 //! missing or tampered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gatehouse_model::event::format_time;
 use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
-use sha2::{Digest, Sha256};
 
-use crate::recordings::valid_recording_id;
+use crate::recordings::{digest, RecordingStorage};
 use crate::{Backend, Store, StoreError};
 
 /// The `reason` of every event recovery writes.
@@ -254,94 +252,40 @@ fn pair_opens_and_closes(rows: Vec<(String, String, String, String)>) -> Vec<Unc
     open.into_values().collect()
 }
 
-/// Recording ids of each session in `dir`: `SESSION.cast` and
-/// `SESSION-N.cast`, in the order of N.
-fn recordings_by_session(dir: &Path, sessions: &HashSet<&str>) -> BTreeMap<String, Vec<String>> {
-    let mut found: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeMap::new();
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".cast")) else {
-            continue;
+/// Reads every recording of `sessions` from `storage` (blocking I/O).
+fn read_recordings(
+    storage: &dyn RecordingStorage,
+    sessions: &[String],
+) -> BTreeMap<String, Vec<RecordingOnDisk>> {
+    let mut out = BTreeMap::new();
+    for session in sessions {
+        let ids = match storage.session_recordings(session) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, %session, "cannot list the recordings of an interrupted session");
+                continue;
+            }
         };
-        if !valid_recording_id(id) {
-            continue;
-        }
-        let (session, n) = match id.split_once('-') {
-            None => (id, 0),
-            Some((s, n)) => match n.parse::<u64>() {
-                Ok(n) => (s, n),
-                Err(_) => continue,
-            },
-        };
-        if sessions.contains(session) {
-            found
-                .entry(session.to_string())
-                .or_default()
-                .push((n, id.to_string()));
+        let recs: Vec<RecordingOnDisk> = ids
+            .into_iter()
+            .filter_map(|id| match storage.open(&id).and_then(digest) {
+                Ok((sha256, bytes)) => Some(RecordingOnDisk {
+                    modified: storage.last_written(&id).map(DateTime::<Utc>::from),
+                    id,
+                    sha256,
+                    bytes,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, place = %storage.locate(&id), "cannot read a recording of an interrupted session");
+                    None
+                }
+            })
+            .collect();
+        if !recs.is_empty() {
+            out.insert(session.clone(), recs);
         }
     }
-    found
-        .into_iter()
-        .map(|(s, mut ids)| {
-            ids.sort();
-            (s, ids.into_iter().map(|(_, id)| id).collect())
-        })
-        .collect()
-}
-
-/// SHA-256 and size of a file as it is now, and when it was last written.
-fn digest_file(path: &Path) -> std::io::Result<(String, u64, Option<DateTime<Utc>>)> {
-    let mut file = std::fs::File::open(path)?;
-    let modified = file
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .map(DateTime::<Utc>::from);
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((sha, bytes, modified))
-}
-
-/// Reads every recording of `sessions` in `dir` (blocking I/O).
-fn read_recordings(dir: &Path, sessions: &[String]) -> BTreeMap<String, Vec<RecordingOnDisk>> {
-    let wanted: HashSet<&str> = sessions.iter().map(String::as_str).collect();
-    recordings_by_session(dir, &wanted)
-        .into_iter()
-        .map(|(session, ids)| {
-            let recs = ids
-                .into_iter()
-                .filter_map(|id| {
-                    let path = dir.join(format!("{id}.cast"));
-                    match digest_file(&path) {
-                        Ok((sha256, bytes, modified)) => Some(RecordingOnDisk {
-                            id,
-                            sha256,
-                            bytes,
-                            modified,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(error = %e, path = %path.display(), "cannot read a recording of an interrupted session");
-                            None
-                        }
-                    }
-                })
-                .collect();
-            (session, recs)
-        })
-        .collect()
+    out
 }
 
 fn parse_time(t: &str) -> Option<DateTime<Utc>> {
@@ -443,13 +387,13 @@ fn session_end(
 }
 
 /// Closes what a previous process of `node` left open: run at start,
-/// before the gateway accepts connections. `recordings` is the directory
-/// of `SESSION[-N].cast` files. Returns what was closed; a store that
+/// before the gateway accepts connections. `recordings` is where this
+/// node writes its recordings. Returns what was closed; a store that
 /// refuses the write leaves everything as it was.
 pub async fn recover_crashed_sessions(
     store: &Store,
     node: &str,
-    recordings: &Path,
+    recordings: Arc<dyn RecordingStorage>,
 ) -> Result<Recovery, StoreError> {
     let closing = Closing {
         of: node,
@@ -464,16 +408,17 @@ pub async fn recover_crashed_sessions(
 /// Closes what the node `lost`, which stopped heartbeating, left open;
 /// run by the node `by` after it claimed `lost`
 /// ([`Store::claim_lost_node`]), so once however many nodes noticed.
-/// `recordings` is this node's recording directory: a recording found
-/// there is listed as on disk, one that is not (it is on the lost node's
-/// disk) is not listed and `recordings_not_read` says so. A
+/// `recordings` is this node's recording storage: a recording found
+/// there (always, when the nodes share a bucket) is listed with its
+/// digest, one that is not (it is on the lost node's disk) is not listed
+/// and `recordings_not_read` says so. A
 /// `gateway.recovered` naming the lost node is written even when it had
 /// nothing open.
 pub async fn close_lost_node(
     store: &Store,
     lost: &str,
     by: &str,
-    recordings: &Path,
+    recordings: Arc<dyn RecordingStorage>,
 ) -> Result<Recovery, StoreError> {
     let closing = Closing {
         of: lost,
@@ -488,14 +433,13 @@ pub async fn close_lost_node(
 async fn close_open_sessions(
     store: &Store,
     c: &Closing<'_>,
-    recordings: &Path,
+    recordings: Arc<dyn RecordingStorage>,
 ) -> Result<Recovery, StoreError> {
     let sessions = store.open_sessions_of(c.of).await?;
     let mut report = Recovery::default();
     if !sessions.is_empty() || c.lost {
         let ids: Vec<String> = sessions.iter().map(|s| s.session_id.clone()).collect();
-        let dir: PathBuf = recordings.to_path_buf();
-        let on_disk = tokio::task::spawn_blocking(move || read_recordings(&dir, &ids))
+        let on_disk = tokio::task::spawn_blocking(move || read_recordings(&*recordings, &ids))
             .await
             .map_err(|e| StoreError::Query(format!("reading recordings: {e}")))?;
         let mut events = Vec::new();
@@ -552,7 +496,9 @@ async fn close_open_sessions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recordings::LocalDir;
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -616,7 +562,9 @@ mod tests {
         store.request_kill("S1", "bye", "ops").await.unwrap();
         store.request_kill("S2", "bye", "ops").await.unwrap();
 
-        let r = recover_crashed_sessions(&store, "n1", rec).await.unwrap();
+        let r = recover_crashed_sessions(&store, "n1", Arc::new(LocalDir::new(rec)))
+            .await
+            .unwrap();
         assert_eq!(r.sessions, vec!["S1".to_string()]);
         assert_eq!((r.transfers, r.port_forwards, r.kill_requests), (1, 1, 1));
         let pending: Vec<String> = store
@@ -679,7 +627,9 @@ mod tests {
         assert_eq!(active, vec!["\"S1\"=0", "\"S2\"=1", "\"S3\"=0"]);
 
         // Nothing left the second time; the chain holds.
-        let again = recover_crashed_sessions(&store, "n1", rec).await.unwrap();
+        let again = recover_crashed_sessions(&store, "n1", Arc::new(LocalDir::new(rec)))
+            .await
+            .unwrap();
         assert!(again.is_empty(), "{again:?}");
         assert!(store.verify_chain().await.unwrap().first_bad.is_none());
         store.close().await;

@@ -835,7 +835,14 @@ async fn lost_nodes_are_claimed_once_and_their_sessions_closed(db: Db) {
     // directory), S3's is not.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("S1.cast"), b"{\"version\":2}\n").unwrap();
-    let r = close_lost_node(s, "A", "B", dir.path()).await.unwrap();
+    let r = close_lost_node(
+        s,
+        "A",
+        "B",
+        std::sync::Arc::new(crate::recordings::LocalDir::new(dir.path())),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.sessions, vec!["S1".to_string(), "S3".to_string()]);
     let events = s.recent_events(3).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.event.kind.as_str()).collect();
