@@ -570,7 +570,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         gatehouse_store::Signer::load_or_create(&signing_key)
             .context("cannot load the audit signing key")?,
     );
-    let sink_tasks = spawn_sinks(&sink_configs, &store)?;
+    let sink_tasks = spawn_sinks(&sink_configs, &node, &store)?;
     // Checkpoints are anchored outside the database: in the anchor file
     // and, as audit.checkpoint events, in every sink.
     let checkpoints = {
@@ -646,11 +646,12 @@ async fn recover_crash(
 /// One task per configured sink.
 fn spawn_sinks(
     configs: &[gatehouse_model::config::SinkConfig],
+    node: &str,
     store: &Store,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     for cfg in configs {
-        let sink = gatehouse_sinks::Sink::new(cfg)?;
+        let sink = gatehouse_sinks::Sink::new(cfg)?.node(node);
         tasks.push(tokio::spawn(sink.run(store.clone())));
     }
     Ok(tasks)

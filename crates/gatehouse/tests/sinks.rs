@@ -1,5 +1,9 @@
 //! Sinks with real receivers: a JSON-lines file across a gateway restart,
-//! syslog over UDP, and syslog over TCP through a receiver outage.
+//! syslog over UDP, and syslog over TCP through a receiver outage; the
+//! HTTP sinks against Python's http.server (tests/sinks/receiver.py):
+//! kept-alive connections, an IPv6 literal, Elasticsearch answers that
+//! mix stored, throttled and rejected documents, redirects refused, TLS
+//! verified, a proxy from the environment; PostgreSQL.
 
 mod common;
 
@@ -198,136 +202,293 @@ fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
     }
 }
 
-type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
-trait Stream: Read + std::io::Write + Send {}
-impl<T: Read + std::io::Write + Send> Stream for T {}
-
-/// A tiny HTTP server: records each request (head + body), answers 200.
-fn http_receiver(listener: TcpListener) -> Received {
-    receiver(listener, |tcp| Some(Box::new(tcp)))
+/// tests/sinks/receiver.py, a Python http.server: an HTTP(S) receiver
+/// with Elasticsearch bulk answers, or a CONNECT proxy. It logs every
+/// request as a JSON line; killed when dropped.
+struct Receiver {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    store: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-/// The same over TLS with `cert` and `key` (PEM files); connections whose
-/// handshake fails are counted in the second list.
-fn https_receiver(
-    listener: TcpListener,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> (Received, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap(),
-    );
-    let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let failures = failed.clone();
-    let got = receiver(listener, move |mut tcp| {
-        let mut conn = rustls::ServerConnection::new(config.clone()).ok()?;
-        while conn.is_handshaking() {
-            if conn.complete_io(&mut tcp).is_err() {
-                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                return None;
-            }
+impl Receiver {
+    fn start(host: &str, port: u16, args: &[&str]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store) = (dir.path().join("log.jsonl"), dir.path().join("store.jsonl"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sinks/receiver.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args(["--host", host, "--port", &port.to_string()])
+            .arg("--log")
+            .arg(&log)
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 tests/sinks/receiver.py");
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert!(line.starts_with("listening"), "receiver: {line:?}");
+        Receiver {
+            child,
+            log,
+            store,
+            _dir: dir,
         }
-        Some(Box::new(rustls::StreamOwned::new(conn, tcp)))
-    });
-    (got, failed)
+    }
+
+    fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Every logged request (and TLS failure, and CONNECT).
+    fn log(&self) -> Vec<serde_json::Value> {
+        Receiver::lines(&self.log)
+    }
+
+    /// The POSTs to paths starting with `prefix`.
+    fn posts(&self, prefix: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+            .collect()
+    }
+
+    /// The `_id`s of the documents the "cluster" stored.
+    fn stored(&self) -> HashSet<String> {
+        Receiver::lines(&self.store)
+            .iter()
+            .map(|d| d["_id"].as_str().unwrap().to_string())
+            .collect()
+    }
 }
 
-fn receiver(
-    listener: TcpListener,
-    wrap: impl Fn(std::net::TcpStream) -> Option<Box<dyn Stream>> + Send + 'static,
-) -> Received {
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let store = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { break };
-            let Some(mut conn) = wrap(conn) else { continue };
-            let mut data = Vec::new();
-            let mut buf = [0u8; 65536];
-            loop {
-                let n = conn.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                data.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&data).to_string();
-                if let Some(head_end) = text.find("\r\n\r\n") {
-                    let len: usize = text[..head_end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if data.len() >= head_end + 4 + len {
-                        break;
-                    }
-                }
-            }
-            store
-                .lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&data).to_string());
-            let _ = std::io::Write::write_all(
-                &mut conn,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{\"errors\":false}",
-            );
-            let _ = std::io::Write::flush(&mut conn);
-        }
-    });
-    got
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bodies(requests: &[serde_json::Value]) -> String {
+    requests
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
-fn http_sinks_deliver_after_the_receiver_comes_up() {
+fn http_sinks_deliver_after_the_receiver_comes_up_over_kept_alive_connections() {
     let port = gatehouse_testkit::free_port();
+    let port6 = gatehouse_testkit::free_port();
     let env = Env::start_with(&format!(
-        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\n[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:{port}/gatehouse/_bulk\"\n\n[[sinks]]\nname = \"splunk\"\nkind = \"splunk_hec\"\nurl = \"http://127.0.0.1:{port}/services/collector/event\"\ntoken = \"hec-secret\"\n"
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\n[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://[::1]:{port6}/gatehouse/_bulk\"\n\n[[sinks]]\nname = \"splunk\"\nkind = \"splunk_hec\"\nurl = \"http://127.0.0.1:{port}/services/collector/event\"\ntoken = \"hec-secret\"\n"
     ));
-    // Receiver down during the session.
+    // Receivers down during the session.
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
     let _ = env.wait_rows("select id from events where type = 'session.end'");
     std::thread::sleep(Duration::from_millis(700));
-    let got = http_receiver(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    // The Elasticsearch sink's url is an IPv6 literal.
+    let rx6 = Receiver::start("::1", port6, &[]);
     let ids = store_ids(&env);
-    wait_until("both sinks to deliver every event", || {
-        let all = got.lock().unwrap().join("\n");
-        let hook = all
-            .split("POST ")
-            .filter(|r| r.starts_with("/hook"))
-            .collect::<Vec<_>>()
-            .join("");
-        let es = all
-            .split("POST ")
-            .filter(|r| r.starts_with("/gatehouse/_bulk"))
-            .collect::<Vec<_>>()
-            .join("");
-        ids.iter().all(|id| {
-            hook.contains(id.as_str())
-                && es.contains(&format!("{{\"index\":{{\"_id\":\"{id}\"}}}}"))
-        })
+    wait_until("every sink to deliver every event", || {
+        let hook = bodies(&rx.posts("/hook"));
+        let splunk = bodies(&rx.posts("/services/collector"));
+        let es = rx6.stored();
+        ids.iter()
+            .all(|id| hook.contains(id.as_str()) && splunk.contains(id.as_str()) && es.contains(id))
     });
-    let all = got.lock().unwrap().join("\n");
-    assert!(all.contains("Content-Type: application/x-ndjson"));
-    assert!(all.contains("Authorization: Splunk hec-secret"));
+    // Another session: its events go over the connections already open.
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ =
+        env.wait_rows("select count(*) from events where type = 'session.end' having count(*) = 2");
+    let ids = store_ids(&env);
+    wait_until("the second session at every receiver", || {
+        let hook = bodies(&rx.posts("/hook"));
+        let es = rx6.stored();
+        ids.iter()
+            .all(|id| hook.contains(id.as_str()) && es.contains(id))
+    });
+    for (what, requests) in [
+        ("webhook", rx.posts("/hook")),
+        ("elasticsearch", rx6.posts("/")),
+    ] {
+        let ports: HashSet<u64> = requests
+            .iter()
+            .map(|r| r["peer_port"].as_u64().unwrap())
+            .collect();
+        assert!(requests.len() >= 2, "{what}: {requests:?}");
+        assert_eq!(
+            ports.len(),
+            1,
+            "{what} used more than one connection: {ports:?}"
+        );
+    }
+    let es = &rx6.posts("/gatehouse/_bulk")[0];
+    assert_eq!(es["headers"]["content-type"], "application/x-ndjson");
+    let splunk = &rx.posts("/services/collector")[0];
+    assert_eq!(splunk["headers"]["authorization"], "Splunk hec-secret");
     assert!(
-        all.contains("\"text\":\"[info] gateway.start"),
+        bodies(&rx.posts("/hook")).contains("\"text\":\"[info] gateway.start"),
         "Slack-compatible text"
     );
+}
+
+#[test]
+fn elasticsearch_rejected_documents_go_to_the_dead_letter_file_and_the_sink_moves_on() {
+    // The "cluster" rejects `command` documents for good and answers 429
+    // to each `session.start` document the first time.
+    let port = gatehouse_testkit::free_port();
+    let rx = Receiver::start(
+        "127.0.0.1",
+        port,
+        &["--reject", "command", "--throttle", "session.start"],
+    );
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:{port}/gatehouse/_bulk\"\ndead_letter_file = \"dead/es.ndjson\"\n"
+    ));
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo one"]).code,
+        Some(0)
+    );
+    let dead = env.wait_rows("select details from events where type = 'sink.dead_letter'");
+    assert_eq!(
+        env.ssh("alice:web01@127.0.0.1", &["echo two"]).code,
+        Some(0)
+    );
+    let _ = env.wait_rows(
+        "select count(*) from events where type = 'sink.dead_letter' having count(*) = 2",
+    );
+    let commands: Vec<String> = env
+        .query("select id from events where type = 'command' order by seq")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(commands.len(), 2);
+    // Everything else arrives, the dead-letter events and the second
+    // session included: the sink did not stall on the rejected documents.
+    let missing = || {
+        let stored = rx.stored();
+        env.query("select id, type from events order by seq")
+            .into_iter()
+            .filter(|r| {
+                let id = r["id"].as_str().unwrap().to_string();
+                !commands.contains(&id) && !stored.contains(&id)
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        missing().is_empty(),
+        "not in the cluster: {:?}\n{}",
+        missing(),
+        env.gateway_log()
+    );
+    let stored = rx.stored();
+    assert!(commands.iter().all(|id| !stored.contains(id)));
+    // Each rejected document was sent once, not retried.
+    let bulk = rx.posts("/gatehouse/_bulk");
+    for id in &commands {
+        let sent = bulk
+            .iter()
+            .filter(|r| {
+                r["body"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("\"_id\":\"{id}\""))
+            })
+            .count();
+        assert_eq!(sent, 1, "command {id} sent {sent} times");
+    }
+    // A throttled document was asked for again, alone.
+    let starts: Vec<String> = env
+        .query("select id from events where type = 'session.start'")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &starts {
+        let with = bulk
+            .iter()
+            .filter(|r| {
+                r["body"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("\"_id\":\"{id}\""))
+            })
+            .collect::<Vec<_>>();
+        assert!(with.len() >= 2, "session.start {id} not retried");
+        let retry = with.last().unwrap()["body"].as_str().unwrap();
+        assert_eq!(retry.lines().count(), 2, "the retry holds only it: {retry}");
+    }
+    // The file: one line per rejected event, with the cluster's reason.
+    let file = env.dir.path().join("dead/es.ndjson");
+    let lines = Receiver::lines(&file);
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, commands.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(lines[0]["sink"], "es");
+    assert_eq!(lines[0]["status"], 400);
+    assert_eq!(lines[0]["event_type"], "command");
+    assert_eq!(lines[0]["document"]["details"]["command"], "echo one");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("mapper_parsing_exception: "),
+        "{}",
+        lines[0]
+    );
+    // The event: which sink, how many, where, and why.
+    let details: serde_json::Value = match &dead[0]["details"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => v.clone(),
+    };
+    assert_eq!(details["sink"], "es");
+    assert_eq!(details["kind"], "elasticsearch");
+    assert_eq!(details["count"], 1);
+    assert_eq!(details["file"], file.display().to_string());
+    assert_eq!(details["events"][0]["id"], commands[0].as_str());
+    assert_eq!(details["events"][0]["type"], "command");
+    assert_eq!(details["events"][0]["status"], 400);
+    let row = &env
+        .query("select severity, result, reason from events where type = 'sink.dead_letter'")[0];
+    assert_eq!(row["severity"], "high");
+    assert_eq!(row["result"], "failure");
+}
+
+#[test]
+fn http_sinks_refuse_redirects_and_say_so() {
+    let port = gatehouse_testkit::free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/redirect\"\n"
+    ));
+    wait_until("the redirect in the gateway log", || {
+        env.gateway_log()
+            .contains("answered HTTP 301 redirecting to /elsewhere")
+    });
+    assert!(
+        env.gateway_log().contains("sinks follow no redirects"),
+        "{}",
+        env.gateway_log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(rx.posts("/redirect").len() >= 2, "retried");
+    assert!(rx.posts("/elsewhere").is_empty(), "followed the redirect");
 }
 
 /// A CA and a server certificate for localhost/127.0.0.1, made with the
@@ -411,28 +572,75 @@ fn https_sinks_verify_the_receiver_and_deliver_everything() {
     ));
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
     let _ = env.wait_rows("select id from events where type = 'session.end'");
-    let (got, failed_handshakes) = https_receiver(
-        TcpListener::bind(("127.0.0.1", port)).unwrap(),
-        &tls.path().join("server.pem"),
-        &tls.path().join("server.key"),
+    let cert = tls.path().join("server.pem");
+    let key = tls.path().join("server.key");
+    let rx = Receiver::start(
+        "127.0.0.1",
+        port,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
     );
     let ids = store_ids(&env);
     wait_until("the https sink to deliver every event", || {
-        let all = got.lock().unwrap().join("\n");
-        ids.iter()
-            .all(|id| all.contains(&format!("{{\"index\":{{\"_id\":\"{id}\"}}}}")))
+        let stored = rx.stored();
+        ids.iter().all(|id| stored.contains(id))
     });
     // The sink without the CA refuses the receiver's certificate: nothing
     // is sent to it, and it keeps its cursor to retry.
     wait_until("the untrusted sink's handshake to fail", || {
-        failed_handshakes.load(std::sync::atomic::Ordering::SeqCst) > 0
+        rx.log().iter().any(|r| r.get("tls_error").is_some())
     });
-    let all = got.lock().unwrap().join("\n");
-    assert!(!all.contains("POST /untrusted"), "{all}");
+    assert!(rx.posts("/untrusted").is_empty());
+    wait_until("the certificate error in the gateway log", || {
+        env.gateway_log().contains("certificate")
+    });
+}
+
+#[test]
+fn https_sinks_go_through_the_proxy_named_in_the_environment() {
+    let tls = tempfile::tempdir().unwrap();
+    tls_files(tls.path());
+    let (port, proxy_port) = (
+        gatehouse_testkit::free_port(),
+        gatehouse_testkit::free_port(),
+    );
+    let mut env = Env::start_with(&format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://localhost:{port}/hook\"\nca_file = \"{ca}\"\n",
+        ca = tls.path().join("ca.pem").display()
+    ));
+    let proxy = Receiver::start("127.0.0.1", proxy_port, &["--proxy"]);
+    env.restart_with_env(&[("HTTPS_PROXY", &format!("http://127.0.0.1:{proxy_port}"))]);
+    let cert = tls.path().join("server.pem");
+    let key = tls.path().join("server.key");
+    let rx = Receiver::start(
+        "127.0.0.1",
+        port,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let ids = store_ids(&env);
+    wait_until("the webhook to deliver every event", || {
+        let hook = bodies(&rx.posts("/hook"));
+        ids.iter().all(|id| hook.contains(id.as_str()))
+    });
+    let connects: Vec<String> = proxy
+        .log()
+        .iter()
+        .filter_map(|r| r["connect"].as_str().map(str::to_string))
+        .collect();
     assert!(
-        env.gateway_log().contains("certificate"),
-        "{}",
-        env.gateway_log()
+        connects.contains(&format!("localhost:{port}")),
+        "{connects:?}"
     );
 }
 

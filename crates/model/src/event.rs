@@ -112,6 +112,9 @@ impl EventType {
     pub const TOKEN_USED: &'static str = "token.used";
     pub const TOKEN_CREATED: &'static str = "token.created";
     pub const TOKEN_REVOKED: &'static str = "token.revoked";
+    /// A sink's receiver rejected events for good; they went to the
+    /// sink's dead-letter file.
+    pub const SINK_DEAD_LETTER: &'static str = "sink.dead_letter";
 }
 
 /// An event before the store has put it in the chain. `id` and `time` are
