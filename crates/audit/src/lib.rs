@@ -1,6 +1,7 @@
 //! What acts on the audit trail. For now: runbooks — a name, a
 //! description, typed parameters with defaults and validation, one
-//! read-only SQL query over the `events`, `sessions` and `commands` views,
+//! read-only SQL query over the `events`, `sessions`, `commands` and
+//! `cloudtrail` views,
 //! and actions to take on the rows.
 //!
 //! Pure: parsing, validation and rendering the query with parameters as

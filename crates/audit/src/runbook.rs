@@ -265,6 +265,14 @@ const BUILT_INS: &[(&str, &str)] = &[
         include_str!("builtin/file-transfers-by-user.toml"),
     ),
     ("long-sessions", include_str!("builtin/long-sessions.toml")),
+    (
+        "cloudtrail-denied-surge",
+        include_str!("builtin/cloudtrail-denied-surge.toml"),
+    ),
+    (
+        "cloudtrail-sessions-without-mfa",
+        include_str!("builtin/cloudtrail-sessions-without-mfa.toml"),
+    ),
 ];
 
 /// The built-in runbooks plus the `*.toml` files in `dir` (a file with the
@@ -356,7 +364,7 @@ mod tests {
     #[test]
     fn every_built_in_parses_and_renders_with_its_defaults() {
         let books = load_all(None).unwrap();
-        assert_eq!(books.len(), 8);
+        assert_eq!(books.len(), 10);
         for b in &books {
             let mut given = BTreeMap::new();
             for (name, p) in &b.params {

@@ -100,6 +100,11 @@ async fn open_store(config: &Config) -> Result<Store> {
         "the store is unavailable; check store.url and that the database is reachable".to_string()
     })?;
     store.set_query_timeout(config.audit.query_timeout.get());
+    // The `cloudtrail` view's eventSource; a store that cannot take it
+    // (a read-only replica) still serves everything else.
+    if let Err(e) = store.set_service_name(&config.server.service_name).await {
+        tracing::warn!(error = %e, "cannot record server.service_name in the store");
+    }
     Ok(store)
 }
 

@@ -46,9 +46,9 @@ pub const UNKNOWN_IDENTITY: &str = "Unknown";
 pub const EVENT_NAMES: &[(&str, &str)] = &[
     ("auth.success", "AuthenticateUser"),
     ("auth.failure", "AuthenticateUser"),
-    // A refused attempt to reach a target is a StartSession that failed
-    // with AccessDenied, as CloudTrail records a refused call.
-    ("access.denied", "StartSession"),
+    // Policy refused a target: always with AccessDenied. Its own name, so
+    // that StartSession is only a session that started.
+    ("access.denied", "AuthorizeSession"),
     ("session.start", "StartSession"),
     ("session.end", "EndSession"),
     ("session.kill_requested", "TerminateSession"),
@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn a_denied_access_is_a_start_session_refused_with_access_denied() {
+    fn a_denied_access_is_an_authorisation_refused_with_access_denied() {
         let e = ev("access.denied", Severity::Warn, Outcome::Denied)
             .user("bob")
             .source_ip("203.0.113.9")
@@ -404,7 +404,7 @@ mod tests {
             .reason("no rule allows bob on db01")
             .details(json!({"rule": null}));
         let r = record(&stored(e), "gatehouse");
-        assert_eq!(r["eventName"], "StartSession");
+        assert_eq!(r["eventName"], "AuthorizeSession");
         assert_eq!(r["errorCode"], "AccessDenied");
         assert_eq!(r["errorMessage"], "no rule allows bob on db01");
         assert_eq!(r["sourceIPAddress"], "203.0.113.9");

@@ -11,6 +11,7 @@
 mod bind;
 mod approvals;
 mod checkpoint;
+mod cloudtrail;
 mod console;
 mod format;
 mod identity;
@@ -187,6 +188,9 @@ impl Store {
                     .await
                     .map_err(|e| open_err(&e))?;
             }
+            cloudtrail::install_sqlite(&rw)
+                .await
+                .map_err(|e| open_err(&e))?;
             let ro = if memory {
                 rw.clone()
             } else {
@@ -220,6 +224,9 @@ impl Store {
                     .await
                     .map_err(|e| open_err(&e))?;
             }
+            cloudtrail::install_postgres(&mut tx)
+                .await
+                .map_err(|e| open_err(&e))?;
             tx.commit().await.map_err(|e| open_err(&e))?;
             Pool::Postgres(pg)
         } else {

@@ -122,6 +122,9 @@ pub const SQLITE: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS audit_events_unsuccessful ON audit_events (seq) WHERE result <> 'success'",
     // Which backfills below have run (each once per store).
     "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
+    // Settings the views read (server.service_name for `cloudtrail`) and
+    // the version of the generated `cloudtrail` view (cloudtrail.rs).
+    "CREATE TABLE IF NOT EXISTS store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     // Sessions with a session.start and neither a session.end nor a
     // session.killed, kept by triggers: an index for `active`, which no
     // index on audit_events can answer without reading every session.
@@ -300,6 +303,7 @@ pub const POSTGRES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS audit_events_unsuccessful ON audit_events (seq) WHERE result <> 'success'",
     "CREATE INDEX IF NOT EXISTS audit_events_type_seq ON audit_events (type, seq)",
     "CREATE TABLE IF NOT EXISTS store_backfills (name TEXT PRIMARY KEY, done_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS store_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS active_sessions (session_id TEXT PRIMARY KEY)",
     "CREATE OR REPLACE FUNCTION gatehouse_active_sessions() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN

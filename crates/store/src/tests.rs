@@ -953,3 +953,6 @@ async fn kill_and_decision_wake_subscribers(db: Db) {
     db.done().await;
 }
 both!(kill_and_decision_wake_subscribers);
+
+/// The `cloudtrail` view against the Rust mapping.
+mod cloudtrail;
