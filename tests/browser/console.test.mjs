@@ -538,6 +538,12 @@ async function main() {
     }
     ok(`the query shows a table of ${rows.length} event types`);
     await shot(page, 'sql.png');
+    await goto(page, '/sql?q=' + encodeURIComponent('SELECT session_id, start_time FROM sessions LIMIT 1'));
+    const link = await page.getAttribute('#results tbody a', 'href');
+    assert.match(link, /^\/sessions\/[0-9A-Z]+$/, `session link: ${link}`);
+    const when = await page.getAttribute('#results tbody time', 'datetime');
+    assert.ok(when && !Number.isNaN(Date.parse(when)), `start_time as a time: ${when}`);
+    ok(`a session_id cell links to ${link}; a time cell is shown in local time`);
     await goto(page, '/sql?q=' + encodeURIComponent('CREATE TABLE console_probe (a)'));
     assert.ok(await page.locator('#error').count() === 1, 'a write is refused with a message');
     ok(`a write query is refused: ${await text(page, '#error')}`);

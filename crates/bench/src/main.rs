@@ -9,7 +9,8 @@
 //! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million),
 //! GH_BENCH_STREAMS (concurrent streams, default 100; each moves
 //! GH_BENCH_BYTES / 64), GH_BENCH_ONLY (comma-separated sections: bulk,
-//! setup, keys, recording, streams, idle, audit; default all),
+//! setup, keys, recording, streams, idle, audit; default all; `console`,
+//! the web console's section, runs only when named: see `console.rs`),
 //! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
 //! for a profiler; default 0), GH_BENCH_LOGIN (the login on the targets;
 //! see `bench_login`).
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{self as kit, Sshd};
 
+mod console;
 mod soak;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -793,6 +795,10 @@ async fn main() {
             "query_ms".into(),
             serde_json::json!({"rows": events, "ms": q}),
         );
+    }
+    // The console's section only when named (it fills a million-session store).
+    if only.split(',').any(|x| x.trim() == "console") {
+        console::run(&s, &mut table, &mut json).await;
     }
     let _ = s.gw_db.exists();
     let _ = s.target.port;

@@ -396,14 +396,37 @@ async fn verify(State(console): State<Arc<Console>>, viewer: Viewer) -> Page {
     Ok(html::layout("Audit chain", Some(&viewer), &body).into_response())
 }
 
+/// Query results as a table: a `session_id` column links to the
+/// session, a time column (`time`, `*_time`, `last_seen`, …) holding an
+/// RFC 3339 time is shown in the reader's local time.
 pub(crate) fn result_table(r: &QueryResult) -> String {
+    let is_time_column =
+        |c: &str| c == "time" || c.ends_with("_time") || c.ends_with("_at") || c == "last_seen";
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()
         .map(|row| {
             row.iter()
-                .map(|v| match v {
+                .zip(
+                    r.columns
+                        .iter()
+                        .map(String::as_str)
+                        .chain(std::iter::repeat("")),
+                )
+                .map(|(v, column)| match v {
                     serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s)
+                        if column == "session_id"
+                            && gatehouse_store::recordings::valid_recording_id(s) =>
+                    {
+                        format!("<a href=\"/sessions/{0}\">{0}</a>", html::esc(s))
+                    }
+                    serde_json::Value::String(s)
+                        if is_time_column(column)
+                            && chrono::DateTime::parse_from_rfc3339(s).is_ok() =>
+                    {
+                        html::time(s)
+                    }
                     serde_json::Value::String(s) => html::esc(&truncate(s, 500)),
                     other => html::esc(&truncate(&other.to_string(), 500)),
                 })
