@@ -562,6 +562,7 @@ async fn sink_throughput() -> f64 {
         kind: gatehouse_model::SinkKind::Jsonl {
             path: dir.path().join("out.jsonl"),
             max_bytes: u64::MAX,
+            format: Default::default(),
         },
     };
     let sink = gatehouse_sinks::Sink::new(&cfg).expect("sink");

@@ -534,6 +534,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
     let signing_key = config.audit.signing_key.clone();
     let anchor_file = config.audit.anchor_path();
     let sink_configs = config.sinks.clone();
+    let service_name = config.server.service_name.clone();
     let checkpoint_every = config
         .audit
         .checkpoint_interval
@@ -575,7 +576,7 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         gatehouse_store::Signer::load_or_create(&signing_key)
             .context("cannot load the audit signing key")?,
     );
-    let sink_tasks = spawn_sinks(&sink_configs, &node, &store)?;
+    let sink_tasks = spawn_sinks(&sink_configs, &node, &service_name, &store)?;
     // Checkpoints are anchored outside the database: in the anchor file
     // and, as audit.checkpoint events, in every sink.
     let checkpoints = {
@@ -652,11 +653,14 @@ async fn recover_crash(
 fn spawn_sinks(
     configs: &[gatehouse_model::config::SinkConfig],
     node: &str,
+    service_name: &str,
     store: &Store,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     for cfg in configs {
-        let sink = gatehouse_sinks::Sink::new(cfg)?.node(node);
+        let sink = gatehouse_sinks::Sink::new(cfg)?
+            .node(node)
+            .service_name(service_name);
         tasks.push(tokio::spawn(sink.run(store.clone())));
     }
     Ok(tasks)

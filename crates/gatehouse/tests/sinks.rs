@@ -679,3 +679,100 @@ fn postgres_sink_fills_a_table_in_another_database() {
         &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
     );
 }
+
+#[test]
+fn sinks_with_format_cloudtrail_send_cloudtrail_records() {
+    let port = gatehouse_testkit::free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let env = Env::start_server(
+        "service_name = \"ssh-proxy.example.com\"",
+        &format!(
+            "[[sinks]]\nname = \"file\"\nkind = \"jsonl\"\npath = \"trail.jsonl\"\nformat = \"cloudtrail\"\n\n\
+             [[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:{port}/ct/_bulk\"\nformat = \"cloudtrail\"\n\n\
+             [[sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"http://127.0.0.1:{port}/services/collector/event\"\ntoken = \"t\"\nformat = \"cloudtrail\"\n\n\
+             [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nformat = \"cloudtrail\"\n\n\
+             [[sinks]]\nname = \"syslog\"\nkind = \"syslog\"\nurl = \"udp://127.0.0.1:{udp_port}\"\nformat = \"cloudtrail\"\n"
+        ),
+    );
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["echo ct"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let ids = store_ids(&env);
+    let file = env.dir.path().join("trail.jsonl");
+    wait_until("every record in every sink", || {
+        let in_file: HashSet<String> = Receiver::lines(&file)
+            .iter()
+            .filter_map(|r| r["eventID"].as_str().map(str::to_string))
+            .collect();
+        let hook = bodies(&rx.posts("/hook"));
+        let hec = bodies(&rx.posts("/services/collector"));
+        let es = rx.stored();
+        ids.iter().all(|id| {
+            in_file.contains(id)
+                && es.contains(id)
+                && hook.contains(id.as_str())
+                && hec.contains(id.as_str())
+        })
+    });
+    // The file: one record per event, in order, no Gatehouse-shaped lines.
+    let records = Receiver::lines(&file);
+    let record_ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["eventID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        record_ids[..ids.len()],
+        ids.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.get("id").is_none() && r["eventVersion"].is_string()));
+    let start = records
+        .iter()
+        .find(|r| r["eventName"] == "StartSession")
+        .expect("a StartSession record");
+    assert_eq!(start["eventSource"], "ssh-proxy.example.com");
+    assert_eq!(start["userIdentity"]["userName"], "alice");
+    assert_eq!(start["additionalEventData"]["MFAAuthenticated"], "False");
+    assert_eq!(start["requestParameters"]["target"], "web01");
+    let run = records
+        .iter()
+        .find(|r| r["eventName"] == "RunCommand")
+        .expect("a RunCommand record");
+    assert_eq!(run["requestParameters"]["command"], "echo ct");
+    // Elasticsearch: the record under the event id.
+    let docs = Receiver::lines(&rx.store);
+    let doc = docs
+        .iter()
+        .find(|d| d["doc"]["eventName"] == "RunCommand")
+        .expect("RunCommand in the cluster");
+    assert_eq!(doc["_id"], doc["doc"]["eventID"]);
+    // Splunk: sourcetype aws:cloudtrail.
+    let hec = bodies(&rx.posts("/services/collector"));
+    assert!(hec.contains("\"sourcetype\":\"aws:cloudtrail\""), "{hec}");
+    assert!(hec.contains("\"eventName\":\"EndSession\""), "{hec}");
+    // Webhook: records in `events`, the summary in `text`.
+    let hook: serde_json::Value =
+        serde_json::from_str(rx.posts("/hook")[0]["body"].as_str().unwrap()).unwrap();
+    assert!(hook["text"].as_str().unwrap().contains("gateway.start"));
+    assert_eq!(hook["events"][0]["eventName"], "StartGateway");
+    // Syslog: the record as the message.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !got.iter().any(|l: &String| l.contains(" session.end - ")) {
+        let mut buf = [0u8; 65536];
+        if let Ok(n) = udp.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    }
+    let end = got
+        .iter()
+        .find(|l| l.contains(" session.end - "))
+        .expect("session.end over syslog");
+    let message: serde_json::Value =
+        serde_json::from_str(end.split_once(" session.end - ").unwrap().1).unwrap();
+    assert_eq!(message["eventName"], "EndSession");
+}

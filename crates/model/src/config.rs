@@ -407,9 +407,15 @@ pub enum SinkKind {
         /// Rotate the file beyond this size.
         #[serde(default = "default_max_bytes")]
         max_bytes: u64,
+        #[serde(default, skip_serializing_if = "SinkFormat::is_default")]
+        format: SinkFormat,
     },
     /// RFC 5424 syslog: `udp://HOST:PORT` or `tcp://HOST:PORT`.
-    Syslog { url: String },
+    Syslog {
+        url: String,
+        #[serde(default, skip_serializing_if = "SinkFormat::is_default")]
+        format: SinkFormat,
+    },
     /// JSON over HTTP(S) with a Slack-compatible `text`.
     Webhook {
         url: String,
@@ -420,6 +426,8 @@ pub enum SinkKind {
         /// besides the public web roots.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "SinkFormat::is_default")]
+        format: SinkFormat,
     },
     /// Elasticsearch `_bulk` NDJSON.
     Elasticsearch {
@@ -432,6 +440,8 @@ pub enum SinkKind {
         /// (default [`default_dead_letter_file`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dead_letter_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "SinkFormat::is_default")]
+        format: SinkFormat,
     },
     /// Splunk HTTP Event Collector.
     SplunkHec {
@@ -440,6 +450,8 @@ pub enum SinkKind {
         token: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "SinkFormat::is_default")]
+        format: SinkFormat,
     },
     /// A `gatehouse_events` table in a PostgreSQL database.
     Postgres { url: String },
@@ -456,6 +468,23 @@ impl SinkKind {
             SinkKind::SplunkHec { .. } => "splunk_hec",
             SinkKind::Postgres { .. } => "postgres",
         }
+    }
+}
+
+/// What a sink sends for each event (`format = "..."`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkFormat {
+    /// The event as Gatehouse stores it (docs/events.md).
+    #[default]
+    Gatehouse,
+    /// The event as a CloudTrail record ([`crate::cloudtrail::record`]).
+    Cloudtrail,
+}
+
+impl SinkFormat {
+    fn is_default(&self) -> bool {
+        *self == SinkFormat::Gatehouse
     }
 }
 
@@ -1935,7 +1964,8 @@ roles = ["web-dev"]
             c.sinks[0].kind,
             SinkKind::Jsonl {
                 path: "events.jsonl".into(),
-                max_bytes: 100 * 1024 * 1024
+                max_bytes: 100 * 1024 * 1024,
+                format: SinkFormat::Gatehouse,
             }
         );
         assert!(c.sinks[1].only_alerts);
@@ -1944,7 +1974,8 @@ roles = ["web-dev"]
             SinkKind::SplunkHec {
                 url: "https://h/c".into(),
                 token: "t".into(),
-                ca_file: Some("ca.pem".into())
+                ca_file: Some("ca.pem".into()),
+                format: SinkFormat::Gatehouse,
             }
         );
         // The same keys come back out.
@@ -1959,6 +1990,34 @@ roles = ["web-dev"]
         assert!(
             matches!(&resolved.sinks[1].kind, SinkKind::SplunkHec { ca_file: Some(f), .. } if f == Path::new("/etc/gh/ca.pem"))
         );
+    }
+
+    #[test]
+    fn sinks_that_send_events_take_a_format() {
+        let c = Config::parse(
+            "[[sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://h/_bulk\"\nformat = \"cloudtrail\"\n",
+            p(),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.sinks[0].kind,
+            SinkKind::Elasticsearch {
+                format: SinkFormat::Cloudtrail,
+                ..
+            }
+        ));
+        let e = Config::parse(
+            "[[sinks]]\nname = \"s\"\nkind = \"syslog\"\nurl = \"udp://h:514\"\nformat = \"cef\"\n",
+            p(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown variant `cef`"), "{e}");
+        let e = Config::parse(
+            "[[sinks]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"\nformat = \"cloudtrail\"\n",
+            p(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown field `format`"), "{e}");
     }
 
     #[test]

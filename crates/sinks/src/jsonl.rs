@@ -6,11 +6,16 @@ use std::path::Path;
 use gatehouse_model::event::Event;
 use tokio::io::AsyncWriteExt;
 
-use crate::{io_error, SinkError};
+use crate::{io_error, Shape, SinkError};
 
 /// Appends the batch to the JSON-lines file, rotating it beyond
 /// `max_bytes`.
-pub async fn deliver(path: &Path, max_bytes: u64, events: &[&Event]) -> Result<(), SinkError> {
+pub async fn deliver(
+    path: &Path,
+    max_bytes: u64,
+    shape: &Shape,
+    events: &[&Event],
+) -> Result<(), SinkError> {
     let last_id = last_id_in(path).await;
     // Skip what the file already holds (a batch written just
     // before a crash, before its cursor was saved).
@@ -19,7 +24,7 @@ pub async fn deliver(path: &Path, max_bytes: u64, events: &[&Event]) -> Result<(
         .unwrap_or(0);
     let mut text = String::new();
     for e in &events[skip..] {
-        text.push_str(&serde_json::to_string(e).map_err(|e| SinkError::Delivery(e.to_string()))?);
+        text.push_str(&shape.document(e).to_string());
         text.push('\n');
     }
     if let Ok(meta) = tokio::fs::metadata(path).await {
@@ -42,8 +47,8 @@ pub async fn deliver(path: &Path, max_bytes: u64, events: &[&Event]) -> Result<(
     Ok(())
 }
 
-/// The id in the last complete line of a JSON-lines file (reads only
-/// the file's tail).
+/// The event id in the last complete line of a JSON-lines file: `id`,
+/// or `eventID` of a CloudTrail record (reads only the file's tail).
 async fn last_id_in(path: &std::path::Path) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::open(path).await.ok()?;
@@ -55,5 +60,8 @@ async fn last_id_in(path: &std::path::Path) -> Option<String> {
     let tail = String::from_utf8_lossy(&tail).to_string();
     let line = tail.lines().rev().find(|l| !l.trim().is_empty())?;
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("id")?.as_str().map(str::to_string)
+    v.get("id")
+        .or_else(|| v.get("eventID"))?
+        .as_str()
+        .map(str::to_string)
 }

@@ -31,6 +31,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gatehouse_model::config::SinkFormat;
 use gatehouse_model::event::Event;
 use gatehouse_model::{SinkConfig, SinkKind};
 use gatehouse_store::Store;
@@ -86,11 +87,28 @@ enum Delivered {
     Partly { retry: HashSet<String>, why: String },
 }
 
+/// What a sink sends for an event: the event itself, or its CloudTrail
+/// record with `eventSource` = `server.service_name`.
+pub struct Shape {
+    format: SinkFormat,
+    service_name: String,
+}
+
+impl Shape {
+    fn document(&self, e: &Event) -> serde_json::Value {
+        match self.format {
+            SinkFormat::Gatehouse => serde_json::to_value(e).unwrap_or_default(),
+            SinkFormat::Cloudtrail => gatehouse_model::cloudtrail::record(e, &self.service_name),
+        }
+    }
+}
+
 pub struct Sink {
     name: String,
     only_alerts: bool,
     /// `server.node`, for the events the sink itself writes.
     node: String,
+    shape: Shape,
     target: Target,
     tcp: Option<tokio::net::TcpStream>,
     /// After a partial delivery: the batch's last seq, and the ids in it
@@ -105,11 +123,13 @@ impl Sink {
             message: m,
         };
         let target = match &cfg.kind {
-            SinkKind::Jsonl { path, max_bytes } => Target::Jsonl {
+            SinkKind::Jsonl {
+                path, max_bytes, ..
+            } => Target::Jsonl {
                 path: path.clone(),
                 max_bytes: *max_bytes,
             },
-            SinkKind::Syslog { url } => {
+            SinkKind::Syslog { url, .. } => {
                 if let Some(a) = url.strip_prefix("udp://") {
                     Target::SyslogUdp(a.to_string())
                 } else if let Some(a) = url.strip_prefix("tcp://") {
@@ -133,6 +153,7 @@ impl Sink {
                 url,
                 token,
                 ca_file,
+                ..
             } => Target::Webhook {
                 client: http::Client::new(url, ca_file.as_deref()).map_err(bad)?,
                 token: token.clone(),
@@ -142,6 +163,7 @@ impl Sink {
                 token,
                 ca_file,
                 dead_letter_file,
+                ..
             } => Target::Elasticsearch {
                 client: http::Client::new(url, ca_file.as_deref()).map_err(bad)?,
                 token: token.clone(),
@@ -153,6 +175,7 @@ impl Sink {
                 url,
                 token,
                 ca_file,
+                ..
             } => Target::SplunkHec {
                 client: http::Client::new(url, ca_file.as_deref()).map_err(bad)?,
                 token: token.clone(),
@@ -162,6 +185,10 @@ impl Sink {
             name: cfg.name.clone(),
             only_alerts: cfg.only_alerts,
             node: "gatehouse".into(),
+            shape: Shape {
+                format: format_of(&cfg.kind),
+                service_name: gatehouse_model::cloudtrail::DEFAULT_SERVICE_NAME.into(),
+            },
             target,
             tcp: None,
             retry_only: None,
@@ -172,6 +199,12 @@ impl Sink {
     /// (`sink.dead_letter`).
     pub fn node(mut self, node: &str) -> Sink {
         self.node = node.to_string();
+        self
+    }
+
+    /// `server.service_name`, the `eventSource` of CloudTrail records.
+    pub fn service_name(mut self, name: &str) -> Sink {
+        self.shape.service_name = name.to_string();
         self
     }
 
@@ -243,15 +276,20 @@ impl Sink {
         if events.is_empty() {
             return Ok(Delivered::All);
         }
+        let shape = &self.shape;
         match &mut self.target {
-            Target::Jsonl { path, max_bytes } => jsonl::deliver(path, *max_bytes, events).await?,
+            Target::Jsonl { path, max_bytes } => {
+                jsonl::deliver(path, *max_bytes, shape, events).await?
+            }
             Target::Postgres { url, pool } => postgres::deliver(url, pool, events).await?,
-            Target::SyslogUdp(addr) => syslog::deliver_udp(addr, events).await?,
-            Target::SyslogTcp(addr) => syslog::deliver_tcp(&mut self.tcp, addr, events).await?,
+            Target::SyslogUdp(addr) => syslog::deliver_udp(addr, shape, events).await?,
+            Target::SyslogTcp(addr) => {
+                syslog::deliver_tcp(&mut self.tcp, addr, shape, events).await?
+            }
             Target::Webhook { client, token } => {
                 let headers = bearer(token.as_deref());
                 client
-                    .post(&client.url, &headers, webhook_body(events))
+                    .post(&client.url, &headers, webhook_body(shape, events))
                     .await?;
             }
             Target::SplunkHec { client, token } => {
@@ -260,7 +298,7 @@ impl Sink {
                     ("authorization", format!("Splunk {token}")),
                 ];
                 client
-                    .post(&client.url, &headers, splunk_body(events))
+                    .post(&client.url, &headers, splunk_body(shape, events))
                     .await?;
             }
             Target::Elasticsearch {
@@ -274,8 +312,15 @@ impl Sink {
                     node: &self.node,
                     path: dead_letter,
                 };
-                return deliver_elasticsearch(client, token.as_deref(), &letters, store, events)
-                    .await;
+                return deliver_elasticsearch(
+                    client,
+                    token.as_deref(),
+                    &letters,
+                    shape,
+                    store,
+                    events,
+                )
+                .await;
             }
         }
         Ok(Delivered::All)
@@ -301,12 +346,13 @@ async fn deliver_elasticsearch(
     client: &http::Client,
     token: Option<&str>,
     letters: &dead_letter::DeadLetters<'_>,
+    shape: &Shape,
     store: &Store,
     events: &[&Event],
 ) -> Result<Delivered, SinkError> {
     let docs: Vec<(&str, String)> = events
         .iter()
-        .map(|e| (e.event.id.as_str(), document(e).to_string()))
+        .map(|e| (e.event.id.as_str(), shape.document(e).to_string()))
         .collect();
     let mut headers = bearer(token);
     headers[0].1 = "application/x-ndjson".into();
@@ -331,7 +377,7 @@ async fn deliver_elasticsearch(
             }
             elasticsearch::Item::Rejected(status, error) => rejected.push(dead_letter::Rejected {
                 event: e,
-                sent: document(e),
+                sent: shape.document(e),
                 status: Some(status),
                 error,
             }),
@@ -362,14 +408,21 @@ fn routed_here(e: &Event, sink: &str) -> bool {
     }
 }
 
-/// The document a sink sends for an event.
-fn document(e: &Event) -> serde_json::Value {
-    serde_json::to_value(e).unwrap_or_default()
+/// The `format` of a sink kind that has one.
+fn format_of(kind: &SinkKind) -> SinkFormat {
+    match kind {
+        SinkKind::Jsonl { format, .. }
+        | SinkKind::Syslog { format, .. }
+        | SinkKind::Webhook { format, .. }
+        | SinkKind::Elasticsearch { format, .. }
+        | SinkKind::SplunkHec { format, .. } => *format,
+        SinkKind::Postgres { .. } => SinkFormat::Gatehouse,
+    }
 }
 
 /// One JSON object per batch; `text` makes it a valid Slack
 /// incoming-webhook message too.
-fn webhook_body(events: &[&Event]) -> Vec<u8> {
+fn webhook_body(shape: &Shape, events: &[&Event]) -> Vec<u8> {
     let text = events
         .iter()
         .map(|e| {
@@ -388,18 +441,23 @@ fn webhook_body(events: &[&Event]) -> Vec<u8> {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let docs: Vec<serde_json::Value> = events.iter().map(|e| document(e)).collect();
+    let docs: Vec<serde_json::Value> = events.iter().map(|e| shape.document(e)).collect();
     serde_json::json!({ "text": text, "events": docs })
         .to_string()
         .into_bytes()
 }
 
-/// HEC events, concatenated.
-fn splunk_body(events: &[&Event]) -> Vec<u8> {
+/// HEC events, concatenated; CloudTrail records as sourcetype
+/// `aws:cloudtrail`, the one Splunk's AWS add-on reads them as.
+fn splunk_body(shape: &Shape, events: &[&Event]) -> Vec<u8> {
+    let sourcetype = match shape.format {
+        SinkFormat::Gatehouse => "gatehouse",
+        SinkFormat::Cloudtrail => "aws:cloudtrail",
+    };
     let mut body = String::new();
     for e in events {
         body.push_str(
-            &serde_json::json!({ "event": document(e), "sourcetype": "gatehouse", "source": e.event.node })
+            &serde_json::json!({ "event": shape.document(e), "sourcetype": sourcetype, "source": e.event.node })
                 .to_string(),
         );
     }
@@ -428,6 +486,7 @@ mod tests {
                 url: url.into(),
                 token: None,
                 ca_file: ca.map(PathBuf::from),
+                format: SinkFormat::Gatehouse,
             },
         };
         assert!(Sink::new(&cfg("https://h/x", None)).is_ok());

@@ -6,15 +6,15 @@ use std::time::Duration;
 use gatehouse_model::event::Event;
 use tokio::io::AsyncWriteExt;
 
-use crate::{io_error, SinkError};
+use crate::{io_error, Shape, SinkError};
 
 /// One datagram per event.
-pub async fn deliver_udp(addr: &str, events: &[&Event]) -> Result<(), SinkError> {
+pub async fn deliver_udp(addr: &str, shape: &Shape, events: &[&Event]) -> Result<(), SinkError> {
     let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
         .await
         .map_err(io_error)?;
     for e in events {
-        sock.send_to(syslog_line(e).as_bytes(), addr)
+        sock.send_to(line(e, shape).as_bytes(), addr)
             .await
             .map_err(io_error)?;
     }
@@ -26,6 +26,7 @@ pub async fn deliver_udp(addr: &str, events: &[&Event]) -> Result<(), SinkError>
 pub async fn deliver_tcp(
     tcp: &mut Option<tokio::net::TcpStream>,
     addr: &str,
+    shape: &Shape,
     events: &[&Event],
 ) -> Result<(), SinkError> {
     // A receiver sends nothing on syslog TCP: if the socket is
@@ -51,7 +52,7 @@ pub async fn deliver_tcp(
     let mut buf = Vec::new();
     for e in events {
         // RFC 6587 octet counting.
-        let line = syslog_line(e);
+        let line = line(e, shape);
         buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
     }
     stream.write_all(&buf).await.map_err(io_error)?;
@@ -59,9 +60,20 @@ pub async fn deliver_tcp(
     Ok(())
 }
 
+/// The line for an event, with the sink's document as the message.
+fn line(e: &Event, shape: &Shape) -> String {
+    with_message(e, &shape.document(e).to_string())
+}
+
 /// RFC 5424: `<PRI>1 TIMESTAMP HOST APP PROCID MSGID - MSG`, facility
 /// local0, the event as JSON for the message.
 pub fn syslog_line(e: &Event) -> String {
+    with_message(e, &serde_json::to_string(e).unwrap_or_default())
+}
+
+/// `<PRI>1 TIMESTAMP HOST gatehouse - TYPE - MESSAGE`: the severity and
+/// type of the Gatehouse event in the header whatever the message.
+fn with_message(e: &Event, message: &str) -> String {
     use gatehouse_model::Severity;
     let sev = match e.event.severity {
         Severity::Info => 6,
@@ -70,9 +82,8 @@ pub fn syslog_line(e: &Event) -> String {
         Severity::Critical => 2,
     };
     let pri = 16 * 8 + sev;
-    let json = serde_json::to_string(e).unwrap_or_default();
     format!(
-        "<{pri}>1 {} {} gatehouse - {} - {json}",
+        "<{pri}>1 {} {} gatehouse - {} - {message}",
         e.event.time, e.event.node, e.event.kind
     )
 }
