@@ -100,11 +100,6 @@ async fn open_store(config: &Config) -> Result<Store> {
         "the store is unavailable; check store.url and that the database is reachable".to_string()
     })?;
     store.set_query_timeout(config.audit.query_timeout.get());
-    // The `cloudtrail` view's eventSource; a store that cannot take it
-    // (a read-only replica) still serves everything else.
-    if let Err(e) = store.set_service_name(&config.server.service_name).await {
-        tracing::warn!(error = %e, "cannot record server.service_name in the store");
-    }
     Ok(store)
 }
 
@@ -525,6 +520,12 @@ async fn serve(path: &Path) -> Result<ExitCode> {
         )
     })?;
     let store = open_store(&config).await?;
+    // The `cloudtrail` view's eventSource is the service the gateway
+    // says it is (a command with another config does not change it).
+    store
+        .set_service_name(&config.server.service_name)
+        .await
+        .context("cannot record server.service_name in the store")?;
     let node = config.server.node.clone();
     let recordings: std::sync::Arc<dyn gatehouse_store::recordings::RecordingStorage> =
         gatehouse_store::recordings::from_config(&config.recording)

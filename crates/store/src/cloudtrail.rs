@@ -11,8 +11,9 @@
 //! in the result. JSON columns are JSON text on SQLite and `jsonb` on
 //! PostgreSQL; `->>` reads a key on both (`useridentity->>'userName'`).
 //!
-//! `eventSource` is `server.service_name`, which the binary writes to
-//! `store_settings` ([`Store::set_service_name`]); the view reads it there.
+//! `eventSource` is `server.service_name`, which `gatehouse serve` writes
+//! to `store_settings` ([`Store::set_service_name`]); the view reads it
+//! there.
 //! The view is re-created when its generated SQL changes (a new version of
 //! the mapping), and only then.
 
