@@ -229,6 +229,18 @@ impl<'a> Control<'a> {
         self.trail.write(event).await.map_err(ControlError::Audit)
     }
 
+    /// A user that can be locked: a `[[users]]` entry, or, with identity
+    /// providers configured, any valid name (an identity a provider may
+    /// vouch for, whether or not it has logged in yet).
+    fn lockable_user(&self, user: &str) -> Result<()> {
+        if !self.config.identity_providers.is_empty()
+            && gatehouse_model::username::is_valid_name(user)
+        {
+            return Ok(());
+        }
+        self.known_user(user)
+    }
+
     fn known_user(&self, user: &str) -> Result<()> {
         if self.config.user(user).is_none() {
             return Err(ControlError::NotFound(format!(

@@ -35,7 +35,7 @@ impl Control<'_> {
             ConsolePermission::Users,
             "lock users or reset authenticators",
         )?;
-        self.known_user(user)?;
+        self.lockable_user(user)?;
         let until = ttl.map(from_now);
         let ending = self.store.live_sessions_of(user).await?;
         let ev = self
@@ -64,7 +64,7 @@ impl Control<'_> {
             ConsolePermission::Users,
             "lock users or reset authenticators",
         )?;
-        self.known_user(user)?;
+        self.lockable_user(user)?;
         let ev = self
             .event(
                 EventType::USER_UNLOCKED,

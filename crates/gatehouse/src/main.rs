@@ -11,6 +11,7 @@ mod operator;
 mod runbooks;
 mod sessions;
 mod sources;
+mod sso;
 mod tokens;
 mod users;
 mod verify;
@@ -116,13 +117,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command,
         }) => {
             let config = load_config(&path)?;
+            let sso = sso::explain_view(&config, user).await?;
+            if let (Some(v), false) = (&sso, cli.format == Format::Json) {
+                print!("{}", v.text);
+            }
             explain(
-                &config,
+                sso.as_ref().map_or(&config, |v| &v.config),
                 user,
                 target,
                 login.as_deref(),
                 command.as_deref(),
                 cli.format,
+                sso.as_ref().map(|v| v.details.clone()),
             )
         }
         Command::Audit(AuditCmd::Query { sql }) => {
@@ -449,6 +455,7 @@ fn explain(
     login: Option<&str>,
     command: Option<&str>,
     format: Format,
+    identity: Option<serde_json::Value>,
 ) -> Result<ExitCode> {
     let d = gatehouse_policy::decide(config, user, target, login);
     let denial = match (command, d.allowed, d.login.as_deref()) {
@@ -478,6 +485,7 @@ fn explain(
                     "view_targets": console.target_names(),
                     "mfa_required": console.any() && console.mfa_required(),
                 },
+                "identity": identity,
             })
         );
     } else {

@@ -52,6 +52,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-audit",
             "gatehouse-control",
             "gatehouse-metrics",
+            "gatehouse-oidc",
         ],
     ),
     (

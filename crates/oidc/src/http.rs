@@ -134,10 +134,18 @@ pub(crate) async fn post_form(
     client_secret: Option<&str>,
     form: &[(&str, &str)],
 ) -> Result<Reply, OidcError> {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form {
-        body.append_pair(k, v);
-    }
+    // The body is finished before anything is awaited (the serializer
+    // is not Send).
+    let body = {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form {
+            ser.append_pair(k, v);
+        }
+        if client_secret.is_none() {
+            ser.append_pair("client_id", client_id);
+        }
+        ser.finish()
+    };
     let mut req = http
         .post(url)
         .header(ACCEPT, HeaderValue::from_static("application/json"))
@@ -145,27 +153,18 @@ pub(crate) async fn post_form(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-    match client_secret {
-        Some(secret) => {
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            use base64::Engine;
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(client_id),
-                enc(secret)
-            ));
-            let value = HeaderValue::from_str(&format!("Basic {basic}"))
-                .map_err(|e| OidcError::Setup(format!("client credentials: {e}")))?;
-            req = req.header(AUTHORIZATION, value);
-        }
-        None => {
-            body.append_pair("client_id", client_id);
-        }
+    if let Some(secret) = client_secret {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(client_id),
+            enc(secret)
+        ));
+        let value = HeaderValue::from_str(&format!("Basic {basic}"))
+            .map_err(|e| OidcError::Setup(format!("client credentials: {e}")))?;
+        req = req.header(AUTHORIZATION, value);
     }
-    let resp = req
-        .body(body.finish())
-        .send()
-        .await
-        .map_err(|e| transport(url, e))?;
+    let resp = req.body(body).send().await.map_err(|e| transport(url, e))?;
     reply(url, resp).await
 }

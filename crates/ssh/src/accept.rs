@@ -174,6 +174,7 @@ impl Gateway {
             conns_by_user: Counter::default(),
             flood_notices: FloodNotices::default(),
             serve_inner: serve_jump,
+            sso: Default::default(),
         });
         Ok(Gateway { shared, listener })
     }
@@ -521,6 +522,13 @@ pub(crate) async fn serve_connection<S>(
                 if state.is_admitted() {
                     // Authenticated in time: no deadline from here on.
                     timed_out = true;
+                    continue;
+                }
+                // A person signing in at an identity provider has until
+                // the device code expires.
+                let sign_in = state.sign_in_until.lock().ok().and_then(|u| *u);
+                if let Some(until) = sign_in.filter(|u| *u > std::time::Instant::now()) {
+                    deadline.as_mut().reset(until.into());
                     continue;
                 }
                 timed_out = true;

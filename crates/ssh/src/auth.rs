@@ -1,6 +1,8 @@
 //! Authentication: publickey (registered keys and certificates),
-//! password, and keyboard-interactive TOTP as a second factor when a role
-//! requires one. Failures are throttled per address and connection, and
+//! password, single sign-on at an identity provider over
+//! keyboard-interactive ([`crate::sso`]) for a key no `[[users]]` entry
+//! holds or a role that says `require_sso`, and keyboard-interactive TOTP
+//! as a second factor when a role requires one. Failures are throttled per address and connection, and
 //! an address over `server.max_auth_failures` is blocked through the
 //! control layer. Once the user is known, the destination they named is
 //! decided ([`crate::access`]) and the connection is admitted.
@@ -19,7 +21,9 @@ use crate::keys::{fingerprint, parse_public_line};
 use crate::limits::{Slot, Startup};
 use crate::session::{
     truncate, Admitted, ConnState, Destination, Events, FirstFactor, Identity, Jump, Shared,
+    SsoLogin,
 };
+use crate::sso::{self, Bound};
 
 /// Blocks `ip` once its failures in the window reach
 /// `server.max_auth_failures` (with a `source.blocked` event).
@@ -62,10 +66,50 @@ pub(crate) struct Authenticator {
     pub jump: Option<Jump>,
     /// The user whose key was accepted, waiting for the second factor.
     pending_mfa: Option<(String, FirstFactor)>,
+    /// A first factor waiting for the identity provider.
+    pending_sso: Option<PendingSso>,
+    /// The identity provider vouched for the user (kept until the
+    /// connection is admitted).
+    sso_login: Option<Arc<SsoLogin>>,
     /// Authentication failures on this connection.
     failures: u32,
     /// The method being tried, for `auth.failure` (`details.method`).
     method: &'static str,
+    /// A TOTP code was given.
+    totp_given: bool,
+    /// A sign-in at the identity provider failed on this connection: no
+    /// other starts on it (a client would otherwise retry its key and
+    /// start one after another).
+    sso_spent: bool,
+}
+
+/// A first factor waiting for single sign-on.
+struct PendingSso {
+    /// The name the SSH username gave.
+    user: String,
+    factor: FirstFactor,
+    /// The device sign-in, once started.
+    sign_in: Option<sso::SignIn>,
+    /// Why the sign-in failed: shown to the person, then refused.
+    failed: Option<String>,
+}
+
+/// The key a first factor proved, when it was one (a certificate's
+/// key too): what a sign-in binds.
+fn proved_key(factor: &FirstFactor) -> Option<&str> {
+    match factor {
+        FirstFactor::Key(fp) | FirstFactor::Certificate(fp, _) => Some(fp),
+        FirstFactor::Password => None,
+    }
+}
+
+fn keyboard_interactive_next() -> Auth {
+    let mut next = MethodSet::empty();
+    next.push(MethodKind::KeyboardInteractive);
+    Auth::Reject {
+        proceed_with_methods: Some(next),
+        partial_success: true,
+    }
 }
 
 impl Authenticator {
@@ -82,8 +126,12 @@ impl Authenticator {
             user_slot: None,
             jump,
             pending_mfa: None,
+            pending_sso: None,
+            sso_login: None,
             failures: 0,
             method: "",
+            totp_given: false,
+            sso_spent: false,
         }
     }
 
@@ -186,6 +234,20 @@ impl Authenticator {
             .ok_or_else(|| format!("unknown user {:?}", truncate(&user_name, 64)))
     }
 
+    /// The name a username gives when it may log in through an identity
+    /// provider without a `[[users]]` entry.
+    fn sso_name(&self, config: &Config, raw_user: &str) -> Option<String> {
+        let name = match &self.jump {
+            Some(j) => j.user.clone(),
+            None => match ConnectRequest::parse(raw_user) {
+                Ok(r) => r.user,
+                Err(_) => raw_user.split(':').next().unwrap_or("").to_string(),
+            },
+        };
+        (gatehouse_model::username::is_valid_name(&name) && sso::candidate(config, &name))
+            .then_some(name)
+    }
+
     /// Is `key` one of the keys configured for the user named in `raw_user`?
     fn key_matches(
         &self,
@@ -235,6 +297,9 @@ impl Authenticator {
         if let Some(refused) = self.locked(config, raw_user, &user).await {
             return Ok(refused);
         }
+        if config.sso_required(&user) {
+            return self.sso_first(config, raw_user, user, factor).await;
+        }
         if mfa_required(config, &user) {
             // Partial success: the first factor is right, now the second
             // (OpenSSH's AuthenticationMethods publickey,keyboard-interactive).
@@ -281,11 +346,17 @@ impl Authenticator {
                 Some(e.to_string()),
             ),
         };
+        let sso = self.sso_login.take();
+        let config = match &sso {
+            Some(login) => Arc::new(sso::config_for(&config, &user, login)),
+            None => config,
+        };
         let who = Identity {
             user,
             mfa,
             factor,
             config,
+            sso,
         };
         let mut dest = match &request.target {
             Some(t) => access::decide(&who, t, request.login.as_deref()),
@@ -347,11 +418,13 @@ impl Authenticator {
 
     /// `auth.success`: how the user proved who they are.
     fn success_event(&self, events: &Events, who: &Identity) -> NewEvent {
-        let method = if who.mfa {
-            format!("{}+totp", who.factor.method())
-        } else {
-            who.factor.method().to_string()
-        };
+        let mut method = who.factor.method().to_string();
+        if who.sso.is_some() {
+            method.push_str("+sso");
+        }
+        if who.mfa && self.totp_given {
+            method.push_str("+totp");
+        }
         let mut d = serde_json::json!({
             "method": method,
             "via": if self.jump.is_some() { "proxyjump" } else { "direct" },
@@ -363,6 +436,9 @@ impl Authenticator {
                 d["certificate"] = grant.details();
             }
             FirstFactor::Password => {}
+        }
+        if let Some(login) = &who.sso {
+            d["sso"] = login.details();
         }
         events
             .event(EventType::AUTH_SUCCESS, Severity::Info, Outcome::Success)
@@ -406,6 +482,9 @@ impl Authenticator {
             {
                 Auth::Accept
             }
+            // A key for single sign-on: proved next, then bound or
+            // signed in for (see `publickey`).
+            Err(_) if self.sso_name(&config, user).is_some() => Auth::Accept,
             // Only a query: OpenSSH's clients offer every key they
             // hold in turn, so an unregistered one is no failure (a
             // client that never offers a good one still leaves an
@@ -433,7 +512,13 @@ impl Authenticator {
         let config = self.shared.config();
         let user = match self.key_matches(&config, raw_user, key) {
             Ok(u) => u,
-            Err(reason) => return Ok(self.refuse(&config, raw_user, reason).await),
+            Err(reason) => {
+                if let Some(name) = self.sso_name(&config, raw_user) {
+                    let factor = FirstFactor::Key(fingerprint(key));
+                    return self.sso_first(&config, raw_user, name, factor).await;
+                }
+                return Ok(self.refuse(&config, raw_user, reason).await);
+            }
         };
         let factor = FirstFactor::Key(fingerprint(key));
         self.first_factor_done(&config, raw_user, user, factor)
@@ -519,6 +604,9 @@ impl Authenticator {
         raw_user: &str,
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, russh::Error> {
+        if self.pending_sso.is_some() {
+            return self.sso_interactive(raw_user, response.is_some()).await;
+        }
         self.method = "totp";
         let config = self.shared.config();
         let Some((user, factor)) = self.pending_mfa.clone() else {
@@ -567,6 +655,7 @@ impl Authenticator {
             });
         }
         self.pending_mfa = None;
+        self.totp_given = true;
         self.complete_auth(raw_user, user, factor, true).await
     }
 
@@ -608,6 +697,193 @@ impl Authenticator {
         Err(Auth::reject())
     }
 
+    /// Single sign-on after a first factor: a key already bound to the
+    /// identity is confirmed with the provider; otherwise the person
+    /// signs in over keyboard-interactive (`sso_interactive`).
+    async fn sso_first(
+        &mut self,
+        config: &Config,
+        raw_user: &str,
+        user: String,
+        factor: FirstFactor,
+    ) -> Result<Auth, russh::Error> {
+        if self.sso_spent {
+            // Already refused and audited on this connection.
+            return Ok(self.sso_over(config, raw_user));
+        }
+        if let Some(refused) = self.locked(config, raw_user, &user).await {
+            return Ok(refused);
+        }
+        if let Some(fp) = proved_key(&factor) {
+            match sso::check_bound(&self.shared, config, &user, fp).await {
+                Bound::Confirmed(login) => {
+                    return self.sso_done(config, raw_user, user, factor, login).await
+                }
+                Bound::Refused(why) => {
+                    // The sign-in is over: a new one may follow.
+                    self.method = "sso";
+                    self.audit_sso_failure(config, raw_user, why, None).await;
+                }
+                Bound::Unavailable(why) => {
+                    self.method = "sso";
+                    let reason = format!("cannot confirm the key's sign-in: {why}");
+                    return Ok(self.refuse(config, raw_user, reason).await);
+                }
+                Bound::No => {}
+            }
+        }
+        self.pending_sso = Some(PendingSso {
+            user,
+            factor,
+            sign_in: None,
+            failed: None,
+        });
+        Ok(keyboard_interactive_next())
+    }
+
+    /// keyboard-interactive for single sign-on: the first round starts a
+    /// device sign-in and shows where (no prompt, so the client answers
+    /// at once); the answer is held while the gateway polls the provider.
+    /// A failed sign-in is shown in one more round, then refused.
+    async fn sso_interactive(
+        &mut self,
+        raw_user: &str,
+        answered: bool,
+    ) -> Result<Auth, russh::Error> {
+        self.method = "sso";
+        let config = self.shared.config();
+        let Some(mut pending) = self.pending_sso.take() else {
+            return Ok(Auth::reject());
+        };
+        if pending.failed.is_some() {
+            return Ok(self.sso_over(&config, raw_user));
+        }
+        let sign_in = match pending.sign_in.take() {
+            Some(s) if answered => s,
+            _ => {
+                let shown = match sso::start(&self.shared, &config).await {
+                    Ok(s) => {
+                        let text = sso::instructions(&s, &pending.user);
+                        if let Ok(mut until) = self.state.sign_in_until.lock() {
+                            *until = Some(s.start.expires_at);
+                        }
+                        pending.sign_in = Some(s);
+                        text
+                    }
+                    Err(why) => {
+                        self.sso_failed(&config, raw_user, &mut pending, why, None)
+                            .await
+                    }
+                };
+                self.pending_sso = Some(pending);
+                return Ok(sso_round(shown));
+            }
+        };
+        let key = proved_key(&pending.factor).map(String::from);
+        let result = sso::finish(
+            &self.shared,
+            &config,
+            &sign_in,
+            &pending.user,
+            key.as_deref(),
+        )
+        .await;
+        if let Ok(mut until) = self.state.sign_in_until.lock() {
+            *until = None;
+        }
+        match result {
+            Ok(login) => {
+                let PendingSso { user, factor, .. } = pending;
+                self.sso_done(&config, raw_user, user, factor, login).await
+            }
+            Err((why, identity)) => {
+                let shown = self
+                    .sso_failed(&config, raw_user, &mut pending, why, identity.as_ref())
+                    .await;
+                self.pending_sso = Some(pending);
+                Ok(sso_round(shown))
+            }
+        }
+    }
+
+    /// A sign-in failed: audited and throttled like a wrong code; the
+    /// text the person is shown.
+    /// After a failed sign-in: the client may try its other methods, but
+    /// this connection starts no other sign-in.
+    fn sso_over(&mut self, config: &Config, raw_user: &str) -> Auth {
+        self.sso_spent = true;
+        self.pending_sso = None;
+        Auth::Reject {
+            proceed_with_methods: Some(self.first_methods(config, raw_user)),
+            partial_success: false,
+        }
+    }
+
+    async fn sso_failed(
+        &mut self,
+        config: &Config,
+        raw_user: &str,
+        pending: &mut PendingSso,
+        why: String,
+        identity: Option<&gatehouse_oidc::Identity>,
+    ) -> String {
+        self.audit_sso_failure(config, raw_user, why.clone(), identity)
+            .await;
+        self.throttle(raw_user).await;
+        pending.failed = Some(why.clone());
+        format!("Sign-in refused: {why}")
+    }
+
+    async fn audit_sso_failure(
+        &self,
+        config: &Config,
+        raw_user: &str,
+        why: String,
+        identity: Option<&gatehouse_oidc::Identity>,
+    ) {
+        let mut ev = self.failure_event(raw_user, why);
+        if let (Some(id), Some(d)) = (identity, ev.details.as_object_mut()) {
+            d.insert("identity".into(), id.details());
+        }
+        let _ = self.shared.audit.record(ev, config.audit.on_failure).await;
+    }
+
+    /// The provider vouched for `user`: a lock of the identity refuses;
+    /// a `[[users]]` entry whose roles require MFA gives its TOTP code
+    /// next; an identity only the provider knows needs the provider to
+    /// report a second factor for such roles. Then admitted.
+    async fn sso_done(
+        &mut self,
+        config: &Config,
+        raw_user: &str,
+        user: String,
+        factor: FirstFactor,
+        login: SsoLogin,
+    ) -> Result<Auth, russh::Error> {
+        self.method = "sso";
+        if let Some(refused) = self.locked(config, raw_user, &user).await {
+            return Ok(refused);
+        }
+        let judged = sso::config_for(config, &user, &login);
+        let mfa = login.identity.mfa;
+        self.sso_login = Some(Arc::new(login));
+        if config.user(&user).is_some() {
+            if mfa_required(config, &user) {
+                self.pending_mfa = Some((user, factor));
+                return Ok(keyboard_interactive_next());
+            }
+        } else if mfa_required(&judged, &user) && !mfa {
+            let reason = format!(
+                "a role of {user} requires MFA, and the identity provider reported a single factor (amr)"
+            );
+            let identity = self.sso_login.take().map(|l| l.identity.clone());
+            self.audit_sso_failure(config, raw_user, reason, identity.as_ref())
+                .await;
+            return Ok(self.sso_over(config, raw_user));
+        }
+        self.complete_auth(raw_user, user, factor, mfa).await
+    }
+
     /// Authentication succeeded: the startup place is freed, and the
     /// upstream handshake starts now, in parallel with the client opening
     /// its channel: set-up time is the slower of the two, not their sum.
@@ -624,6 +900,15 @@ impl Authenticator {
                 });
             }
         }
+    }
+}
+
+/// A keyboard-interactive round that only tells the person something.
+fn sso_round(text: String) -> Auth {
+    Auth::Partial {
+        name: "Gatehouse single sign-on".into(),
+        instructions: text.into(),
+        prompts: Vec::new().into(),
     }
 }
 

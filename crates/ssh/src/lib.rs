@@ -29,8 +29,10 @@
 //! - [`menu`]: the target menu and gateway commands; returns a choice.
 //! - `channel`: session channel set-up, authorisation and dispatch;
 //!   port-forward and ProxyJump channels.
-//! - `auth`: publickey, certificate, password and TOTP authentication,
-//!   failure throttling and blocking.
+//! - `sso`: single sign-on at an identity provider: bound keys checked
+//!   with the provider, device sign-ins, roles from claims.
+//! - `auth`: publickey, certificate, password, single sign-on and TOTP
+//!   authentication, failure throttling and blocking.
 //! - `handler`: the russh `Handler`; each method hands over to a stage.
 //! - `accept`: the listener, its limits, kill requests, the spool
 //!   flusher, and one task per connection up to `session.end`.
@@ -52,6 +54,7 @@ mod proxy;
 mod pump;
 pub mod recorder;
 mod session;
+mod sso;
 mod transfers;
 pub mod upstream;
 

@@ -67,6 +67,75 @@ pub(crate) struct Shared {
     pub flood_notices: FloodNotices,
     /// How a ProxyJump channel's inner connection is served.
     pub serve_inner: ServeInner,
+    /// Single sign-on: identity provider clients and per-key locks.
+    pub sso: SsoState,
+}
+
+/// What single sign-on keeps across connections: one client per
+/// identity provider (its discovery document and keys are cached there),
+/// and one lock per bound key, so that a key's refresh token is used by
+/// one login at a time (Ansible's parallel connections would otherwise
+/// present a rotated token twice, which a provider treats as theft).
+#[derive(Default)]
+pub(crate) struct SsoState {
+    providers: Mutex<Vec<Arc<gatehouse_oidc::Provider>>>,
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SsoState {
+    /// The client of provider `config` (made anew when the config changed).
+    pub fn provider(
+        &self,
+        config: &gatehouse_model::IdentityProvider,
+    ) -> Result<Arc<gatehouse_oidc::Provider>, gatehouse_oidc::OidcError> {
+        let mut list = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = list.iter().find(|p| p.config() == config) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(gatehouse_oidc::Provider::new(config)?);
+        list.retain(|q| q.config().name != config.name);
+        list.push(p.clone());
+        Ok(p)
+    }
+
+    /// The lock of the binding of key `fingerprint`.
+    pub fn key_lock(&self, fingerprint: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.key_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(fingerprint.to_string()).or_default().clone()
+    }
+}
+
+/// A login through an identity provider: who it says the person is,
+/// and the roles their groups gave.
+#[derive(Debug, Clone)]
+pub(crate) struct SsoLogin {
+    pub identity: gatehouse_oidc::Identity,
+    /// The claim whose values were mapped (`groups_claim`).
+    pub claim: String,
+    pub grants: Vec<gatehouse_model::RoleGrant>,
+    /// `device` (signed in just now) or `bound_key` (a key bound earlier,
+    /// confirmed with the provider).
+    pub via: &'static str,
+    /// Until when the key stays bound, when one is.
+    pub bound_until: Option<String>,
+}
+
+impl SsoLogin {
+    /// `auth.success`'s `sso`: the provider, how, and which claim values
+    /// gave which roles.
+    pub fn details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "provider": self.identity.provider,
+            "via": self.via,
+            "key_bound_until": self.bound_until,
+            "roles": self.grants.iter().map(|g| serde_json::json!({
+                "claim": self.claim, "value": g.claim, "role": g.role,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The window in which failures count.
@@ -261,8 +330,11 @@ pub(crate) struct Identity {
     /// A second factor was given.
     pub mfa: bool,
     pub factor: FirstFactor,
-    /// The configuration the user was admitted under.
+    /// The configuration the user was admitted under (for a user from an
+    /// identity provider, with them among its users).
     pub config: Arc<Config>,
+    /// Set when an identity provider vouched for the user.
+    pub sso: Option<Arc<SsoLogin>>,
 }
 
 impl Identity {
@@ -376,6 +448,9 @@ pub(crate) struct ConnState {
     /// their recordings are complete and in the event.
     pub channels_open: AtomicUsize,
     pub channels_done: tokio::sync::Notify,
+    /// While a person signs in at an identity provider: the login
+    /// deadline waits until then (the device code's expiry).
+    pub sign_in_until: Mutex<Option<Instant>>,
 }
 
 /// What a finished recording is: its id, and the size and SHA-256 of
@@ -433,6 +508,7 @@ impl ConnState {
             recordings: Mutex::new(Vec::new()),
             channels_open: AtomicUsize::new(0),
             channels_done: tokio::sync::Notify::new(),
+            sign_in_until: Mutex::new(None),
         }
     }
 
@@ -468,6 +544,9 @@ struct Emitter {
     login: Option<String>,
     node: String,
     on_failure: OnFailure,
+    /// `details.identity` of every event, for a user from an identity
+    /// provider.
+    identity: Option<serde_json::Value>,
 }
 
 impl Events {
@@ -486,7 +565,19 @@ impl Events {
             login: dest.login.clone(),
             node: shared.node(),
             on_failure: who.on_failure(),
+            identity: who.sso.as_ref().map(|s| s.identity.details()),
         }))
+    }
+
+    /// Adds `details.identity` to an event of a user from an identity
+    /// provider.
+    fn with_identity(&self, mut ev: NewEvent) -> NewEvent {
+        if let Some(identity) = &self.0.identity {
+            if let Some(d) = ev.details.as_object_mut() {
+                d.insert("identity".into(), identity.clone());
+            }
+        }
+        ev
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -513,6 +604,7 @@ impl Events {
     /// `audit.on_failure = "refuse"` an error when the store cannot take
     /// it (the caller then refuses).
     pub async fn gate(&self, ev: NewEvent) -> Result<(), AuditUnavailable> {
+        let ev = self.with_identity(ev);
         self.0.shared.audit.record(ev, self.0.on_failure).await
     }
 
@@ -522,6 +614,7 @@ impl Events {
     /// is stopped: nothing more runs that the trail cannot show. False when
     /// the session is being stopped.
     pub async fn fact(&self, ev: NewEvent) -> bool {
+        let ev = self.with_identity(ev);
         match self.0.shared.audit.record_fact(ev, self.0.on_failure).await {
             Ok(()) => true,
             Err(e) => {
@@ -534,6 +627,7 @@ impl Events {
     /// Records a fact whose loss does not stop the session (it is ending
     /// anyway, or nothing ran): spooled when the store cannot take it.
     pub async fn fact_unstopped(&self, ev: NewEvent) {
+        let ev = self.with_identity(ev);
         let _ = self.0.shared.audit.record_fact(ev, self.0.on_failure).await;
     }
 

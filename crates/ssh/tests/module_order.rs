@@ -25,6 +25,7 @@ const ORDER: &[&str] = &[
     "access",
     "menu",
     "channel",
+    "sso",
     "auth",
     "handler",
     "accept",

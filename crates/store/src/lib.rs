@@ -20,6 +20,7 @@ mod query;
 pub mod recordings;
 mod recovery;
 mod schema;
+mod sso;
 pub mod wake;
 
 use std::str::FromStr;
@@ -45,6 +46,7 @@ pub use format::QueryResult;
 pub use identity::{SessionLine, SessionRef, UserLock};
 pub use nodes::{Node, NodeState, StaleNode};
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
+pub use sso::SsoKey;
 pub use recovery::{
     close_lost_node, lost_reason, recover_crashed_sessions, Recovery, CRASH_REASON,
 };

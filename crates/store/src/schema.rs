@@ -110,6 +110,20 @@ pub const SQLITE: &[&str] = &[
         revoked_at TEXT
     )",
     "CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_name, created_at)",
+    // Single sign-on: an SSH key bound to the identity that signed in
+    // with it, until expires_at; the refresh token sealed (sso.rs).
+    "CREATE TABLE IF NOT EXISTS sso_keys (
+        key_fingerprint TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        refresh_sealed TEXT,
+        bound_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        checked_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS sso_keys_user ON sso_keys (user_name, checked_at)",
     // The console's session list (console.rs): session.start rows in
     // time order, overall and per user, target and source.
     "CREATE INDEX IF NOT EXISTS audit_starts_time ON audit_events (time, session_id) WHERE type = 'session.start'",
@@ -294,6 +308,18 @@ pub const POSTGRES: &[&str] = &[
         revoked_at TEXT
     )",
     "CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_name, created_at)",
+    "CREATE TABLE IF NOT EXISTS sso_keys (
+        key_fingerprint TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        refresh_sealed TEXT,
+        bound_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        checked_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS sso_keys_user ON sso_keys (user_name, checked_at)",
     "CREATE INDEX IF NOT EXISTS audit_starts_time ON audit_events (time, session_id) WHERE type = 'session.start'",
     "CREATE INDEX IF NOT EXISTS audit_starts_user ON audit_events (user_name, time, session_id) WHERE type = 'session.start'",
     "CREATE INDEX IF NOT EXISTS audit_starts_target ON audit_events (target, time, session_id) WHERE type = 'session.start'",
