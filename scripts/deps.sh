@@ -89,3 +89,24 @@ if [ ! -d "$oidc/node_modules/oidc-provider" ] || ! cmp -s "$oidc_src/package-lo
     (cd "$oidc" && npm ci --silent --no-audit --no-fund)
 fi
 
+# The sink tests (crates/gatehouse/tests/sinks.rs): rsyslog as the syslog
+# receiver, and botocore from PyPI (pinned in tests/sinks/requirements.txt,
+# in target/sinks-venv) for the CloudTrail Lake receiver that checks SigV4.
+if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing: rsyslog"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
+    else
+        echo "missing programs; install: rsyslog" >&2
+        exit 1
+    fi
+fi
+sinks_venv="$(dirname "$0")/../target/sinks-venv"
+sinks_req="$(dirname "$0")/../tests/sinks/requirements.txt"
+if ! cmp -s "$sinks_req" "$sinks_venv/requirements.txt"; then
+    echo "installing: $(tr '\n' ' ' < "$sinks_req")into target/sinks-venv"
+    python3 -m venv "$sinks_venv"
+    "$sinks_venv/bin/pip" install -q --disable-pip-version-check -r "$sinks_req"
+    cp "$sinks_req" "$sinks_venv/requirements.txt"
+fi

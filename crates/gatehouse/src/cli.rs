@@ -65,6 +65,24 @@ pub enum Command {
     /// API tokens for the console's /api/v1: create, list, revoke.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Sinks: what one sends next (--dry-run), or send it now.
+    #[command(subcommand)]
+    Sinks(SinksCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SinksCmd {
+    /// Deliver the events after the sink's cursor once and move the
+    /// cursor; with --dry-run, print the exact bodies instead (stdout)
+    /// and where they would go (stderr), sending nothing.
+    Send {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 2000)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

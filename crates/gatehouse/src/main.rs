@@ -10,6 +10,7 @@ mod nodes;
 mod operator;
 mod runbooks;
 mod sessions;
+mod sinks;
 mod sources;
 mod sso;
 mod tokens;
@@ -158,6 +159,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&path)?;
             let store = open_store(&config).await?;
             tokens::run(cmd, &config, &store, cli.format).await
+        }
+        Command::Sinks(cmd) => {
+            let config = load_config(&path)?;
+            let store = open_store(&config).await?;
+            sinks::run(cmd, &config, &store).await
         }
         Command::Nodes => {
             let config = load_config(&path)?;

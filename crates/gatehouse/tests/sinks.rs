@@ -776,3 +776,227 @@ fn sinks_with_format_cloudtrail_send_cloudtrail_records() {
         serde_json::from_str(end.split_once(" session.end - ").unwrap().1).unwrap();
     assert_eq!(message["eventName"], "EndSession");
 }
+
+/// tests/sinks/lake_receiver.py: an HTTPS PutAuditEvents endpoint that
+/// checks SigV4 with botocore and the CloudTrail Lake event schema.
+struct Lake {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    store: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const CHANNEL: &str = "arn:aws:cloudtrail:eu-west-1:123456789012:channel/6f2b3c1d-lake-test";
+const ACCESS_KEY: &str = "AKIDGATEHOUSETEST";
+const SECRET_KEY: &str = "gatehouse/test+secret";
+const SESSION_TOKEN: &str = "session-token-for-the-test";
+
+impl Lake {
+    fn start(port: u16, tls: &std::path::Path, args: &[&str]) -> Lake {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store) = (dir.path().join("log.jsonl"), dir.path().join("store.jsonl"));
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let python = format!("{root}/target/sinks-venv/bin/python");
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "{python} missing: run scripts/deps.sh"
+        );
+        let mut child = std::process::Command::new(python)
+            .arg(format!("{root}/tests/sinks/lake_receiver.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--cert")
+            .arg(tls.join("server.pem"))
+            .arg("--key")
+            .arg(tls.join("server.key"))
+            .arg("--log")
+            .arg(&log)
+            .arg("--store")
+            .arg(&store)
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .args(["--session-token", SESSION_TOKEN])
+            .args(["--region", "eu-west-1", "--channel", CHANNEL])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the sinks venv's python");
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert!(line.starts_with("listening"), "lake receiver: {line:?}");
+        Lake {
+            child,
+            log,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> Vec<serde_json::Value> {
+        Receiver::lines(&self.log)
+    }
+
+    /// Ids the channel took, with their eventData.
+    fn stored(&self) -> Vec<serde_json::Value> {
+        Receiver::lines(&self.store)
+    }
+}
+
+impl Drop for Lake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cloudtrail_lake_sink_puts_signed_audit_events_and_sets_aside_what_keeps_failing() {
+    let tls = tempfile::tempdir().unwrap();
+    tls_files(tls.path());
+    let port = gatehouse_testkit::free_port();
+    // The channel refuses RunCommand every time and StartSession once.
+    let lake = Lake::start(
+        port,
+        tls.path(),
+        &["--fail", "RunCommand", "--flaky", "StartSession"],
+    );
+    let mut env = Env::start_server(
+        "service_name = \"ssh-proxy.example.com\"",
+        &format!(
+            "[[sinks]]\nname = \"lake\"\nkind = \"cloudtrail_lake\"\nchannel_arn = \"{CHANNEL}\"\nendpoint_url = \"https://localhost:{port}\"\nca_file = \"{ca}\"\ndead_letter_file = \"lake-dead.ndjson\"\n",
+            ca = tls.path().join("ca.pem").display()
+        ),
+    );
+    // Without credentials nothing goes out, and the log says why.
+    for i in 0..30 {
+        let cmd = format!("echo {i}");
+        assert_eq!(env.ssh("alice:web01@127.0.0.1", &[&cmd]).code, Some(0));
+    }
+    let _ = env
+        .wait_rows("select count(*) from events where type = 'session.end' having count(*) = 30");
+    wait_until("the missing credentials in the log", || {
+        env.gateway_log().contains("AWS_ACCESS_KEY_ID is not set")
+    });
+    assert!(lake.log().is_empty());
+    // The dry run: the exact bodies, 100 events at most each.
+    let dry = env.gatehouse(&["sinks", "send", "lake", "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    let dry_bodies: Vec<String> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        dry_bodies.len() >= 2,
+        "{} events in one call?",
+        store_ids(&env).len()
+    );
+    let first: serde_json::Value = serde_json::from_str(&dry_bodies[0]).unwrap();
+    assert_eq!(first["auditEvents"].as_array().unwrap().len(), 100);
+    assert!(
+        dry.stderr.contains(&format!("POST https://localhost:{port}/PutAuditEvents?channelArn=arn%3Aaws%3Acloudtrail%3Aeu-west-1%3A123456789012%3Achannel%2F6f2b3c1d-lake-test")),
+        "{}",
+        dry.stderr
+    );
+    assert!(lake.log().is_empty(), "the dry run sent something");
+    // With credentials: everything but RunCommand reaches the channel.
+    env.restart_with_env(&[
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_SESSION_TOKEN", SESSION_TOKEN),
+    ]);
+    let commands: HashSet<String> = env
+        .query("select id from events where type = 'command'")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(commands.len(), 30);
+    wait_until("every other event in the channel", || {
+        let stored: HashSet<String> = lake
+            .stored()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        store_ids(&env)
+            .iter()
+            .all(|id| commands.contains(id) || stored.contains(id))
+    });
+    let log = lake.log();
+    // botocore found every signature right, and the schema kept.
+    for r in &log {
+        assert_eq!(r["sig_ok"], true, "{}", r["sig_error"]);
+        assert_eq!(r["schema_errors"], serde_json::json!([]), "{r}");
+        assert!(r["ids"].as_array().unwrap().len() <= 100);
+    }
+    // The first call is what the dry run printed.
+    assert_eq!(log[0]["body"].as_str().unwrap(), dry_bodies[0]);
+    // A StartSession refused once was sent again and taken.
+    let stored = lake.stored();
+    let start = stored
+        .iter()
+        .find(|s| s["eventData"]["eventName"] == "StartSession")
+        .expect("a StartSession in the channel");
+    let start_id = start["id"].as_str().unwrap();
+    let sends = log
+        .iter()
+        .filter(|r| r["ids"].as_array().unwrap().iter().any(|i| i == start_id))
+        .count();
+    assert!(sends >= 2, "StartSession {start_id} sent {sends} times");
+    assert_eq!(start["eventData"]["eventSource"], "ssh-proxy.example.com");
+    assert_eq!(start["eventData"]["UID"], start_id);
+    assert_eq!(start["eventData"]["recipientAccountId"], "123456789012");
+    assert_eq!(start["eventData"]["userIdentity"]["principalId"], "alice");
+    // Each RunCommand was refused three times, then set aside.
+    let dead = env.wait_rows(
+        "select details from events where type = 'sink.dead_letter' and details like '%cloudtrail_lake%'",
+    );
+    assert!(!dead.is_empty());
+    wait_until("every command in the dead-letter file", || {
+        let lines = Receiver::lines(&env.dir.path().join("lake-dead.ndjson"));
+        commands
+            .iter()
+            .all(|id| lines.iter().any(|l| l["event_id"] == id.as_str()))
+    });
+    let lines = Receiver::lines(&env.dir.path().join("lake-dead.ndjson"));
+    assert_eq!(lines.len(), 30, "each command once");
+    assert_eq!(lines[0]["document"]["eventName"], "RunCommand");
+    assert!(lines[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("InvalidEventData: "));
+    for id in &commands {
+        let sends = log
+            .iter()
+            .filter(|r| {
+                r["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i == id.as_str())
+            })
+            .count();
+        assert_eq!(sends, 3, "command {id} sent {sends} times");
+    }
+    // A wrong secret: botocore's check refuses it, and the sink says so.
+    env.restart_with_env(&[
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+        ("AWS_SESSION_TOKEN", SESSION_TOKEN),
+    ]);
+    wait_until("a refused signature", || {
+        lake.log().iter().any(|r| r["sig_ok"] == false)
+    });
+    wait_until("the 403 in the gateway log", || {
+        env.gateway_log().contains("answered HTTP 403")
+    });
+    let refused = lake
+        .log()
+        .into_iter()
+        .find(|r| r["sig_ok"] == false)
+        .unwrap();
+    assert!(
+        refused["sig_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("signature mismatch"),
+        "{refused}"
+    );
+}

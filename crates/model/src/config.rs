@@ -455,6 +455,26 @@ pub enum SinkKind {
     },
     /// A `gatehouse_events` table in a PostgreSQL database.
     Postgres { url: String },
+    /// An AWS CloudTrail Lake channel (`PutAuditEvents`, SigV4).
+    CloudtrailLake {
+        /// `arn:aws:cloudtrail:REGION:ACCOUNT:channel/ID`.
+        channel_arn: String,
+        /// The signing region (default: the channel's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// Default `https://cloudtrail-data.REGION.amazonaws.com`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint_url: Option<String>,
+        /// For a channel whose resource policy requires one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// NDJSON file for events the channel keeps refusing (default
+        /// [`default_dead_letter_file`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter_file: Option<PathBuf>,
+    },
 }
 
 impl SinkKind {
@@ -467,6 +487,7 @@ impl SinkKind {
             SinkKind::Elasticsearch { .. } => "elasticsearch",
             SinkKind::SplunkHec { .. } => "splunk_hec",
             SinkKind::Postgres { .. } => "postgres",
+            SinkKind::CloudtrailLake { .. } => "cloudtrail_lake",
         }
     }
 }
@@ -1450,6 +1471,11 @@ impl Config {
             match &mut s.kind {
                 SinkKind::Jsonl { path, .. } => fix(path),
                 SinkKind::Elasticsearch {
+                    ca_file,
+                    dead_letter_file,
+                    ..
+                }
+                | SinkKind::CloudtrailLake {
                     ca_file,
                     dead_letter_file,
                     ..

@@ -24,10 +24,11 @@ mod dead_letter;
 mod elasticsearch;
 mod http;
 mod jsonl;
+mod lake;
 mod postgres;
 mod syslog;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -77,6 +78,19 @@ enum Target {
         client: http::Client,
         token: String,
     },
+    /// `PutAuditEvents` calls; events that keep failing go to
+    /// `dead_letter`.
+    CloudtrailLake {
+        channel: lake::Channel,
+        dead_letter: PathBuf,
+    },
+}
+
+/// What a sink would send: where, and the exact text.
+pub struct Preview {
+    /// `POST URL` (without credentials), a file, or a syslog address.
+    pub to: String,
+    pub body: String,
 }
 
 /// What a delivery achieved.
@@ -179,6 +193,26 @@ impl Sink {
             } => Target::SplunkHec {
                 client: http::Client::new(url, ca_file.as_deref()).map_err(bad)?,
                 token: token.clone(),
+            },
+            SinkKind::CloudtrailLake {
+                channel_arn,
+                region,
+                endpoint_url,
+                external_id,
+                ca_file,
+                dead_letter_file,
+            } => Target::CloudtrailLake {
+                channel: lake::Channel::new(
+                    channel_arn,
+                    region.as_deref(),
+                    endpoint_url.as_deref(),
+                    external_id.as_deref(),
+                    ca_file.as_deref(),
+                )
+                .map_err(bad)?,
+                dead_letter: dead_letter_file.clone().unwrap_or_else(|| {
+                    gatehouse_model::config::default_dead_letter_file(&cfg.name)
+                }),
             },
         };
         Ok(Sink {
@@ -322,8 +356,102 @@ impl Sink {
                 )
                 .await;
             }
+            Target::CloudtrailLake {
+                channel,
+                dead_letter,
+            } => {
+                let letters = dead_letter::DeadLetters {
+                    sink: &self.name,
+                    kind: "cloudtrail_lake",
+                    node: &self.node,
+                    path: dead_letter,
+                };
+                return deliver_lake(channel, &letters, shape, store, events).await;
+            }
         }
         Ok(Delivered::All)
+    }
+
+    /// The events after the sink's cursor (at most `limit`) that it
+    /// would send next.
+    async fn next_events(&self, store: &Store, limit: i64) -> Result<(i64, Vec<Event>), SinkError> {
+        let db = |e: gatehouse_store::StoreError| SinkError::Delivery(e.to_string());
+        let cursor = store.sink_cursor(&self.name).await.map_err(db)?;
+        let batch = store.events_after(cursor, limit).await.map_err(db)?;
+        let last = batch.last().map_or(cursor, |(seq, _)| *seq);
+        let events = batch
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| !self.only_alerts || routed_here(e, &self.name))
+            .collect();
+        Ok((last, events))
+    }
+
+    /// What the sink would send next (at most `limit` events after its
+    /// cursor), exactly, without sending it or moving the cursor.
+    pub async fn dry_run(&self, store: &Store, limit: i64) -> Result<Vec<Preview>, SinkError> {
+        let (_, events) = self.next_events(store, limit).await?;
+        let events: Vec<&Event> = events.iter().collect();
+        Ok(self.preview(&events))
+    }
+
+    /// Delivers the events after the cursor (at most `limit`) once, as
+    /// the running sink would, and moves the cursor past them when they
+    /// all arrived (or went to the dead-letter file). Returns how many.
+    pub async fn send_next(&mut self, store: &Store, limit: i64) -> Result<usize, SinkError> {
+        let (last, events) = self.next_events(store, limit).await?;
+        let refs: Vec<&Event> = events.iter().collect();
+        match self.deliver(store, &refs).await? {
+            Delivered::All => {}
+            Delivered::Partly { why, .. } => return Err(SinkError::Delivery(why)),
+        }
+        store
+            .set_sink_cursor(&self.name, last)
+            .await
+            .map_err(|e| SinkError::Delivery(e.to_string()))?;
+        Ok(events.len())
+    }
+
+    fn preview(&self, events: &[&Event]) -> Vec<Preview> {
+        let shape = &self.shape;
+        let lines = |f: &dyn Fn(&Event) -> String| {
+            events.iter().map(|e| f(e)).collect::<Vec<_>>().join("\n")
+        };
+        let post = |client: &http::Client, body: Vec<u8>| Preview {
+            to: format!("POST {}{}", http::origin(&client.url), client.url.path()),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        match &self.target {
+            Target::Jsonl { path, .. } => vec![Preview {
+                to: path.display().to_string(),
+                body: lines(&|e| shape.document(e).to_string()),
+            }],
+            Target::SyslogUdp(a) | Target::SyslogTcp(a) => vec![Preview {
+                to: a.clone(),
+                body: lines(&|e| syslog::line(e, shape)),
+            }],
+            Target::Postgres { .. } => vec![Preview {
+                to: "table gatehouse_events".into(),
+                body: lines(&|e| serde_json::to_string(e).unwrap_or_default()),
+            }],
+            Target::Webhook { client, .. } => vec![post(client, webhook_body(shape, events))],
+            Target::SplunkHec { client, .. } => vec![post(client, splunk_body(shape, events))],
+            Target::Elasticsearch { client, .. } => {
+                let docs: Vec<(&str, String)> = events
+                    .iter()
+                    .map(|e| (e.event.id.as_str(), shape.document(e).to_string()))
+                    .collect();
+                vec![post(client, elasticsearch::body(&docs))]
+            }
+            Target::CloudtrailLake { channel, .. } => channel
+                .bodies(&shape.service_name, events)
+                .into_iter()
+                .map(|(_, body)| Preview {
+                    to: format!("POST {}", channel.url),
+                    body,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -396,6 +524,78 @@ async fn deliver_elasticsearch(
     Ok(Delivered::Partly { retry, why })
 }
 
+/// `PutAuditEvents` calls in order. Events the channel took are done;
+/// failed ones are asked for again, and after [`lake::MAX_ATTEMPTS`]
+/// failures go to the dead-letter file. A call that fails as a whole
+/// after others went through leaves its events and the rest for the
+/// retry, so nothing is sent twice.
+async fn deliver_lake(
+    channel: &mut lake::Channel,
+    letters: &dead_letter::DeadLetters<'_>,
+    shape: &Shape,
+    store: &Store,
+    events: &[&Event],
+) -> Result<Delivered, SinkError> {
+    let by_id: HashMap<&str, &Event> = events.iter().map(|e| (e.event.id.as_str(), *e)).collect();
+    let mut retry = HashSet::new();
+    let mut rejected = Vec::new();
+    let mut refused = Vec::new();
+    let mut broken: Option<String> = None;
+    let mut sent_any = false;
+    for (ids, body) in channel.bodies(&shape.service_name, events) {
+        if broken.is_some() {
+            retry.extend(ids);
+            continue;
+        }
+        let (ok, failed) = match channel.put(&ids, body).await {
+            Ok(answer) => answer,
+            Err(e) if !sent_any => return Err(e),
+            Err(e) => {
+                broken = Some(e.to_string());
+                retry.extend(ids);
+                continue;
+            }
+        };
+        sent_any = true;
+        for id in &ok {
+            channel.attempts.remove(id);
+        }
+        for (id, error) in failed {
+            let n = channel.attempts.entry(id.clone()).or_insert(0);
+            *n += 1;
+            if *n < lake::MAX_ATTEMPTS {
+                refused.push(format!("{id} ({error})"));
+                retry.insert(id);
+                continue;
+            }
+            channel.attempts.remove(&id);
+            let Some(e) = by_id.get(id.as_str()) else {
+                continue;
+            };
+            let record = gatehouse_model::cloudtrail::record(e, &shape.service_name);
+            rejected.push(dead_letter::Rejected {
+                event: e,
+                sent: lake::event_data(&record, &channel.account),
+                status: None,
+                error,
+            });
+        }
+    }
+    letters.record(store, &rejected).await?;
+    if retry.is_empty() {
+        return Ok(Delivered::All);
+    }
+    let why = broken.unwrap_or_else(|| {
+        format!(
+            "{}: the channel refused {} event(s), e.g. {}; retrying those",
+            http::origin(&channel.url),
+            refused.len(),
+            refused.first().map_or("", String::as_str)
+        )
+    });
+    Ok(Delivered::Partly { retry, why })
+}
+
 /// An alert goes to an alerts-only sink when its rule names no sinks or
 /// names this one.
 fn routed_here(e: &Event, sink: &str) -> bool {
@@ -416,7 +616,9 @@ fn format_of(kind: &SinkKind) -> SinkFormat {
         | SinkKind::Webhook { format, .. }
         | SinkKind::Elasticsearch { format, .. }
         | SinkKind::SplunkHec { format, .. } => *format,
+        // Lake takes CloudTrail records only; a table keeps events.
         SinkKind::Postgres { .. } => SinkFormat::Gatehouse,
+        SinkKind::CloudtrailLake { .. } => SinkFormat::Cloudtrail,
     }
 }
 

@@ -61,7 +61,7 @@ pub async fn deliver_tcp(
 }
 
 /// The line for an event, with the sink's document as the message.
-fn line(e: &Event, shape: &Shape) -> String {
+pub fn line(e: &Event, shape: &Shape) -> String {
     with_message(e, &shape.document(e).to_string())
 }
 
