@@ -1,34 +1,18 @@
 //! Sinks with real receivers: a JSON-lines file across a gateway restart,
-//! syslog over UDP, and syslog over TCP through a receiver outage; the
+//! rsyslog over UDP, and over TCP through rsyslog outages; the
 //! HTTP sinks against Python's http.server (tests/sinks/receiver.py):
 //! kept-alive connections, an IPv6 literal, Elasticsearch answers that
 //! mix stored, throttled and rejected documents, redirects refused, TLS
-//! verified, a proxy from the environment; PostgreSQL.
+//! verified, a proxy from the environment; CloudTrail records from every
+//! kind that takes `format`; a CloudTrail Lake endpoint that checks SigV4
+//! with botocore (tests/sinks/lake_receiver.py); PostgreSQL.
 
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::Env;
-
-/// Accepts one connection, or fails the test after 30 s.
-fn accept(listener: &TcpListener) -> std::net::TcpStream {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                return s;
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("the sink did not connect: {e}"),
-        }
-    }
-}
 
 fn store_ids(env: &Env) -> Vec<String> {
     env.query("select id from events order by seq")
@@ -98,57 +82,170 @@ fn jsonl_sink_keeps_every_event_once_across_a_restart() {
     assert_eq!(first["hash"].as_str().unwrap().len(), 64);
 }
 
+/// A real rsyslogd (Debian's rsyslog) with a config of its own in a temp
+/// dir: one UDP or TCP input on 127.0.0.1:PORT (RFC 6587 octet counting
+/// on TCP), every message written to a file as `PRI|HOSTNAME|APP-NAME|
+/// MSGID|MSG`, the fields as rsyslog parsed them. Killed when dropped.
+struct Rsyslog {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    proto: &'static str,
+    port: u16,
+}
+
+/// One message as rsyslog parsed it.
+#[derive(Debug)]
+struct Syslog {
+    pri: String,
+    hostname: String,
+    app: String,
+    msgid: String,
+    msg: String,
+}
+
+impl Rsyslog {
+    fn start(proto: &'static str, port: u16) -> Rsyslog {
+        let mut r = Rsyslog {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            proto,
+            port,
+        };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let dir = self.dir.path();
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}" maxMessageSize="64k")
+module(load="im{proto}")
+input(type="im{proto}" address="127.0.0.1" port="{port}")
+template(name="fields" type="list") {{
+  property(name="pri") constant(value="|")
+  property(name="hostname") constant(value="|")
+  property(name="app-name") constant(value="|")
+  property(name="msgid") constant(value="|")
+  property(name="msg") constant(value="\n")
+}}
+*.* action(type="omfile" file="{dir}/messages" template="fields")
+"#,
+                dir = dir.display(),
+                proto = self.proto,
+                port = self.port
+            ),
+        )
+        .unwrap();
+        let bin = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .expect("rsyslogd (scripts/deps.sh installs rsyslog)");
+        let child = std::process::Command::new(bin)
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stderr(std::fs::File::create(dir.join("rsyslogd.log")).unwrap())
+            .spawn()
+            .expect("start rsyslogd");
+        self.child = Some(child);
+        if self.proto == "tcp" {
+            gatehouse_testkit::wait_for_port(self.port, Duration::from_secs(20))
+                .expect("rsyslogd listening");
+        } else {
+            // UDP: rsyslogd says nothing when it is ready; its pid file is
+            // written once the inputs run.
+            wait_until("rsyslogd's pid file", || dir.join("rsyslogd.pid").exists());
+        }
+    }
+
+    /// An outage: rsyslogd killed.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("rsyslogd.pid"));
+    }
+
+    fn messages(&self) -> Vec<Syslog> {
+        std::fs::read_to_string(self.dir.path().join("messages"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(5, '|');
+                Some(Syslog {
+                    pri: f.next()?.into(),
+                    hostname: f.next()?.into(),
+                    app: f.next()?.into(),
+                    msgid: f.next()?.into(),
+                    msg: f.next()?.into(),
+                })
+            })
+            .collect()
+    }
+
+    /// The event ids in the messages (their JSON `id` or `eventID`).
+    fn ids(&self) -> HashSet<String> {
+        self.messages()
+            .iter()
+            .filter_map(|m| {
+                let v: serde_json::Value = serde_json::from_str(&m.msg).ok()?;
+                v.get("id")
+                    .or_else(|| v.get("eventID"))?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
 #[test]
-fn syslog_over_udp_reaches_a_receiver() {
-    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let port = rx.local_addr().unwrap().port();
+fn syslog_over_udp_reaches_rsyslog() {
+    let port = gatehouse_testkit::free_port();
+    let rsyslog = Rsyslog::start("udp", port);
     let env = Env::start_with(&format!(
         "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"udp://127.0.0.1:{port}\"\n"
     ));
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !got.iter().any(|l: &String| l.contains(" session.end - ")) {
-        let mut buf = [0u8; 65536];
-        if let Ok(n) = rx.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
-        }
-    }
-    let end = got
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    let ids = store_ids(&env);
+    wait_until("every event in rsyslog", || {
+        let got = rsyslog.ids();
+        ids.iter().all(|id| got.contains(id))
+    });
+    // rsyslog read the RFC 5424 header: local0.info, the node as the
+    // host, the app, the event type as MSGID, the event as the message.
+    let messages = rsyslog.messages();
+    let end = messages
         .iter()
-        .find(|l| l.contains(" session.end - "))
-        .expect("session.end over syslog");
-    assert!(end.starts_with("<134>1 "), "{end}");
-    assert!(end.contains("\"user\":\"alice\""), "{end}");
-}
-
-/// Reads RFC 6587 octet-counted frames from one connection until it ends.
-fn read_frames(stream: &mut std::net::TcpStream) -> Vec<String> {
-    let mut data = Vec::new();
-    let _ = stream.read_to_end(&mut data);
-    let mut out = Vec::new();
-    let mut rest = &data[..];
-    while let Some(sp) = rest.iter().position(|&b| b == b' ') {
-        let Ok(n) = String::from_utf8_lossy(&rest[..sp]).parse::<usize>() else {
-            break;
-        };
-        if rest.len() < sp + 1 + n {
-            break;
-        }
-        out.push(String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string());
-        rest = &rest[sp + 1 + n..];
-    }
-    out
+        .find(|m| m.msgid == "session.end")
+        .expect("session.end in rsyslog");
+    assert_eq!(end.pri, "134");
+    assert_eq!(end.hostname, "test-node");
+    assert_eq!(end.app, "gatehouse");
+    let event: serde_json::Value = serde_json::from_str(&end.msg).unwrap();
+    assert_eq!(event["user"], "alice");
+    assert_eq!(event["type"], "session.end");
 }
 
 #[test]
-fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
+fn syslog_over_tcp_loses_nothing_through_rsyslog_outages() {
     let port = gatehouse_testkit::free_port();
     let env = Env::start_with(&format!(
         "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"tcp://127.0.0.1:{port}\"\n"
     ));
-    // The receiver is down while the first session happens.
+    // rsyslog is down while the first session happens.
     assert_eq!(
         env.ssh("alice:web01@127.0.0.1", &["echo during-outage"])
             .code,
@@ -157,30 +254,14 @@ fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
     let _ = env.wait_rows("select id from events where type = 'session.end'");
     std::thread::sleep(Duration::from_millis(800));
     // Up: it gets the backlog.
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut conn = accept(&listener);
-    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut frames = Vec::new();
-    let want = store_ids(&env).len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while frames.len() < want && Instant::now() < deadline {
-        let mut buf = [0u8; 65536];
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => frames.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-        if String::from_utf8_lossy(&frames).matches(" - {").count() >= want {
-            break;
-        }
-    }
-    drop(conn);
-    drop(listener);
-    let text = String::from_utf8_lossy(&frames).to_string();
-    for id in store_ids(&env) {
-        assert!(text.contains(&id), "event {id} missing after the outage");
-    }
+    let mut rsyslog = Rsyslog::start("tcp", port);
+    let ids = store_ids(&env);
+    wait_until("the backlog in rsyslog", || {
+        let got = rsyslog.ids();
+        ids.iter().all(|id| got.contains(id))
+    });
     // Down again, another session, up again: the rest arrives.
+    rsyslog.down();
     assert_eq!(
         env.ssh("alice:web01@127.0.0.1", &["echo second-outage"])
             .code,
@@ -189,17 +270,19 @@ fn syslog_over_tcp_loses_nothing_through_a_receiver_outage() {
     let _ =
         env.wait_rows("select count(*) from events where type = 'session.end' having count(*) = 2");
     std::thread::sleep(Duration::from_millis(500));
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut conn = accept(&listener);
-    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let frames = read_frames(&mut conn);
-    let all: String = text + &frames.join("\n");
-    for id in store_ids(&env) {
-        assert!(
-            all.contains(&id),
-            "event {id} missing after the second outage"
-        );
-    }
+    rsyslog.up();
+    let ids = store_ids(&env);
+    wait_until("every event after the second outage", || {
+        let got = rsyslog.ids();
+        ids.iter().all(|id| got.contains(id))
+    });
+    let messages = rsyslog.messages();
+    let cmd = messages
+        .iter()
+        .find(|m| m.msgid == "command" && m.msg.contains("second-outage"))
+        .expect("the second session's command in rsyslog");
+    assert_eq!(cmd.pri, "134");
+    assert_eq!(cmd.hostname, "test-node");
 }
 
 /// tests/sinks/receiver.py, a Python http.server: an HTTP(S) receiver
@@ -684,10 +767,8 @@ fn postgres_sink_fills_a_table_in_another_database() {
 fn sinks_with_format_cloudtrail_send_cloudtrail_records() {
     let port = gatehouse_testkit::free_port();
     let rx = Receiver::start("127.0.0.1", port, &[]);
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let udp_port = udp.local_addr().unwrap().port();
+    let udp_port = gatehouse_testkit::free_port();
+    let rsyslog = Rsyslog::start("udp", udp_port);
     let env = Env::start_server(
         "service_name = \"ssh-proxy.example.com\"",
         &format!(
@@ -759,21 +840,17 @@ fn sinks_with_format_cloudtrail_send_cloudtrail_records() {
         serde_json::from_str(rx.posts("/hook")[0]["body"].as_str().unwrap()).unwrap();
     assert!(hook["text"].as_str().unwrap().contains("gateway.start"));
     assert_eq!(hook["events"][0]["eventName"], "StartGateway");
-    // Syslog: the record as the message.
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !got.iter().any(|l: &String| l.contains(" session.end - ")) {
-        let mut buf = [0u8; 65536];
-        if let Ok(n) = udp.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
-        }
-    }
-    let end = got
+    // Syslog: the record as the message, as rsyslog received it.
+    wait_until("every record in rsyslog", || {
+        let got = rsyslog.ids();
+        ids.iter().all(|id| got.contains(id))
+    });
+    let messages = rsyslog.messages();
+    let end = messages
         .iter()
-        .find(|l| l.contains(" session.end - "))
-        .expect("session.end over syslog");
-    let message: serde_json::Value =
-        serde_json::from_str(end.split_once(" session.end - ").unwrap().1).unwrap();
+        .find(|m| m.msgid == "session.end")
+        .expect("session.end in rsyslog");
+    let message: serde_json::Value = serde_json::from_str(&end.msg).unwrap();
     assert_eq!(message["eventName"], "EndSession");
 }
 
