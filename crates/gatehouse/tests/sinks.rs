@@ -83,13 +83,14 @@ fn jsonl_sink_keeps_every_event_once_across_a_restart() {
 }
 
 /// A real rsyslogd (Debian's rsyslog) with a config of its own in a temp
-/// dir: one UDP or TCP input on 127.0.0.1:PORT (RFC 6587 octet counting
+/// dir: one UDP or TCP input on HOST:PORT (RFC 6587 octet counting
 /// on TCP), every message written to a file as `PRI|HOSTNAME|APP-NAME|
 /// MSGID|MSG`, the fields as rsyslog parsed them. Killed when dropped.
 struct Rsyslog {
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
     proto: &'static str,
+    host: &'static str,
     port: u16,
 }
 
@@ -104,11 +105,12 @@ struct Syslog {
 }
 
 impl Rsyslog {
-    fn start(proto: &'static str, port: u16) -> Rsyslog {
+    fn start(proto: &'static str, host: &'static str, port: u16) -> Rsyslog {
         let mut r = Rsyslog {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             proto,
+            host,
             port,
         };
         r.up();
@@ -123,7 +125,7 @@ impl Rsyslog {
             format!(
                 r#"global(workDirectory="{dir}" maxMessageSize="64k")
 module(load="im{proto}")
-input(type="im{proto}" address="127.0.0.1" port="{port}")
+input(type="im{proto}" address="{host}" port="{port}")
 template(name="fields" type="list") {{
   property(name="pri") constant(value="|")
   property(name="hostname") constant(value="|")
@@ -135,6 +137,7 @@ template(name="fields" type="list") {{
 "#,
                 dir = dir.display(),
                 proto = self.proto,
+                host = self.host,
                 port = self.port
             ),
         )
@@ -211,11 +214,11 @@ impl Drop for Rsyslog {
 }
 
 #[test]
-fn syslog_over_udp_reaches_rsyslog() {
+fn syslog_over_udp_reaches_rsyslog_on_an_ipv6_address() {
     let port = gatehouse_testkit::free_port();
-    let rsyslog = Rsyslog::start("udp", port);
+    let rsyslog = Rsyslog::start("udp", "::1", port);
     let env = Env::start_with(&format!(
-        "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"udp://127.0.0.1:{port}\"\n"
+        "[[sinks]]\nname = \"siem\"\nkind = \"syslog\"\nurl = \"udp://[::1]:{port}\"\n"
     ));
     assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
     let _ = env.wait_rows("select id from events where type = 'session.end'");
@@ -254,7 +257,7 @@ fn syslog_over_tcp_loses_nothing_through_rsyslog_outages() {
     let _ = env.wait_rows("select id from events where type = 'session.end'");
     std::thread::sleep(Duration::from_millis(800));
     // Up: it gets the backlog.
-    let mut rsyslog = Rsyslog::start("tcp", port);
+    let mut rsyslog = Rsyslog::start("tcp", "127.0.0.1", port);
     let ids = store_ids(&env);
     wait_until("the backlog in rsyslog", || {
         let got = rsyslog.ids();
@@ -768,7 +771,7 @@ fn sinks_with_format_cloudtrail_send_cloudtrail_records() {
     let port = gatehouse_testkit::free_port();
     let rx = Receiver::start("127.0.0.1", port, &[]);
     let udp_port = gatehouse_testkit::free_port();
-    let rsyslog = Rsyslog::start("udp", udp_port);
+    let rsyslog = Rsyslog::start("udp", "127.0.0.1", udp_port);
     let env = Env::start_server(
         "service_name = \"ssh-proxy.example.com\"",
         &format!(

@@ -10,9 +10,13 @@ use crate::{io_error, Shape, SinkError};
 
 /// One datagram per event.
 pub async fn deliver_udp(addr: &str, shape: &Shape, events: &[&Event]) -> Result<(), SinkError> {
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
-        .await
-        .map_err(io_error)?;
+    // An IPv6 literal (`udp://[::1]:514`) needs a socket of its family.
+    let local = if addr.starts_with('[') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(local).await.map_err(io_error)?;
     for e in events {
         sock.send_to(line(e, shape).as_bytes(), addr)
             .await
