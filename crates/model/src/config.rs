@@ -1483,8 +1483,8 @@ impl Config {
                     if let Some(p) = ca_file.as_mut() {
                         fix(p);
                     }
-                    let p = dead_letter_file
-                        .get_or_insert_with(|| default_dead_letter_file(&s.name));
+                    let p =
+                        dead_letter_file.get_or_insert_with(|| default_dead_letter_file(&s.name));
                     fix(p);
                 }
                 SinkKind::Webhook { ca_file, .. } | SinkKind::SplunkHec { ca_file, .. } => {
@@ -1659,7 +1659,9 @@ fn check_service_name(name: &str) -> Result<(), String> {
     for label in name.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -1897,7 +1899,13 @@ roles = ["web-dev"]
         let c = Config::parse("", p()).unwrap();
         assert_eq!(c.server.service_name, "gatehouse");
         assert!(load_errors("[server]\nservice_name = \"ssh-proxy.example.com\"\n").is_empty());
-        for bad in ["", "ssh proxy", "-gw.example.com", "gw..example.com", "gw'; drop"] {
+        for bad in [
+            "",
+            "ssh proxy",
+            "-gw.example.com",
+            "gw..example.com",
+            "gw'; drop",
+        ] {
             let errors = load_errors(&format!("[server]\nservice_name = {bad:?}\n"));
             assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
             assert!(errors[0].contains("server.service_name:"), "{errors:?}");
@@ -2016,6 +2024,26 @@ roles = ["web-dev"]
         assert!(
             matches!(&resolved.sinks[1].kind, SinkKind::SplunkHec { ca_file: Some(f), .. } if f == Path::new("/etc/gh/ca.pem"))
         );
+    }
+
+    #[test]
+    fn dead_letter_files_default_to_the_data_dir_beside_the_config() {
+        let mut c = Config::parse(
+            "[[sinks]]\nname = \"es/prod 1\"\nkind = \"elasticsearch\"\nurl = \"http://h/_bulk\"\n\n[[sinks]]\nname = \"lake\"\nkind = \"cloudtrail_lake\"\nchannel_arn = \"arn:aws:cloudtrail:eu-west-1:123456789012:channel/x\"\ndead_letter_file = \"/var/spool/lake.ndjson\"\n",
+            p(),
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("/etc/gh"));
+        assert!(matches!(
+            &c.sinks[0].kind,
+            SinkKind::Elasticsearch { dead_letter_file: Some(f), .. }
+                if f == Path::new("/etc/gh/data/es_prod_1.dead-letter.ndjson")
+        ));
+        assert!(matches!(
+            &c.sinks[1].kind,
+            SinkKind::CloudtrailLake { dead_letter_file: Some(f), .. }
+                if f == Path::new("/var/spool/lake.ndjson")
+        ));
     }
 
     #[test]
