@@ -22,6 +22,7 @@ mod extract;
 mod html;
 mod sessions;
 mod signin;
+mod sso;
 mod tls;
 
 use std::sync::{Arc, Mutex};

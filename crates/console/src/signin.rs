@@ -273,6 +273,8 @@ pub fn routes() -> Router<Arc<Console>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/sessions") }))
         .route("/signin", get(form).post(signin))
+        .route("/signin/sso", get(crate::sso::start))
+        .route("/signin/sso/callback", get(crate::sso::callback))
         .route("/signout", post(signout))
 }
 
@@ -283,32 +285,46 @@ struct Next {
 }
 
 /// Only a path of this console may follow sign-in.
-fn safe_next(next: Option<&str>) -> String {
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
         _ => "/sessions".to_string(),
     }
 }
 
-fn signin_page(next: &str, error: Option<&str>, status: StatusCode) -> Response {
-    signin_page_for(next, "", error, status)
+pub(crate) fn signin_page(
+    console: &Console,
+    next: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    signin_page_for(console, next, "", error, status)
 }
 
-/// The sign-in form, keeping the user name typed before a failure.
-fn signin_page_for(next: &str, user: &str, error: Option<&str>, status: StatusCode) -> Response {
+/// The sign-in form, keeping the user name typed before a failure, and
+/// a link per identity provider (single sign-on, `crate::sso`).
+fn signin_page_for(
+    console: &Console,
+    next: &str,
+    user: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
     let error = error
         .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", html::esc(e)))
         .unwrap_or_default();
+    let sso = crate::sso::links(&console.config(), next);
     let body = format!(
-        "<section class=\"signin\"><h1>Sign in to Gatehouse</h1>{error}<form method=\"post\" action=\"/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\"><label>User <input name=\"user\" id=\"user\" autocomplete=\"username\" value=\"{}\" required></label><label>Password <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>Verification code <input name=\"code\" id=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" placeholder=\"6 digits, if asked\"></label><button type=\"submit\" id=\"signin\">Sign in</button></form></section>",
+        "<section class=\"signin\"><h1>Sign in to Gatehouse</h1>{error}<form method=\"post\" action=\"/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\"><label>User <input name=\"user\" id=\"user\" autocomplete=\"username\" value=\"{}\" required></label><label>Password <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>Verification code <input name=\"code\" id=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" placeholder=\"6 digits, if asked\"></label><button type=\"submit\" id=\"signin\">Sign in</button></form>{sso}</section>",
         html::esc(next),
         html::esc(user)
     );
     (status, html::layout("Sign in", None, &body)).into_response()
 }
 
-async fn form(Query(q): Query<Next>) -> Response {
+async fn form(State(console): State<Arc<Console>>, Query(q): Query<Next>) -> Response {
     signin_page(
+        &console,
         &safe_next(q.next.as_deref()),
         q.error.as_deref(),
         StatusCode::OK,
@@ -339,6 +355,7 @@ async fn signin(
     let next = safe_next(c.next.as_deref());
     if let Some(until) = console.store.source_blocked(&ip).await? {
         return Ok(signin_page(
+            &console,
             &next,
             Some(&format!("Your address {ip} is blocked after repeated failures until {until}; ask an administrator to unblock it (`gatehouse sources unblock {ip}`).")),
             StatusCode::FORBIDDEN,
@@ -349,41 +366,8 @@ async fn signin(
             if let Ok(mut f) = console.failures.lock() {
                 f.remove(&ip);
             }
-            let config = console.config();
-            let token = random_token()?;
-            let csrf = random_token()?;
-            let ev = NewEvent::new(
-                EventType::AUTH_SUCCESS,
-                Severity::Info,
-                Outcome::Success,
-                &config.server.node,
-            )
-            .user(c.user.clone())
-            .source_ip(ip.clone())
-            .mfa(mfa)
-            .details(serde_json::json!({"channel": "web", "method": method}));
-            console.host.trail().write(ev).await.map_err(|e| {
-                tracing::error!(error = %e, "cannot audit a console sign-in");
-                Fail::page(StatusCode::SERVICE_UNAVAILABLE, "The audit trail cannot be written, so nobody can sign in right now; try again shortly.")
-            })?;
-            console
-                .store
-                .create_console_session(&NewConsoleSession {
-                    id_hash: sha256_hex(&token),
-                    user: c.user.clone(),
-                    csrf,
-                    source_ip: Some(ip),
-                    mfa,
-                    absolute: config.console.max_age.get(),
-                })
-                .await?;
-            let secure = if console.tls { "; Secure" } else { "" };
-            let cookie = format!(
-                "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-                cookie_name(&console),
-                config.console.max_age.get().as_secs()
-            );
-            Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response())
+            let details = serde_json::json!({"channel": "web", "method": method});
+            open_session(&console, &c.user, &ip, mfa, details, &next, Vec::new()).await
         }
         Err(Refusal {
             said,
@@ -406,6 +390,7 @@ async fn signin(
             }
             throttle(&console, &ip).await;
             Ok(signin_page_for(
+                &console,
                 &next,
                 &c.user,
                 Some(&said),
@@ -413,6 +398,61 @@ async fn signin(
             ))
         }
     }
+}
+
+/// Signs `user` in: `auth.success` (with `details`) written first, then
+/// a console session in the store and its cookie (plus `more_cookies`),
+/// and on to `next`.
+pub(crate) async fn open_session(
+    console: &Console,
+    user: &str,
+    ip: &str,
+    mfa: bool,
+    details: serde_json::Value,
+    next: &str,
+    more_cookies: Vec<String>,
+) -> Page {
+    let config = console.config();
+    let token = random_token()?;
+    let csrf = random_token()?;
+    let ev = NewEvent::new(
+        EventType::AUTH_SUCCESS,
+        Severity::Info,
+        Outcome::Success,
+        &config.server.node,
+    )
+    .user(user)
+    .source_ip(ip)
+    .mfa(mfa)
+    .details(details);
+    console.host.trail().write(ev).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot audit a console sign-in");
+        Fail::page(StatusCode::SERVICE_UNAVAILABLE, "The audit trail cannot be written, so nobody can sign in right now; try again shortly.")
+    })?;
+    console
+        .store
+        .create_console_session(&NewConsoleSession {
+            id_hash: sha256_hex(&token),
+            user: user.to_string(),
+            csrf,
+            source_ip: Some(ip.to_string()),
+            mfa,
+            absolute: config.console.max_age.get(),
+        })
+        .await?;
+    let secure = if console.tls { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        cookie_name(console),
+        config.console.max_age.get().as_secs()
+    );
+    let mut res = Redirect::to(next).into_response();
+    for c in std::iter::once(cookie).chain(more_cookies) {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(res)
 }
 
 /// Why a sign-in failed: what the person is told (nothing that tells
@@ -515,7 +555,7 @@ async fn check(
 
 /// One more failure from `ip`: wait a little longer each time, and block
 /// the address past `server.max_auth_failures`.
-async fn throttle(console: &Console, ip: &str) {
+pub(crate) async fn throttle(console: &Console, ip: &str) {
     let n = match console.failures.lock() {
         Ok(mut f) => {
             let n = f.entry(ip.to_string()).or_insert(0);

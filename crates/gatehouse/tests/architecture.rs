@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-audit",
             "gatehouse-control",
             "gatehouse-record",
+            "gatehouse-oidc",
         ],
     ),
     (

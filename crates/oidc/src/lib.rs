@@ -8,7 +8,9 @@
 //! a token names a key not among them). It runs the OAuth 2.0 Device
 //! Authorization Grant (RFC 8628: [`Provider::start_device`], then
 //! [`Provider::wait_device`]), the refresh token grant
-//! ([`Provider::refresh`]) and turns a token response into an
+//! ([`Provider::refresh`]), the authorization code flow with PKCE for
+//! the web console ([`Provider::authorization_url`],
+//! [`Provider::exchange_code`]), and turns a token response into an
 //! [`Identity`] only after the ID token's signature, issuer, audience,
 //! expiry and (where the grant has one) nonce are checked
 //! ([`Provider::identity`]).
@@ -540,6 +542,113 @@ impl Provider {
             groups,
             mfa: amr.contains(&"mfa") || amr.len() >= 2,
         })
+    }
+}
+
+/// A random value for `state`, `nonce` and PKCE verifiers: 32 bytes,
+/// base64url.
+pub fn random_value() -> Result<String, OidcError> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| OidcError::Setup("no randomness available".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The PKCE `S256` challenge of `verifier` (RFC 7636).
+pub fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// What a browser sign-in (authorization code flow) is started with;
+/// the caller keeps it until the provider sends the browser back.
+#[derive(Clone)]
+pub struct BrowserSignIn {
+    pub state: String,
+    pub nonce: String,
+    /// The PKCE verifier (secret until the code is exchanged).
+    pub verifier: String,
+}
+
+impl BrowserSignIn {
+    pub fn new() -> Result<BrowserSignIn, OidcError> {
+        Ok(BrowserSignIn {
+            state: random_value()?,
+            nonce: random_value()?,
+            verifier: random_value()?,
+        })
+    }
+}
+
+impl std::fmt::Debug for BrowserSignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserSignIn").finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// Where to send the browser: the authorization endpoint with
+    /// `response_type=code`, the state, the nonce and the PKCE challenge.
+    pub async fn authorization_url(
+        &self,
+        redirect_uri: &str,
+        sign_in: &BrowserSignIn,
+    ) -> Result<String, OidcError> {
+        let d = self.discovery().await?;
+        let endpoint = d.authorization_endpoint.clone().ok_or_else(|| {
+            OidcError::Protocol(format!(
+                "{} offers no authorization_endpoint",
+                self.config.issuer
+            ))
+        })?;
+        let scopes: Vec<&str> = self
+            .config
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "offline_access")
+            .collect();
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", &scopes.join(" "))
+            .append_pair("state", &sign_in.state)
+            .append_pair("nonce", &sign_in.nonce)
+            .append_pair("code_challenge", &pkce_challenge(&sign_in.verifier))
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let sep = if endpoint.contains('?') { '&' } else { '?' };
+        Ok(format!("{endpoint}{sep}{query}"))
+    }
+
+    /// Exchanges the code the browser brought back (with the PKCE
+    /// verifier and the same redirect URI) for tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        sign_in: &BrowserSignIn,
+        redirect_uri: &str,
+    ) -> Result<TokenSet, OidcError> {
+        let url = self.discovery().await?.token_endpoint.clone();
+        let reply = http::post_form(
+            &self.http,
+            &url,
+            &self.config.client_id,
+            self.secret(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", &sign_in.verifier),
+            ],
+        )
+        .await?;
+        Ok(token_set(ok_or_oauth(&url, reply)?))
     }
 }
 

@@ -211,11 +211,32 @@ impl OidcProvider {
     /// its form submitted, like a browser with a person at it. Ok once
     /// the provider says the sign-in succeeded; the page's text otherwise.
     pub fn sign_in(&self, url: &str, user: &str, password: &str) -> Result<()> {
+        self.browse(url, user, password, |_, body| {
+            body.contains("Sign-in Success")
+        })
+        .map(|_| ())
+    }
+
+    /// Starts at `url` (an application's sign-in link, which sends the
+    /// browser to the provider), signs in as `user` and consents,
+    /// following every redirect and form until `done(url, body)`; the
+    /// URL of that last page. A page with an error (`id="error"`) ends
+    /// it with that page's text.
+    pub fn browse(
+        &self,
+        url: &str,
+        user: &str,
+        password: &str,
+        done: impl Fn(&str, &str) -> bool,
+    ) -> Result<String> {
         let _ = std::fs::remove_file(&self.jar);
         let mut page = self.curl(url, None)?;
         for _ in 0..10 {
-            if page.body.contains("Sign-in Success") {
-                return Ok(());
+            if done(&page.url, &page.body) {
+                return Ok(page.url);
+            }
+            if page.body.contains("id=\"error\"") {
+                return Err(err(format!("sign-in refused: {}", text_of(&page.body))));
             }
             let Some(form) = Form::first(&page.body) else {
                 return Err(err(format!(
@@ -224,9 +245,6 @@ impl OidcProvider {
                     text_of(&page.body)
                 )));
             };
-            if page.body.contains("id=\"error\"") {
-                return Err(err(format!("sign-in refused: {}", text_of(&page.body))));
-            }
             let mut fields = form.fields.clone();
             for (k, v) in fields.iter_mut() {
                 match k.as_str() {
