@@ -27,6 +27,7 @@ use gatehouse_testkit::{self as kit, Sshd};
 
 mod console;
 mod soak;
+mod writers;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -627,6 +628,14 @@ async fn main() {
     let events = env_u64("GH_BENCH_EVENTS", 10_000_000);
     let only = std::env::var("GH_BENCH_ONLY").unwrap_or_default();
     let want = |section: &str| only.is_empty() || only.split(',').any(|x| x.trim() == section);
+    // Writers on one PostgreSQL chain need no gateway or target.
+    if only.trim() == "writers" {
+        let (mut table, mut json) = (String::new(), serde_json::Map::new());
+        writers::run_all(&mut table, &mut json).await;
+        println!("{table}");
+        println!("{}", serde_json::Value::Object(json));
+        return;
+    }
     let s = setup();
     let mut json = serde_json::Map::new();
     let mut table = String::new();
@@ -796,6 +805,11 @@ async fn main() {
             "query_ms".into(),
             serde_json::json!({"rows": events, "ms": q}),
         );
+    }
+    // Writers on one PostgreSQL chain, only when named (it needs the
+    // local PostgreSQL).
+    if only.split(',').any(|x| x.trim() == "writers") {
+        writers::run_all(&mut table, &mut json).await;
     }
     // The console's section only when named (it fills a million-session store).
     if only.split(',').any(|x| x.trim() == "console") {
