@@ -762,7 +762,7 @@ struct Backend {
     url: String,
     sessions: u64,
     fill_s: f64,
-    /// PostgreSQL: the ANALYZE after the fill.
+    /// PostgreSQL: the VACUUM ANALYZE after the fill.
     analyze_s: f64,
     start_s: f64,
     size: u64,
@@ -783,12 +783,17 @@ async fn backend(
     eprintln!("console: filling {name} with {n} sessions");
     let fill_s = fill(&url, n, end_ms).await;
     eprintln!("console: {name} filled in {fill_s:.0} s");
-    // Statistics, as autovacuum would gather them soon after such a load
-    // (it is off on some servers, this project's among them; without
-    // statistics PostgreSQL's plans scan every event of a type per row).
+    // What autovacuum would do soon after such a load (it is off on some
+    // servers, this project's among them): statistics (without them
+    // PostgreSQL's plans scan every event of a type per row), and the
+    // dead rows of `active_sessions` (a row in and out per session: a
+    // million dead rows make the `active` filter read 7,000 pages for 25
+    // live rows, 150 ms a page on this machine).
+    // GH_BENCH_CONSOLE_PG_VACUUM=0 measures the table as the fill left it.
     let analyze_s = if url.starts_with("postgres") {
         let t = Instant::now();
-        psql_db(&url, "ANALYZE");
+        let vacuum = std::env::var("GH_BENCH_CONSOLE_PG_VACUUM").map_or(true, |v| v != "0");
+        psql_db(&url, if vacuum { "VACUUM ANALYZE" } else { "ANALYZE" });
         t.elapsed().as_secs_f64()
     } else {
         0.0
@@ -913,8 +918,8 @@ fn play(port: u16, id: &str, secret: &str, cast: &Cast) -> Value {
 // ---- part 3 ------------------------------------------------------------
 
 /// Two recording gateways, with and without `admin_listen`, on the
-/// bulk section's target: MB/s of each (median of the runs) per row.
-fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, f64, f64)> {
+/// bulk section's target: every run's MB/s of each, per row.
+fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, Vec<f64>, Vec<f64>)> {
     let d = s.dir.path();
     let login = super::bench_login();
     let user_pub = std::fs::read_to_string(d.join("user.pub")).expect("user.pub");
@@ -1001,7 +1006,7 @@ fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, f64, f64)> {
                 "bulk {} {cipher}",
                 if upload { "upload" } else { "download" }
             );
-            out.push((name, median(&mut plain), median(&mut admin)));
+            out.push((name, plain, admin));
         }
     }
     for g in gateways {
@@ -1053,7 +1058,7 @@ fn page_rows(table: &mut String, backends: &[Backend]) {
             b.fill_s,
             (b.sessions * 4) as f64 / b.fill_s,
             if b.analyze_s > 0.0 {
-                format!(", ANALYZE {:.0} s", b.analyze_s)
+                format!(", VACUUM ANALYZE {:.0} s", b.analyze_s)
             } else {
                 String::new()
             },
@@ -1159,14 +1164,17 @@ pub async fn run(s: &Setup, table: &mut String, json_out: &mut Map<String, Value
         ));
         let mut j = Map::new();
         j.insert("load".into(), json!([load_before, load_after]));
-        for (name, plain, admin) in rows {
+        for (name, plain_runs, admin_runs) in rows {
+            let plain = median(&mut plain_runs.clone());
+            let admin = median(&mut admin_runs.clone());
             table.push_str(&format!(
                 "{name:<32} without console {plain:>7.1} MB/s, with {admin:>7.1} MB/s, ratio {:.3}\n",
                 admin / plain
             ));
             j.insert(
                 name.replace(' ', "_"),
-                json!({"without": plain, "with": admin, "ratio": admin / plain}),
+                json!({"without": plain, "with": admin, "ratio": admin / plain,
+                       "runs_without": plain_runs, "runs_with": admin_runs}),
             );
         }
         json_out.insert("console_data_path".into(), Value::Object(j));
