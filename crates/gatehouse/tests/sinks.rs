@@ -1080,3 +1080,66 @@ fn cloudtrail_lake_sink_puts_signed_audit_events_and_sets_aside_what_keeps_faili
         "{refused}"
     );
 }
+
+#[test]
+fn sinks_send_prints_the_next_batch_or_delivers_it_once() {
+    let mut env =
+        Env::start_with("[[sinks]]\nname = \"file\"\nkind = \"jsonl\"\npath = \"events.jsonl\"\n");
+    assert_eq!(env.ssh("alice:web01@127.0.0.1", &["true"]).code, Some(0));
+    let _ = env.wait_rows("select id from events where type = 'session.end'");
+    assert!(env.stop_gateway().unwrap().success());
+    // Written after the gateway's sink stopped: only the CLI can send it.
+    let lock = env.gatehouse(&["users", "lock", "bob", "--reason", "sinks test"]);
+    assert_eq!(lock.code, Some(0), "{}", lock.stderr);
+    let file = env.dir.path().join("events.jsonl");
+    let in_file = || Receiver::lines(&file);
+    let before = in_file().len();
+    let pending: Vec<String> = store_ids(&env)
+        .into_iter()
+        .filter(|id| !in_file().iter().any(|l| l["id"] == id.as_str()))
+        .collect();
+    assert!(!pending.is_empty());
+    // --dry-run: the lines it would append, nothing written.
+    let dry = env.gatehouse(&["sinks", "send", "file", "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    let printed: Vec<String> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(printed, pending);
+    assert!(dry.stderr.contains("events.jsonl"), "{}", dry.stderr);
+    assert_eq!(in_file().len(), before);
+    // Without it: delivered once, and the cursor moves past them.
+    let send = env.gatehouse(&["sinks", "send", "file"]);
+    assert_eq!(send.code, Some(0), "{}", send.stderr);
+    assert!(
+        send.stderr
+            .contains(&format!("{} event(s) delivered", pending.len())),
+        "{}",
+        send.stderr
+    );
+    let ids: Vec<String> = in_file()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, store_ids(&env));
+    let again = env.gatehouse(&["sinks", "send", "file", "--dry-run"]);
+    assert!(
+        again.stdout.is_empty() && again.stderr.contains("nothing after its cursor"),
+        "{} {}",
+        String::from_utf8_lossy(&again.stdout),
+        again.stderr
+    );
+    let unknown = env.gatehouse(&["sinks", "send", "nope", "--dry-run"]);
+    assert_ne!(unknown.code, Some(0));
+    assert!(
+        unknown.stderr.contains("no sink \"nope\""),
+        "{}",
+        unknown.stderr
+    );
+}

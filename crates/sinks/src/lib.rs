@@ -391,6 +391,9 @@ impl Sink {
     /// cursor), exactly, without sending it or moving the cursor.
     pub async fn dry_run(&self, store: &Store, limit: i64) -> Result<Vec<Preview>, SinkError> {
         let (_, events) = self.next_events(store, limit).await?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let events: Vec<&Event> = events.iter().collect();
         Ok(self.preview(&events))
     }
