@@ -79,6 +79,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gatehouse-model",
             "gatehouse-store",
             "gatehouse-sinks",
+            "gatehouse-auth",
         ],
     ),
     ("gatehouse-testkit", &[]),

@@ -250,18 +250,9 @@ async fn run(
     // Set at the first failed write: nothing more is written (the file
     // ends where the disk refused), the session is told.
     let mut failed: Option<String> = None;
-    // Timers only while there is something to do: a flush when data is
-    // waiting in the buffer, then putting the screen to sleep. An idle
-    // session's recorder costs no wake-ups.
-    let mut flush_at: Option<tokio::time::Instant> = None;
-    // One more flush [`LATE_FLUSH`] after the last: storage that batches
-    // (object storage cuts a chunk at most every 2 s) stores what the
-    // last burst left in its buffer, though nothing more comes.
-    let mut late_at: Option<tokio::time::Instant> = None;
-    // The screen sleeps until there is something on it.
-    let mut sleep_at = Some(tokio::time::Instant::now());
+    let mut timers = Timers::new();
     loop {
-        let next = [flush_at, late_at, sleep_at].into_iter().flatten().min();
+        let next = timers.next();
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = async {
@@ -270,40 +261,25 @@ async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                let now = tokio::time::Instant::now();
-                let due = |at: Option<tokio::time::Instant>| at.is_some_and(|t| t <= now);
-                let flush = if due(flush_at) {
-                    flush_at = None;
-                    late_at = Some(now + LATE_FLUSH);
-                    true
-                } else if due(late_at) {
-                    late_at = None;
-                    true
-                } else {
-                    false
-                };
-                if flush {
-                    if failed.is_none() {
+                match timers.fired(tokio::time::Instant::now()) {
+                    Some(Timer::Flush) if failed.is_none() => {
                         if let Err(e) = cast.flush() {
                             failed = Some(e.to_string());
                             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
                         }
                     }
-                } else if due(sleep_at) {
-                    sleep_at = None;
-                    if let Some(c) = capture.as_mut() {
-                        c.hibernate();
+                    Some(Timer::Sleep) => {
+                        if let Some(c) = capture.as_mut() {
+                            c.hibernate();
+                        }
                     }
+                    _ => {}
                 }
                 continue;
             }
         };
         let Some(ev) = ev else { break };
-        let now = tokio::time::Instant::now();
-        if flush_at.is_none() {
-            flush_at = Some(now + FLUSH_INTERVAL);
-        }
-        sleep_at = Some(now + IDLE_SLEEP);
+        timers.data(tokio::time::Instant::now());
         let t = start.elapsed().as_secs_f64();
         let writing = failed.is_none();
         let result = match ev {
@@ -362,8 +338,18 @@ async fn run(
             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
-    // Ended in the storage before the digest is reported: an object
-    // store's last chunk is in the bucket once `finish` returns.
+    Some(finish(&events, required, id, cast, failed).await)
+}
+
+/// Ends the recording in its storage, then reports its digest: an object
+/// store's last chunk is in the bucket once `finish` returns.
+async fn finish(
+    events: &Events,
+    required: bool,
+    id: String,
+    cast: CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
+    mut failed: Option<String>,
+) -> RecordingSummary {
     let mut hashing = cast.into_inner();
     let mut inner = std::mem::replace(&mut hashing.inner, Box::new(std::io::sink()));
     let finished = tokio::task::spawn_blocking(move || inner.finish())
@@ -371,9 +357,70 @@ async fn run(
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     if let (None, Err(e)) = (&failed, finished) {
         failed = Some(e.to_string());
-        write_failed(&events, required, &id, &e, hashing.bytes).await;
+        write_failed(events, required, &id, &e, hashing.bytes).await;
     }
-    Some(summary(hashing, id, failed))
+    summary(hashing, id, failed)
+}
+
+/// The recorder's timers, set only while there is something to do: a
+/// flush when data is waiting in the buffer, one more [`LATE_FLUSH`]
+/// after it (storage that batches, like object storage cutting a chunk at
+/// most every 2 s, then stores what the last burst left though nothing
+/// more comes), and putting the screen to sleep. An idle session's
+/// recorder costs no wake-ups.
+struct Timers {
+    flush_at: Option<tokio::time::Instant>,
+    late_at: Option<tokio::time::Instant>,
+    sleep_at: Option<tokio::time::Instant>,
+}
+
+enum Timer {
+    Flush,
+    Sleep,
+}
+
+impl Timers {
+    /// The screen sleeps until there is something on it.
+    fn new() -> Timers {
+        Timers {
+            flush_at: None,
+            late_at: None,
+            sleep_at: Some(tokio::time::Instant::now()),
+        }
+    }
+
+    fn next(&self) -> Option<tokio::time::Instant> {
+        [self.flush_at, self.late_at, self.sleep_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Data came in at `now`.
+    fn data(&mut self, now: tokio::time::Instant) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + FLUSH_INTERVAL);
+        }
+        self.sleep_at = Some(now + IDLE_SLEEP);
+    }
+
+    /// Which timer is due at `now` (cleared; a flush sets the late one).
+    fn fired(&mut self, now: tokio::time::Instant) -> Option<Timer> {
+        let due = |at: Option<tokio::time::Instant>| at.is_some_and(|t| t <= now);
+        if due(self.flush_at) {
+            self.flush_at = None;
+            self.late_at = Some(now + LATE_FLUSH);
+            Some(Timer::Flush)
+        } else if due(self.late_at) {
+            self.late_at = None;
+            Some(Timer::Flush)
+        } else if due(self.sleep_at) {
+            self.sleep_at = None;
+            Some(Timer::Sleep)
+        } else {
+            None
+        }
+    }
 }
 
 /// Output into the recording, up to `cap` bytes held, with a marker for
