@@ -46,10 +46,10 @@ pub use format::QueryResult;
 pub use identity::{SessionLine, SessionRef, UserLock};
 pub use nodes::{Node, NodeState, StaleNode};
 pub use query::{DEFAULT_QUERY_TIMEOUT, MAX_RESULT_BYTES};
-pub use sso::SsoKey;
 pub use recovery::{
     close_lost_node, lost_reason, recover_crashed_sessions, Recovery, CRASH_REASON,
 };
+pub use sso::SsoKey;
 
 /// The hash that the first event's `prev_hash` holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

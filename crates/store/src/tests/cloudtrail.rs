@@ -176,7 +176,10 @@ async fn view_records(store: &Store) -> Vec<(String, Value)> {
         .unwrap();
     let expected: Vec<String> = FIELDS.iter().map(|f| f.to_lowercase()).collect();
     assert_eq!(r.columns, expected);
-    r.rows.iter().map(|row| row_record(&r.columns, row)).collect()
+    r.rows
+        .iter()
+        .map(|row| row_record(&r.columns, row))
+        .collect()
 }
 
 fn assert_same(stored: &[Event], rows: &[(String, Value)], service: &str) {
@@ -213,7 +216,11 @@ async fn the_view_shows_each_event_as_the_rust_mapping_does(db: Db) {
     // Spot checks of what the comparison covers.
     let by_kind = |kind: &str| {
         let ev = stored.iter().find(|e| e.event.kind == kind).unwrap();
-        rows.iter().find(|(id, _)| *id == ev.event.id).unwrap().1.clone()
+        rows.iter()
+            .find(|(id, _)| *id == ev.event.id)
+            .unwrap()
+            .1
+            .clone()
     };
     let denied = by_kind(EventType::ACCESS_DENIED);
     assert_eq!(denied["eventName"], "AuthorizeSession");
@@ -263,7 +270,11 @@ both!(every_event_name_and_error_code_agree);
 async fn an_old_view_is_replaced_when_the_store_opens(db: Db) {
     let stored = vec![db
         .store
-        .append(&new(EventType::GATEWAY_START, Severity::Info, Outcome::Success))
+        .append(&new(
+            EventType::GATEWAY_START,
+            Severity::Info,
+            Outcome::Success,
+        ))
         .await
         .unwrap()];
     db.store.set_service_name("old.example.com").await.unwrap();
