@@ -45,7 +45,7 @@ use gatehouse_testkit as kit;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{env_u64, gatehouse_bin, median, percentile, Setup};
+use super::{env_u64, gatehouse_bin, median, percentile, stop, Setup};
 
 const USERS: u64 = 1000;
 const TARGETS: u64 = 50;
@@ -564,18 +564,6 @@ fn serve(cfg: &Path, admin: u16) -> (Child, f64) {
     (child, t.elapsed().as_secs_f64())
 }
 
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 // ---- HTTP (curl) -------------------------------------------------------
 
 /// Signs in; the cookie header value.
@@ -826,7 +814,7 @@ async fn backend(
     );
     let load_after = load();
     let played = recorded.map(|(id, cast)| play(admin, &id, &player_secret, &cast));
-    stop(child);
+    stop(child, Duration::from_secs(30));
     let size = store_size(&url, dir);
     let b = Backend {
         name,
@@ -1010,7 +998,7 @@ fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, Vec<f64>, Vec<f64
         }
     }
     for g in gateways {
-        stop(g);
+        stop(g, Duration::from_secs(30));
     }
     out
 }

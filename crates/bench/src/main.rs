@@ -821,15 +821,20 @@ async fn main() {
     println!("{}", serde_json::Value::Object(json));
     // SIGTERM, so that a profiler wrapped around a gateway (GH_BENCH_WRAP)
     // sees it exit and writes its report; SIGKILL after 60 s.
-    for mut g in s.gateways {
-        let _ = Command::new("kill")
-            .args(["-TERM", &g.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline && matches!(g.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = g.kill();
-        let _ = g.wait();
+    for g in s.gateways {
+        stop(g, Duration::from_secs(60));
     }
+}
+
+/// SIGTERM to `child`, SIGKILL if it has not exited after `grace`.
+fn stop(mut child: std::process::Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
