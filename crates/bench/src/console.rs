@@ -548,20 +548,38 @@ fn enrol(cfg: &Path, user: &str) -> String {
     v["secret"].as_str().expect("secret").to_string()
 }
 
-/// Starts `gatehouse serve`; waits for the console port. The child and
+/// A running `gatehouse serve`, stopped when dropped (also when a
+/// check fails and the run unwinds).
+struct Serving(Child);
+
+impl Serving {
+    /// `gatehouse serve --config cfg`, its stderr in `log`.
+    fn start(cfg: &Path, log: &Path) -> Serving {
+        let log = std::fs::File::create(log).expect("log");
+        let child = Command::new(gatehouse_bin())
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("GATEHOUSE_LOG", "warn")
+            .stderr(log)
+            .spawn()
+            .expect("gatehouse serve");
+        Serving(child)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        stop(&mut self.0, Duration::from_secs(30));
+    }
+}
+
+/// Starts `gatehouse serve`; waits for the console port. The gateway and
 /// the seconds until the port answered.
-fn serve(cfg: &Path, admin: u16) -> (Child, f64) {
-    let log = std::fs::File::create(cfg.with_extension("log")).expect("log");
+fn serve(cfg: &Path, admin: u16) -> (Serving, f64) {
     let t = Instant::now();
-    let child = Command::new(gatehouse_bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .env("GATEHOUSE_LOG", "warn")
-        .stderr(log)
-        .spawn()
-        .expect("gatehouse serve");
+    let serving = Serving::start(cfg, &cfg.with_extension("log"));
     kit::wait_for_port(admin, Duration::from_secs(300)).expect("console port");
-    (child, t.elapsed().as_secs_f64())
+    (serving, t.elapsed().as_secs_f64())
 }
 
 // ---- HTTP (curl) -------------------------------------------------------
@@ -814,7 +832,7 @@ async fn backend(
     );
     let load_after = load();
     let played = recorded.map(|(id, cast)| play(admin, &id, &player_secret, &cast));
-    stop(child, Duration::from_secs(30));
+    drop(child);
     let size = store_size(&url, dir);
     let b = Backend {
         name,
@@ -927,14 +945,7 @@ fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, Vec<f64>, Vec<f64
             );
             std::fs::write(&cfg, text).expect("config");
         }
-        let log = std::fs::File::create(d.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(gatehouse_bin())
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("GATEHOUSE_LOG", "warn")
-            .stderr(log)
-            .spawn()
-            .expect("gatehouse serve");
+        let child = Serving::start(&cfg, &d.join(format!("{name}.log")));
         kit::wait_for_port(port, Duration::from_secs(20)).expect("gateway");
         if admin {
             kit::wait_for_port(admin_port, Duration::from_secs(20)).expect("admin port");
@@ -997,9 +1008,7 @@ fn data_path(s: &Setup, bytes: u64, runs: u64) -> Vec<(String, Vec<f64>, Vec<f64
             out.push((name, plain, admin));
         }
     }
-    for g in gateways {
-        stop(g, Duration::from_secs(30));
-    }
+    drop(gateways);
     out
 }
 

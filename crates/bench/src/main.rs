@@ -821,13 +821,13 @@ async fn main() {
     println!("{}", serde_json::Value::Object(json));
     // SIGTERM, so that a profiler wrapped around a gateway (GH_BENCH_WRAP)
     // sees it exit and writes its report; SIGKILL after 60 s.
-    for g in s.gateways {
-        stop(g, Duration::from_secs(60));
+    for mut g in s.gateways {
+        stop(&mut g, Duration::from_secs(60));
     }
 }
 
 /// SIGTERM to `child`, SIGKILL if it has not exited after `grace`.
-fn stop(mut child: std::process::Child, grace: Duration) {
+fn stop(child: &mut std::process::Child, grace: Duration) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
