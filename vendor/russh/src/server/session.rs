@@ -85,7 +85,7 @@ pub enum Msg {
     },
     Channel(ChannelId, ChannelMsg),
     ChannelOpenReply {
-        pending: PendingChannelOpen,
+        pending: Box<PendingChannelOpen>,
         result: Result<(), ChannelOpenFailure>,
     },
 }
@@ -618,7 +618,7 @@ impl Session {
                     .disconnect(reason, &description, &language_tag)?;
             }
             Msg::ChannelOpenReply { pending, result } => {
-                self.finalize_channel_open_reply(pending, result)?;
+                self.finalize_channel_open_reply(*pending, result)?;
             }
             other => {
                 // should be unreachable, since the receiver only gets
