@@ -55,6 +55,10 @@ pub(crate) struct PumpOutcome {
     pub lost: bool,
 }
 
+/// How long the target's EOF waits for its exit status before it is
+/// passed on alone (a command that closed its output and runs on).
+const EOF_HOLD: Duration = Duration::from_millis(200);
+
 /// The taps a session channel's data passes through.
 #[derive(Clone, Copy)]
 pub(crate) struct Taps<'a> {
@@ -193,8 +197,28 @@ async fn to_user(
     // The upstream channel vanished without a close: its connection
     // died (the target's sshd, the network).
     let mut lost = false;
+    // The target's EOF is held until its exit status follows (at most
+    // EOF_HOLD), then passed on after it: a client that closes as soon as
+    // both directions saw EOF (Dropbear's dbclient) would otherwise close
+    // before the exit status arrived, and a channel the user closed takes
+    // nothing more.
+    let mut eof_held = false;
     loop {
-        let Some(msg) = up_rx.wait().await else {
+        let next = if eof_held {
+            match tokio::time::timeout(EOF_HOLD, up_rx.wait()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    (eof_held, eof_sent) = (false, true);
+                    if user_tx.eof().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            up_rx.wait().await
+        };
+        let Some(msg) = next else {
             lost = true;
             break;
         };
@@ -226,8 +250,8 @@ async fn to_user(
                 user_tx.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => {
-                eof_sent = true;
-                user_tx.eof().await
+                eof_held = true;
+                Ok(())
             }
             ChannelMsg::ExitStatus { exit_status } => {
                 exit = Some(exit_status);
@@ -263,6 +287,12 @@ async fn to_user(
         };
         if r.is_err() {
             break;
+        }
+        if eof_held && exit.is_some() {
+            (eof_held, eof_sent) = (false, true);
+            if user_tx.eof().await.is_err() {
+                break;
+            }
         }
     }
     let lost = lost && exit.is_none();
