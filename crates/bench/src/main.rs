@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use gatehouse_testkit::{self as kit, Sshd};
 
 mod console;
+mod nodes;
 mod soak;
 mod writers;
 
@@ -814,6 +815,9 @@ async fn main() {
     // The console's section only when named (it fills a million-session store).
     if only.split(',').any(|x| x.trim() == "console") {
         console::run(&s, &mut table, &mut json).await;
+    }
+    if only.split(',').any(|x| x.trim() == "nodes") {
+        nodes::run(&mut table, &mut json);
     }
     let _ = s.gw_db.exists();
     let _ = s.target.port;
