@@ -13,7 +13,8 @@
 //   GH_USER[_PASSWORD]     alice: own_sessions, no TOTP
 //   GH_SESSION             alice's recorded session (3 commands)
 //   GH_LIVE_SESSION        alice's running session (prints live-tick-N)
-//   GH_OTHER_SESSION       rita's session (alice must not see it)
+//   GH_OTHER_SESSION       rita's session (alice must not see it); its
+//                          recording was altered after session.end
 //   GH_APPROVAL            alice's pending request for prod01
 //   GH_SCREENSHOTS         where the PNGs go (docs/console)
 //   GH_ARTIFACTS           where a failure's screenshot and HTML go
@@ -315,11 +316,21 @@ async function main() {
   });
 
   await step('one recorded session', async () => {
+    const castRequests = [];
+    const onRequest = (r) => { if (/\/sessions\/[^/]+\/cast$/.test(new URL(r.url()).pathname)) castRequests.push(r.url()); };
+    page.on('request', onRequest);
     await goto(page, `/sessions/${SESSION}`);
+    const preload = await page.$eval('head link[rel=preload]', (l) => ({ href: l.getAttribute('href'), as: l.getAttribute('as'), crossorigin: l.getAttribute('crossorigin') }));
+    assert.deepEqual(preload, { href: `/sessions/${SESSION}/cast`, as: 'fetch', crossorigin: 'anonymous' });
     await page.waitForFunction(() => document.body.dataset.playerReady === '1');
     ok('the player is created (body[data-player-ready=1])');
+    await page.waitForFunction(() => document.body.dataset.integrity !== undefined);
+    assert.equal(await page.getAttribute('#integrity', 'data-state'), 'verified');
     assert.match(await text(page, '#integrity'), /^verified: SHA-256 [0-9a-f]{64} matches session\.end$/);
-    ok('the integrity line says verified');
+    assert.equal(await page.$eval('#integrity .badge', (b) => b.className), 'badge ok');
+    page.off('request', onRequest);
+    assert.deepEqual(castRequests, [`${BASE}/sessions/${SESSION}/cast`], 'the preload is the only download of the cast');
+    ok('the cast is preloaded from <head> and downloaded once; the integrity line goes from checking to verified');
 
     // The markers the recorder wrote into the cast: the truth for the times.
     const castText = await (await page.request.get(`${BASE}/sessions/${SESSION}/cast`)).text();
@@ -394,6 +405,15 @@ async function main() {
     assert.equal(header.version, 2);
     assert.ok(lines.some((l) => l.includes('third-marker')), 'the cast holds the output');
     ok(`the download link returns an asciicast v2 (${header.width}x${header.height}, ${lines.length} lines)`);
+
+    // rita's session: its recording was changed after session.end.
+    await goto(page, `/sessions/${OTHER}`);
+    await page.waitForFunction(() => document.body.dataset.integrity !== undefined);
+    assert.equal(await page.getAttribute('#integrity', 'data-state'), 'tampered');
+    assert.match(await text(page, '#integrity'), /^TAMPERED: SHA-256 [0-9a-f]{64} differs from [0-9a-f]{64} in session\.end$/);
+    assert.equal(await page.$eval('#integrity .badge', (b) => b.className), 'badge bad');
+    await shot(page, 'session-tampered.png');
+    ok('a recording altered after session.end: the integrity line says TAMPERED, with both digests');
   });
 
   await step('live', async () => {

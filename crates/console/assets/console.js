@@ -7,6 +7,9 @@
 // - time[datetime]: shown in the browser's local time, UTC in the title.
 // - #player[data-cast]: replay of a recording, with #commands, #speed, #idle.
 // - #player[data-live]: live view of a running session over a WebSocket.
+// - #integrity[data-integrity]: the recording's SHA-256 check, asked from
+//   that URL once the recording has loaded (or failed to); the result is
+//   in #integrity[data-state] and body[data-integrity].
 (function () {
   'use strict';
 
@@ -369,7 +372,10 @@
     // The recording is fetched once here (not by the player) so that the
     // command times can be mapped onto the player's idle-compressed clock
     // and the player can be recreated without fetching it again.
-    fetch(el.dataset.cast, { credentials: 'same-origin' })
+    // A <link rel="preload" as="fetch" crossorigin="anonymous"> in the
+    // page's head started this download already; this fetch (CORS mode,
+    // same-origin credentials, like the preload) takes its response.
+    return fetch(el.dataset.cast, { credentials: 'same-origin' })
       .then(function (r) {
         if (!r.ok) throw new Error(r.status + ' ' + r.statusText);
         return r.text();
@@ -385,6 +391,31 @@
         el.classList.add('player-error');
         el.textContent = 'The recording could not be loaded: ' + err.message;
         showStatus('');
+      });
+  }
+
+  // ---- integrity -------------------------------------------------------------
+
+  function showIntegrity(el, state, kind, text) {
+    const badge = document.createElement('span');
+    badge.className = 'badge' + (kind ? ' ' + kind : '');
+    badge.textContent = text;
+    el.textContent = '';
+    el.appendChild(badge);
+    el.dataset.state = state;
+    document.body.dataset.integrity = state;
+  }
+
+  function checkIntegrity(el) {
+    fetch(el.dataset.integrity, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+      .then(function (r) {
+        return r.json().catch(function () { return {}; }).then(function (j) {
+          if (!r.ok || !j.state) throw new Error(j.error || (r.status + ' ' + r.statusText));
+          showIntegrity(el, j.state, j.badge, j.text);
+        });
+      })
+      .catch(function (err) {
+        showIntegrity(el, 'error', 'bad', 'the recording could not be checked: ' + err.message);
       });
   }
 
@@ -430,14 +461,19 @@
 
   function start() {
     localTimes(document);
+    const integrity = document.querySelector('#integrity[data-integrity]');
     const el = document.getElementById('player');
-    if (!el) return;
-    if (typeof window.AsciinemaPlayer === 'undefined') {
+    // The check waits for the recording's download: both read the whole
+    // file, and the replay is what the reviewer waits for.
+    let loaded = Promise.resolve();
+    if (el && typeof window.AsciinemaPlayer === 'undefined') {
       el.textContent = 'The player script did not load.';
-      return;
+    } else if (el && el.dataset.cast) {
+      loaded = initReplay(el);
+    } else if (el && el.dataset.live) {
+      initLive(el);
     }
-    if (el.dataset.cast) initReplay(el);
-    else if (el.dataset.live) initLive(el);
+    if (integrity) loaded.then(function () { checkIntegrity(integrity); });
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);

@@ -55,6 +55,17 @@ pub fn csrf(viewer: &Viewer) -> String {
 /// A complete page: the top bar (the pages `viewer` may use, who is
 /// signed in, sign-out) and `body`.
 pub fn layout(title: &str, viewer: Option<&Viewer>, body: &str) -> Html<String> {
+    layout_with_head(title, viewer, "", body)
+}
+
+/// [`layout`] with more elements in `<head>` (already escaped), before
+/// the stylesheets and scripts so that a preload starts first.
+pub fn layout_with_head(
+    title: &str,
+    viewer: Option<&Viewer>,
+    head: &str,
+    body: &str,
+) -> Html<String> {
     let nav = match viewer {
         None => String::new(),
         Some(v) => {
@@ -88,7 +99,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: &str) -> Html<String> 
         }
     };
     Html(format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · Gatehouse</title><link rel=\"stylesheet\" href=\"/assets/console.css\"><link rel=\"stylesheet\" href=\"/assets/asciinema-player.css\"><script src=\"/assets/asciinema-player.min.js\" defer></script><script src=\"/assets/console.js\" defer></script></head><body>{nav}<main>{body}</main></body></html>",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · Gatehouse</title>{head}<link rel=\"stylesheet\" href=\"/assets/console.css\"><link rel=\"stylesheet\" href=\"/assets/asciinema-player.css\"><script src=\"/assets/asciinema-player.min.js\" defer></script><script src=\"/assets/console.js\" defer></script></head><body>{nav}<main>{body}</main></body></html>",
         esc(title)
     ))
 }

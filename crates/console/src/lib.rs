@@ -9,7 +9,12 @@
 //! authorisation of its own beyond choosing what to show.
 //!
 //! **Invariants:** every page that shows a recording or audit rows writes
-//! its `recording.access` / `audit.read` event first; every
+//! its `recording.access` / `audit.read` event first (so does the
+//! recording's integrity check, `recording.access` with action `verify`);
+//! a recording whose SHA-256 is not the one `session.end` recorded is
+//! shown as TAMPERED with both digests (the session page answers with
+//! the line "checking" and console.js fills it from
+//! `/sessions/ID/integrity`, so the page does not wait for the hash); every
 //! state-changing request carries the session's anti-CSRF token and a
 //! same-origin `Origin`; an error is a 4xx page (or JSON under
 //! `/api/v1`) with one sentence, never internals.
@@ -54,6 +59,9 @@ pub struct Console {
     tls: bool,
     /// Sign-in failures per source address (reset on success).
     failures: Mutex<std::collections::HashMap<String, u32>>,
+    /// Recordings whose SHA-256 matched `session.end`, with the identity
+    /// of the file that was hashed (see `sessions::integrity_json`).
+    verified: Mutex<std::collections::HashMap<String, (sessions::FileId, String)>>,
 }
 
 impl Console {
@@ -63,6 +71,7 @@ impl Console {
             host,
             tls,
             failures: Mutex::new(Default::default()),
+            verified: Mutex::new(Default::default()),
         })
     }
 

@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<Console>> {
         .route("/live", get(live_list))
         .route("/sessions/{id}", get(show))
         .route("/sessions/{id}/cast", get(cast))
+        .route("/sessions/{id}/integrity", get(integrity_json))
         .route("/sessions/{id}/live", get(live))
         .route("/sessions/{id}/live.ws", get(live_ws))
         .route("/sessions/{id}/kill", post(kill))
@@ -279,37 +280,53 @@ struct Marker {
     label: String,
 }
 
-/// The markers and SHA-256 of recording `rec`, read in one pass.
-fn scan(storage: &dyn RecordingStorage, rec: &str) -> std::io::Result<(Vec<Marker>, String, u64)> {
-    use sha2::{Digest, Sha256};
-    let mut reader = BufReader::new(storage.open(rec)?);
-    let mut hasher = Sha256::new();
+/// The markers of recording `rec`. A cast line is `[TIME,"CODE",DATA]`,
+/// so only the few bytes after the first comma say whether it is a marker
+/// (`"m"` cannot occur unescaped in the data); the rest is not looked at.
+fn scan(storage: &dyn RecordingStorage, rec: &str) -> std::io::Result<Vec<Marker>> {
+    let mut reader = BufReader::with_capacity(1 << 20, storage.open(rec)?);
     let mut markers = Vec::new();
-    let mut size = 0u64;
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
+        if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        size += n as u64;
-        hasher.update(line.as_bytes());
-        if line.contains(",\"m\",") {
-            if let Some((t, "m", label)) = gatehouse_record::asciicast::parse_event(&line)
-                .as_ref()
-                .map(|(t, c, d)| (*t, c.as_str(), d.clone()))
-            {
+        let comma = line.iter().take(40).position(|b| *b == b',');
+        if !comma.is_some_and(|c| line[c..].starts_with(b",\"m\",")) {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        if let Some((t, code, label)) = gatehouse_record::asciicast::parse_event(text) {
+            if code == "m" {
                 markers.push(Marker { t, label });
             }
         }
     }
-    let digest = hasher
+    Ok(markers)
+}
+
+/// The SHA-256 (hex) of recording `rec`.
+fn digest(storage: &dyn RecordingStorage, rec: &str) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = storage.open(rec)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((markers, digest, size))
+        .collect())
 }
 
 #[derive(Deserialize, Default)]
@@ -363,6 +380,8 @@ async fn show(
         .await?;
     let events: Vec<gatehouse_model::event::Event> =
         events.into_iter().rev().map(|(_, e)| e).collect();
+    // The digest is checked by /sessions/ID/integrity, which console.js
+    // asks once the recording has loaded: the page does not wait for it.
     let (markers, verified) = match &rec {
         None => (Vec::new(), String::new()),
         Some(rec) => {
@@ -371,7 +390,13 @@ async fn show(
             let scanned = tokio::task::spawn_blocking(move || scan(storage.as_ref(), &name))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-            integrity(scanned, rec, &events, row.active)
+            match scanned {
+                Ok(markers) => (markers, checking(&id)),
+                Err(e) => (
+                    Vec::new(),
+                    html::badge("bad", &format!("recording unreadable: {e}")),
+                ),
+            }
         }
     };
     let (items, start_at) = command_list(&events, &markers, cmd, start);
@@ -390,7 +415,56 @@ async fn show(
         ),
         None => "<p class=\"empty\">This session has no terminal recording (no shell or command channel).</p>".into(),
     };
-    let others: Vec<Vec<String>> = events
+    let actions = if row.active {
+        let mut a = String::new();
+        if viewer.access.can(P::Watch) {
+            a.push_str(&format!(
+                "<a href=\"/sessions/{}/live\" id=\"watch\">Watch live</a> ",
+                html::esc(&id)
+            ));
+        }
+        if viewer.access.can(P::Kill) {
+            a.push_str(&kill_form(&viewer, &id));
+        }
+        a
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<h1>Session {}</h1>{}<dl class=\"meta\"><dt>User</dt><dd>{}</dd><dt>Target</dt><dd>{}</dd><dt>Login</dt><dd>{}</dd><dt>Source</dt><dd>{}</dd><dt>Node</dt><dd>{}</dd><dt>MFA</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Ended</dt><dd>{}</dd><dt>Bytes in/out</dt><dd>{} / {}</dd><dt>Recording</dt>{verified}</dl>{actions}<div class=\"replay\"><div class=\"screen\">{player}</div><aside><h2>Commands</h2><ol id=\"commands\">{items}</ol></aside></div><h2>File transfers and forwards</h2>{}",
+        html::esc(&id),
+        html::notice(q.notice.as_deref()),
+        html::esc(&row.user),
+        html::esc(&row.target),
+        html::esc(&row.login),
+        html::esc(row.source_ip.as_deref().unwrap_or("")),
+        html::esc(&row.node),
+        if row.mfa { "yes" } else { "no" },
+        html::time(&row.start_time),
+        row.end_time.as_deref().map(html::time).unwrap_or_else(|| "running".into()),
+        row.bytes_in.unwrap_or(0),
+        row.bytes_out.unwrap_or(0),
+        transfers(&events),
+    );
+    // The recording's download starts with the page, not after the
+    // scripts: console.js's fetch (same-origin credentials, CORS mode)
+    // takes this preload's response.
+    let head = match &rec {
+        Some(_) => format!(
+            "<link rel=\"preload\" href=\"/sessions/{}/cast\" as=\"fetch\" crossorigin=\"anonymous\">",
+            html::esc(&id)
+        ),
+        None => String::new(),
+    };
+    Ok(
+        html::layout_with_head(&format!("Session {id}"), Some(&viewer), &head, &body)
+            .into_response(),
+    )
+}
+
+/// The session's file transfers and port forwards, as a table.
+fn transfers(events: &[gatehouse_model::event::Event]) -> String {
+    let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| &e.event)
         .filter(|e| {
@@ -415,75 +489,154 @@ async fn show(
             ]
         })
         .collect();
-    let actions = if row.active {
-        let mut a = String::new();
-        if viewer.access.can(P::Watch) {
-            a.push_str(&format!(
-                "<a href=\"/sessions/{}/live\" id=\"watch\">Watch live</a> ",
-                html::esc(&id)
-            ));
-        }
-        if viewer.access.can(P::Kill) {
-            a.push_str(&kill_form(&viewer, &id));
-        }
-        a
-    } else {
-        String::new()
-    };
-    let body = format!(
-        "<h1>Session {}</h1>{}<dl class=\"meta\"><dt>User</dt><dd>{}</dd><dt>Target</dt><dd>{}</dd><dt>Login</dt><dd>{}</dd><dt>Source</dt><dd>{}</dd><dt>Node</dt><dd>{}</dd><dt>MFA</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Ended</dt><dd>{}</dd><dt>Bytes in/out</dt><dd>{} / {}</dd><dt>Recording</dt><dd id=\"integrity\">{verified}</dd></dl>{actions}<div class=\"replay\"><div class=\"screen\">{player}</div><aside><h2>Commands</h2><ol id=\"commands\">{items}</ol></aside></div><h2>File transfers and forwards</h2>{}",
-        html::esc(&id),
-        html::notice(q.notice.as_deref()),
-        html::esc(&row.user),
-        html::esc(&row.target),
-        html::esc(&row.login),
-        html::esc(row.source_ip.as_deref().unwrap_or("")),
-        html::esc(&row.node),
-        if row.mfa { "yes" } else { "no" },
-        html::time(&row.start_time),
-        row.end_time.as_deref().map(html::time).unwrap_or_else(|| "running".into()),
-        row.bytes_in.unwrap_or(0),
-        row.bytes_out.unwrap_or(0),
-        html::table("transfers", &["Time", "Event", "Path / destination", "Bytes", "Result"], &others),
-    );
-    Ok(html::layout(&format!("Session {id}"), Some(&viewer), &body).into_response())
+    html::table(
+        "transfers",
+        &["Time", "Event", "Path / destination", "Bytes", "Result"],
+        &rows,
+    )
 }
 
-/// The recording's markers and a badge saying whether its SHA-256 is the
-/// one `session.end` recorded.
-fn integrity(
-    scanned: std::io::Result<(Vec<Marker>, String, u64)>,
-    rec: &str,
-    events: &[gatehouse_model::event::Event],
+/// The integrity line of a page whose recording is still being checked:
+/// console.js fills it from [`integrity_json`].
+fn checking(id: &str) -> String {
+    format!(
+        "<dd id=\"integrity\" data-integrity=\"/sessions/{}/integrity\" data-state=\"checking\">{}</dd>",
+        html::esc(id),
+        html::badge("", "checking the recording's SHA-256 against session.end…")
+    )
+}
+
+/// What the recording's SHA-256 says: a state for scripts, a badge kind
+/// and the sentence for the reviewer.
+fn verdict(
+    digest: &std::io::Result<String>,
+    expected: Option<&str>,
     active: bool,
-) -> (Vec<Marker>, String) {
-    let expected = events
-        .iter()
-        .filter(|e| e.event.kind == gatehouse_model::EventType::SESSION_END)
-        .flat_map(|e| recordings::listed(&e.event.details))
-        .find(|e| e.id == rec);
-    match scanned {
-        Err(e) => (
-            Vec::new(),
-            html::badge("bad", &format!("recording unreadable: {e}")),
+) -> (&'static str, &'static str, String) {
+    match (digest, expected) {
+        (Err(e), _) => ("unreadable", "bad", format!("recording unreadable: {e}")),
+        (Ok(_), None) if active => ("in_progress", "warn", "recording in progress".into()),
+        (Ok(_), None) => (
+            "no_digest",
+            "warn",
+            "no digest recorded for this recording".into(),
         ),
-        Ok((markers, digest, _)) => {
-            let badge = match expected {
-                None if active => html::badge("warn", "recording in progress"),
-                None => html::badge("warn", "no digest recorded for this recording"),
-                Some(x) if x.sha256 == digest => html::badge(
-                    "ok",
-                    &format!("verified: SHA-256 {digest} matches session.end"),
-                ),
-                Some(x) => html::badge(
-                    "bad",
-                    &format!(
-                        "TAMPERED: SHA-256 {digest} differs from {} in session.end",
-                        x.sha256
-                    ),
-                ),
-            };
-            (markers, badge)
+        (Ok(d), Some(x)) if x == d => (
+            "verified",
+            "ok",
+            format!("verified: SHA-256 {d} matches session.end"),
+        ),
+        (Ok(d), Some(x)) => (
+            "tampered",
+            "bad",
+            format!("TAMPERED: SHA-256 {d} differs from {x} in session.end"),
+        ),
+    }
+}
+
+/// Whether recording `rec` (of session `id`) is the one `session.end`
+/// recorded, as JSON: `{"state", "badge", "text", "sha256", "expected"}`.
+/// Reading it is a `recording.access` event (`verify`), written before
+/// the recording is read. A digest that matched is remembered with the
+/// file's identity (size, times, inode), so the next view of an unchanged
+/// file does not hash it again; any write to the file changes its ctime.
+async fn integrity_json(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Page {
+    let row = visible(&console, &viewer, &id).await.map_err(Fail::json)?;
+    let config = console.config();
+    let rec = control(&console, &config, &viewer)
+        .open_recording(&id, "verify")
+        .await
+        .map_err(|e| Fail::from(e).json())?;
+    let ends = console
+        .store
+        .events_page(
+            &gatehouse_store::EventFilter {
+                session_id: Some(id.clone()),
+                kind: Some(gatehouse_model::EventType::SESSION_END.to_string()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .map_err(|e| Fail::from(e).json())?;
+    let expected = ends
+        .iter()
+        .flat_map(|(_, e)| recordings::listed(&e.event.details))
+        .find(|e| e.id == rec)
+        .map(|e| e.sha256);
+    let path = config.recording.dir.join(format!("{rec}.cast"));
+    let digest = match console.remembered(&rec, &path, expected.as_deref()) {
+        Some(d) => Ok(d),
+        None => {
+            let storage = storage(&config).map_err(Fail::json)?;
+            let name = rec.clone();
+            let before = file_identity(&path);
+            let d = tokio::task::spawn_blocking(move || digest(storage.as_ref(), &name))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            if let (Ok(d), Some(x), Some(before)) = (&d, &expected, before) {
+                if d == x && file_identity(&path) == Some(before) {
+                    console.remember(&rec, before, d);
+                }
+            }
+            d
+        }
+    };
+    let (state, badge, text) = verdict(&digest, expected.as_deref(), row.active);
+    Ok(axum::Json(serde_json::json!({
+        "state": state,
+        "badge": badge,
+        "text": text,
+        "sha256": digest.ok(),
+        "expected": expected,
+    }))
+    .into_response())
+}
+
+/// Size, modification and change times, device and inode of a recording
+/// file; `None` where there is no file (object storage).
+pub(crate) type FileId = (u64, i64, i64, i64, i64, u64, u64);
+
+fn file_identity(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.dev(),
+        m.ino(),
+    ))
+}
+
+impl Console {
+    /// The digest remembered for recording `rec` if the file is unchanged
+    /// since it matched `expected`.
+    fn remembered(
+        &self,
+        rec: &str,
+        path: &std::path::Path,
+        expected: Option<&str>,
+    ) -> Option<String> {
+        let expected = expected?;
+        let now = file_identity(path)?;
+        let memo = self.verified.lock().ok()?;
+        let (id, digest) = memo.get(rec)?;
+        (id == &now && digest == expected).then(|| digest.clone())
+    }
+
+    fn remember(&self, rec: &str, id: FileId, digest: &str) {
+        if let Ok(mut memo) = self.verified.lock() {
+            if memo.len() >= 4096 {
+                memo.clear();
+            }
+            memo.insert(rec.to_string(), (id, digest.to_string()));
         }
     }
 }

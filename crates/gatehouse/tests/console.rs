@@ -121,6 +121,27 @@ fn wait_rows_for(env: &Env, sql: &str, timeout: Duration) -> Vec<Value> {
     }
 }
 
+/// Changes one byte of the output in session `id`'s recording, keeping
+/// its size and modification time.
+fn tamper(env: &Env, id: &str) {
+    let path = env.dir.path().join("recordings").join(format!("{id}.cast"));
+    let mut bytes = std::fs::read(&path).expect("the recording");
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"rita-p")
+        .expect("the output in the recording");
+    bytes[at] = b'R';
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    std::fs::write(&path, &bytes).expect("write the recording");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(modified))
+        .expect("set mtime");
+}
+
 /// A tmux terminal running `bash --norc -i` on `target` through the gateway.
 fn bash_session(env: &Env, key: &KeyPair, dest: &str) -> Tmux {
     let opts = env.client(key).opts().join(" ");
@@ -279,6 +300,11 @@ fn the_console_in_a_real_browser() {
         "session_id",
     );
 
+    // Her recording is then altered in place (same size, same
+    // modification time): the console must say it is not what
+    // session.end recorded.
+    tamper(&env, &rita_session);
+
     // rita's authenticator (after her ssh session: TOTP is for the console).
     let out = env.gatehouse(&["--format", "json", "users", "totp-enroll", "rita"]);
     assert_eq!(out.code, Some(0), "totp-enroll: {}", out.stderr);
@@ -420,7 +446,7 @@ fn the_console_in_a_real_browser() {
     // What the browser did is in the store.
     let web = |d: &Value| d["channel"] == "web";
     let access = events(&env, "recording.access", "result = 'success'");
-    for action in ["view", "play", "download", "watch"] {
+    for action in ["view", "play", "download", "watch", "verify"] {
         assert!(
             access
                 .iter()

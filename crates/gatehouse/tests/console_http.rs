@@ -54,6 +54,97 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Http {
     }
 }
 
+/// The session page answers without hashing the recording: it preloads
+/// the cast and leaves the integrity line "checking" for
+/// `/sessions/ID/integrity`, which says verified (each time, the second
+/// from the remembered digest), and TAMPERED once one byte of the file
+/// changed, even with its size and modification time kept. Each check is
+/// a `recording.access` (verify) event.
+fn integrity_checks(env: &Env, admin: u16, jar: &str, id: &str) {
+    let page = curl(admin, &format!("/sessions/{id}"), &["-H", jar]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(&format!(
+            "<link rel=\"preload\" href=\"/sessions/{id}/cast\" as=\"fetch\" crossorigin=\"anonymous\">"
+        )),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!(
+            "<dd id=\"integrity\" data-integrity=\"/sessions/{id}/integrity\" data-state=\"checking\">"
+        )),
+        "{}",
+        page.body
+    );
+    let check = || {
+        let r = curl(admin, &format!("/sessions/{id}/integrity"), &["-H", jar]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{}",
+            r.headers
+        );
+        serde_json::from_str::<serde_json::Value>(&r.body).expect("integrity json")
+    };
+    for _ in 0..2 {
+        let v = check();
+        assert_eq!(v["state"], "verified", "{v}");
+        assert_eq!(v["badge"], "ok", "{v}");
+        assert_eq!(v["sha256"], v["expected"], "{v}");
+        assert!(
+            v["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("verified: SHA-256 ")),
+            "{v}"
+        );
+    }
+    let path = env.dir.path().join("recordings").join(format!("{id}.cast"));
+    let original = std::fs::read(&path).expect("the recording");
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut altered = original.clone();
+    let at = altered
+        .windows(4)
+        .position(|w| w == b"from")
+        .expect("the output in the recording");
+    altered[at] = b'F';
+    let rewrite = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).expect("write the recording");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(modified))
+            .expect("set mtime");
+    };
+    rewrite(&altered);
+    let v = check();
+    assert_eq!(v["state"], "tampered", "{v}");
+    assert_eq!(v["badge"], "bad", "{v}");
+    assert_ne!(v["sha256"], v["expected"], "{v}");
+    let text = v["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("TAMPERED: SHA-256 "), "{v}");
+    assert!(
+        v["expected"].as_str().is_some_and(|x| text.contains(x)),
+        "{v}"
+    );
+    rewrite(&original);
+    assert_eq!(check()["state"], "verified");
+    let verifies = format!(
+        "SELECT 1 FROM events WHERE type = 'recording.access' AND session_id = '{id}' AND json_extract(details, '$.action') = 'verify' AND json_extract(details, '$.by') = 'rita'"
+    );
+    env.wait_rows(&format!(
+        "SELECT 1 FROM (SELECT count(*) AS n FROM ({verifies})) WHERE n >= 4"
+    ));
+    assert_eq!(
+        env.query(&verifies).len(),
+        4,
+        "one recording.access (verify) per check"
+    );
+}
+
 /// `gatehouse users hash-password` (it needs no config).
 fn hash_password(password: &str) -> String {
     let mut cmd = Command::new(common::gatehouse_bin());
@@ -260,6 +351,7 @@ password_hash = "{carol_hash}"
     env.wait_rows(&format!(
         "SELECT 1 FROM events WHERE type = 'recording.access' AND session_id = '{alice_session}' AND json_extract(details, '$.channel') = 'web' AND json_extract(details, '$.by') = 'rita'"
     ));
+    integrity_checks(&env, admin, &jar, &alice_session);
     let audit = curl(admin, "/audit?type=auth.*&user=rita", &["-H", &jar]);
     assert_eq!(audit.status, 200);
     env.wait_rows("SELECT 1 FROM events WHERE type = 'audit.read' AND \"user\" = 'rita'");
@@ -370,6 +462,13 @@ password_hash = "{carol_hash}"
         &["-H", &cj],
     );
     assert_eq!(r.status, 404);
+    let r = curl(
+        admin,
+        &format!("/sessions/{alice_session}/integrity"),
+        &["-H", &cj],
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.starts_with("{\"error\":"), "{}", r.body);
     let r = curl(admin, "/sessions", &["-H", &cj]);
     assert!(
         !r.body.contains(&alice_session),
