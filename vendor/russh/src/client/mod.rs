@@ -1258,7 +1258,13 @@ where
     );
     session.begin_rekey()?;
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
-    let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
+    // Boxed: `spawn` wraps the future in an async block that would hold it
+    // twice (as its capture and as the awaited value), doubling the task.
+    let join = russh_util::runtime::spawn(Box::pin(Box::new(session).run(
+        stream,
+        handler,
+        Some(kex_done_signal),
+    )));
 
     let agent_session_binding = match kex_done_signal_rx.await {
         Ok(binding) => binding,
@@ -1339,7 +1345,9 @@ impl Session {
     }
 
     async fn run<H: Handler + Send, R: AsyncRead + AsyncWrite + Unpin + Send>(
-        mut self,
+        // Boxed: an `async fn` keeps its arguments twice (as passed, and
+        // moved into the body), and the session is the largest of them.
+        mut self: Box<Self>,
         stream: SshRead<R>,
         mut handler: H,
         mut kex_done_signal: Option<

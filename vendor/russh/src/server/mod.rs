@@ -1130,7 +1130,9 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    // Boxed: `spawn` wraps the future in an async block that would hold it
+    // twice (as its capture and as the awaited value), doubling the task.
+    let join = russh_util::runtime::spawn(Box::pin(Box::new(session).run(stream, handler)));
 
     Ok(RunningSession { handle, join })
 }
