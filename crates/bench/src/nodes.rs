@@ -358,6 +358,9 @@ fn start() -> Cluster {
 /// `n` clients at once.
 struct Burst {
     wall: f64,
+    /// Seconds from the release to the last client's start (the clients
+    /// themselves queue for the CPU).
+    last_start: f64,
     /// Each succeeded session's own seconds.
     times: Vec<f64>,
     failed: usize,
@@ -399,7 +402,7 @@ impl Cluster {
                         )),
                         Err(e) => Some(e.to_string()),
                     };
-                    (end, (end - t).as_secs_f64(), err)
+                    (t, end, (end - t).as_secs_f64(), err)
                 })
             })
             .collect();
@@ -409,10 +412,13 @@ impl Cluster {
             wall: 0.0,
             times: Vec::new(),
             failed: 0,
+            last_start: 0.0,
             first_error: String::new(),
         };
         for h in handles {
-            let (end, secs, err) = h.join().expect("client thread");
+            let (start, end, secs, err) = h.join().expect("client thread");
+            let start = start.saturating_duration_since(t0).as_secs_f64();
+            b.last_start = b.last_start.max(start);
             b.wall = b.wall.max(end.saturating_duration_since(t0).as_secs_f64());
             match err {
                 None => b.times.push(secs),
@@ -585,13 +591,14 @@ fn upload(c: &Cluster, seconds: u64) -> Lag {
     }
 }
 
-/// The p50/p99 of a burst's session times, in ms.
-fn p50_p99(b: &Burst) -> (f64, f64) {
+/// The p50, p99 and max of a burst's session times, in ms.
+fn p50_p99(b: &Burst) -> (f64, f64, f64) {
     if b.times.is_empty() {
-        return (f64::NAN, f64::NAN);
+        return (f64::NAN, f64::NAN, f64::NAN);
     }
     let mut v: Vec<f64> = b.times.iter().map(|s| s * 1000.0).collect();
-    (median(&mut v.clone()), percentile(&mut v, 0.99))
+    let max = v.iter().cloned().fold(0.0, f64::max);
+    (median(&mut v.clone()), percentile(&mut v, 0.99), max)
 }
 
 fn set_up_rates(c: &Cluster, n: u64, table: &mut String) -> Value {
@@ -600,17 +607,20 @@ fn set_up_rates(c: &Cluster, n: u64, table: &mut String) -> Value {
     let mut text = String::new();
     for (host, key) in PATHS {
         let b = c.burst("setup", host, "true", n);
-        let (p50, p99) = p50_p99(&b);
+        let (p50, p99, max) = p50_p99(&b);
         let rate = b.times.len() as f64 / b.wall;
         text.push_str(&format!(
-            "  {key:<14} {rate:>8.1} sessions/s  p50 {p50:>7.0} ms  p99 {p99:>7.0} ms  {}/{n} ok  wall {:.2} s\n",
+            "  {key:<14} {rate:>6.1} sessions/s  p50 {p50:>5.0} ms  p99 {p99:>5.0} ms  max {max:>5.0} ms  \
+             {}/{n} ok  wall {:.2} s  last start +{:.0} ms\n",
             b.times.len(),
-            b.wall
+            b.wall,
+            b.last_start * 1000.0
         ));
         rows.insert(
             key.into(),
-            json!({"sessions_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                   "ok": b.times.len(), "n": n, "wall_s": b.wall}),
+            json!({"sessions_per_s": rate, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+                   "ok": b.times.len(), "n": n, "wall_s": b.wall,
+                   "last_start_ms": b.last_start * 1000.0}),
         );
         assert_eq!(
             b.failed, 0,
