@@ -108,6 +108,12 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// The append connection (`Inner::writer`): one per store.
+enum Writer {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 type Waiting = (
     Vec<NewEvent>,
     tokio::sync::oneshot::Sender<Result<Vec<Event>, StoreError>>,
@@ -115,6 +121,11 @@ type Waiting = (
 
 struct Inner {
     pool: Pool,
+    /// The connection appends commit on, kept apart from `pool`: a burst
+    /// of sessions queues many reads (locks, blocks, approvals) on the
+    /// shared pool, and the commit that every one of those sessions is
+    /// waiting for must not wait behind them.
+    writer: Writer,
     /// Serialises appends within this process so the chain never forks.
     /// PostgreSQL additionally takes an advisory lock per append so that
     /// several gateway nodes cannot fork it either.
@@ -153,7 +164,7 @@ impl Store {
             url: redact(url),
             message: e.to_string(),
         };
-        let pool = if let Some(rest) = url
+        let (pool, writer) = if let Some(rest) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
         {
@@ -181,7 +192,7 @@ impl Store {
             let rw = SqlitePoolOptions::new()
                 .max_connections(if memory { 1 } else { 4 })
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(rw_opts)
+                .connect_with(rw_opts.clone())
                 .await
                 .map_err(|e| open_err(&e))?;
             for stmt in schema::SQLITE {
@@ -193,6 +204,19 @@ impl Store {
             cloudtrail::install_sqlite(&rw)
                 .await
                 .map_err(|e| open_err(&e))?;
+            // An in-memory database lives in its one connection.
+            let writer = if memory {
+                Writer::Sqlite(rw.clone())
+            } else {
+                Writer::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_with(rw_opts.clone())
+                        .await
+                        .map_err(|e| open_err(&e))?,
+                )
+            };
             let ro = if memory {
                 rw.clone()
             } else {
@@ -204,15 +228,19 @@ impl Store {
                     .await
                     .map_err(|e| open_err(&e))?
             };
-            Pool::Sqlite { rw, ro }
+            (Pool::Sqlite { rw, ro }, writer)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| open_err(&e))?;
             let pg = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
                 .map_err(|e| open_err(&e))?;
+            let writer = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(opts);
             let mut tx = pg.begin().await.map_err(|e| open_err(&e))?;
             // Two nodes starting at once must not race on CREATE.
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -230,13 +258,14 @@ impl Store {
                 .await
                 .map_err(|e| open_err(&e))?;
             tx.commit().await.map_err(|e| open_err(&e))?;
-            Pool::Postgres(pg)
+            (Pool::Postgres(pg), Writer::Postgres(writer))
         } else {
             return Err(StoreError::Url(url.to_string()));
         };
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
+                writer,
                 append: tokio::sync::Mutex::new(()),
                 queue: std::sync::Mutex::new(Vec::new()),
                 query_timeout_ms: std::sync::atomic::AtomicU64::new(
@@ -296,10 +325,19 @@ impl Store {
     /// Writes every waiting append in one transaction and answers each.
     async fn commit(&self, batch: Vec<Waiting>) {
         let all: Vec<&NewEvent> = batch.iter().flat_map(|(evs, _)| evs.iter()).collect();
-        let result = match &self.inner.pool {
-            Pool::Sqlite { rw, .. } => commit_sqlite(rw, &all).await,
-            Pool::Postgres(pg) => commit_postgres(pg, &all).await,
+        let started = std::time::Instant::now();
+        let result = match &self.inner.writer {
+            Writer::Sqlite(w) => commit_sqlite(w, &all).await,
+            Writer::Postgres(w) => commit_postgres(w, &all).await,
         };
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            tracing::warn!(
+                events = all.len(),
+                ms = took.as_millis() as u64,
+                "slow audit commit: every session waiting on these events waited this long"
+            );
+        }
         match result {
             Ok(stored) => {
                 let mut stored = stored.into_iter();
@@ -584,6 +622,10 @@ impl Store {
             }
             Pool::Postgres(pg) => pg.close().await,
         }
+        match &self.inner.writer {
+            Writer::Sqlite(w) => w.close().await,
+            Writer::Postgres(w) => w.close().await,
+        }
     }
 }
 
@@ -630,8 +672,12 @@ fn chained(events: &[&NewEvent], mut prev: String) -> Result<Vec<(Event, String)
     Ok(out)
 }
 
-/// Rows per INSERT statement on SQLite (16 parameters each, well below
-/// SQLite's parameter limit).
+/// A commit slower than this is logged (a sign of an overloaded store or
+/// machine: gating events wait for it).
+const SLOW_COMMIT: Duration = Duration::from_millis(500);
+
+/// Rows per INSERT statement (16 parameters each, well below SQLite's
+/// and PostgreSQL's parameter limits).
 const MULTI_ROW: usize = 64;
 
 fn multi_row_insert(rows: usize) -> String {
@@ -692,10 +738,13 @@ async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>
             .fetch_optional(&mut *tx)
             .await?;
     let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
-    for (e, details) in &rows {
-        bind_event!(sqlx::query(schema::POSTGRES_INSERT), e, details)
-            .execute(&mut *tx)
-            .await?;
+    for chunk in rows.chunks(MULTI_ROW) {
+        let sql = schema::postgres_multi_insert(chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (e, details) in chunk {
+            q = bind_event!(q, e, details);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(rows.into_iter().map(|(e, _)| e).collect())

@@ -408,9 +408,38 @@ pub const POSTGRES: &[&str] = &[
      FROM audit_events WHERE type = 'command'",
 ];
 
-pub const POSTGRES_INSERT: &str = "INSERT INTO audit_events
-    (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16)";
+/// The INSERT of `rows` events in one statement (PostgreSQL).
+pub fn postgres_multi_insert(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash) VALUES ",
+    );
+    for r in 0..rows {
+        let p = r * 16;
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${},${},${},${},${},${},${},${},${}::jsonb,${},${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10,
+            p + 11,
+            p + 12,
+            p + 13,
+            p + 14,
+            p + 15,
+            p + 16
+        ));
+    }
+    sql
+}
 
 pub const SQLITE_SELECT: &str = "seq, id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash";
 
