@@ -193,30 +193,13 @@ async fn to_user(
     let mut n = 0u64;
     let mut exit = None;
     let mut refused = false;
-    let mut eof_sent = false;
+    let mut eof = HeldEof::default();
     // The upstream channel vanished without a close: its connection
     // died (the target's sshd, the network).
     let mut lost = false;
-    // The target's EOF is held until its exit status follows (at most
-    // EOF_HOLD), then passed on after it: a client that closes as soon as
-    // both directions saw EOF (Dropbear's dbclient) would otherwise close
-    // before the exit status arrived, and a channel the user closed takes
-    // nothing more.
-    let mut eof_held = false;
     loop {
-        let next = if eof_held {
-            match tokio::time::timeout(EOF_HOLD, up_rx.wait()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    (eof_held, eof_sent) = (false, true);
-                    if user_tx.eof().await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        } else {
-            up_rx.wait().await
+        let Ok(next) = eof.next(up_rx, user_tx).await else {
+            break;
         };
         let Some(msg) = next else {
             lost = true;
@@ -250,7 +233,7 @@ async fn to_user(
                 user_tx.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => {
-                eof_held = true;
+                eof.held = true;
                 Ok(())
             }
             ChannelMsg::ExitStatus { exit_status } => {
@@ -288,11 +271,8 @@ async fn to_user(
         if r.is_err() {
             break;
         }
-        if eof_held && exit.is_some() {
-            (eof_held, eof_sent) = (false, true);
-            if user_tx.eof().await.is_err() {
-                break;
-            }
+        if eof.held && exit.is_some() && eof.pass_on(user_tx).await.is_err() {
+            break;
         }
     }
     let lost = lost && exit.is_none();
@@ -307,11 +287,51 @@ async fn to_user(
         let _ = user_tx.exit_status(255).await;
     }
     // One EOF only: clients such as asyncssh treat a second as an error.
-    if !eof_sent {
+    if !eof.sent {
         let _ = user_tx.eof().await;
     }
     let _ = user_tx.close().await;
     (n, exit, refused, lost)
+}
+
+/// The target's EOF, held until its exit status follows (at most
+/// `EOF_HOLD`) and passed on after it: a client that closes as soon as
+/// both directions saw EOF (Dropbear's dbclient) would otherwise close
+/// before the exit status arrived, and a channel the user closed takes
+/// nothing more.
+#[derive(Default)]
+struct HeldEof {
+    held: bool,
+    sent: bool,
+}
+
+impl HeldEof {
+    /// The target's next message (None: its channel is gone); a held EOF
+    /// is passed on first when `EOF_HOLD` runs out. Err: the user's side
+    /// is gone.
+    async fn next(
+        &mut self,
+        up_rx: &mut russh::ChannelReadHalf,
+        user_tx: &russh::ChannelWriteHalf<Msg>,
+    ) -> Result<Option<ChannelMsg>, russh::Error> {
+        loop {
+            if !self.held {
+                return Ok(up_rx.wait().await);
+            }
+            match tokio::time::timeout(EOF_HOLD, up_rx.wait()).await {
+                Ok(next) => return Ok(next),
+                Err(_) => self.pass_on(user_tx).await?,
+            }
+        }
+    }
+
+    async fn pass_on(
+        &mut self,
+        user_tx: &russh::ChannelWriteHalf<Msg>,
+    ) -> Result<(), russh::Error> {
+        (self.held, self.sent) = (false, true);
+        user_tx.eof().await
+    }
 }
 
 /// Passes keystrokes on with every Enter held until the line on screen
