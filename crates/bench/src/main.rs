@@ -9,8 +9,10 @@
 //! GH_BENCH_EVENTS (rows for the query benchmark, default 10 million),
 //! GH_BENCH_STREAMS (concurrent streams, default 100; each moves
 //! GH_BENCH_BYTES / 64), GH_BENCH_ONLY (comma-separated sections: bulk,
-//! setup, keys, recording, streams, idle, audit; default all; `console`,
-//! the web console's section, runs only when named: see `console.rs`),
+//! setup, keys, recording, streams, idle, burst, audit; default all;
+//! `console`, the web console's section, and `nodes`, two gateway nodes
+//! behind HAProxy, run only when named: see `console.rs`, `nodes.rs`;
+//! `burst.rs` has the burst section's own knobs),
 //! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
 //! for a profiler; default 0), GH_BENCH_LOGIN (the login on the targets;
 //! see `bench_login`).
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{self as kit, Sshd};
 
+mod burst;
 mod console;
 mod nodes;
 mod soak;
@@ -55,6 +58,8 @@ struct Setup {
     gateways: Vec<std::process::Child>,
     gw_pid: u32,
     gw_db: PathBuf,
+    /// The login on the targets (`bench_login`).
+    login: String,
 }
 
 const HOSTS: [&str; 3] = ["direct", "jump", "gatehouse"];
@@ -242,6 +247,7 @@ fn setup() -> Setup {
         _bastion: bastion,
         gateways,
         gw_pid,
+        login,
     }
 }
 
@@ -783,6 +789,9 @@ async fn main() {
             "streams_aggregate".into(),
             serde_json::json!({"n": n, "bytes_each": each, "direct": r[0], "proxyjump": r[1], "gatehouse": r[2]}),
         );
+    }
+    if want("burst") {
+        burst::run(&s, &mut table, &mut json);
     }
     if want("audit") {
         let (seq, conc, batched) = ingest(2000).await;
