@@ -17,9 +17,11 @@
 // data-player-ready (the player has loaded the recording and shows its
 // first frame), `frame_ms` the first animation frame after the first
 // frame's text is in the terminal (the frame that paints it), and on the
-// way the session page's HTML (`html_ms`: the server reads and hashes the
-// whole recording before answering) and the recording's download
-// (`cast_start_ms`, `cast_end_ms`). After that the script presses Play
+// way the session page's HTML (`html_ms`) and the recording's download
+// (`cast_start_ms`, `cast_end_ms`; the page preloads it from <head>).
+// `verified_ms`: when the integrity line, which console.js fills from
+// /sessions/ID/integrity after the recording has loaded, says verified
+// (each run waits for it). After that the script presses Play
 // (`gatehousePlayer.play()`, at `play_pressed_ms`) and notes `play_ms`,
 // when the player's clock has moved on from the first frame.
 import { launch, totp } from '../tests/browser/lib.mjs';
@@ -49,6 +51,10 @@ function instrument(first) {
   function check() {
     const b = document.body;
     if (gh.ready_ms === undefined && b && b.dataset.playerReady === '1') gh.ready_ms = performance.now();
+    if (gh.verified_ms === undefined && b && b.dataset.integrity !== undefined) {
+      gh.verified_ms = performance.now();
+      gh.integrity_state = b.dataset.integrity;
+    }
     if (gh.frame_dom_ms === undefined) {
       const t = document.querySelector('#player .ap-term');
       if (t && t.textContent.includes(first)) gh.frame_dom_ms = performance.now();
@@ -59,7 +65,7 @@ function instrument(first) {
   function frame() {
     check();
     if (gh.frame_dom_ms !== undefined && gh.frame_ms === undefined) gh.frame_ms = performance.now();
-    if (gh.frame_ms === undefined || gh.ready_ms === undefined) requestAnimationFrame(frame);
+    if (gh.frame_ms === undefined || gh.ready_ms === undefined || gh.verified_ms === undefined) requestAnimationFrame(frame);
     else observer.disconnect();
   }
   requestAnimationFrame(frame);
@@ -92,6 +98,7 @@ try {
       { timeout: 120_000, polling: 50 },
     );
     const wall_ms = Date.now() - t0;
+    await p.waitForFunction(() => window.__gh && window.__gh.verified_ms !== undefined, null, { timeout: 120_000, polling: 50 });
     // Then Play, as a viewer would press it: `play_pressed_ms` when it
     // was pressed, `play_ms` when the player's clock has moved on from the
     // first frame (navigation start as zero, like the other times).
@@ -110,6 +117,7 @@ try {
     const m = await p.evaluate(() => {
       const nav = performance.getEntriesByType('navigation')[0];
       const cast = performance.getEntriesByType('resource').find((r) => /\/cast$/.test(r.name));
+      const check = performance.getEntriesByType('resource').find((r) => /\/integrity$/.test(r.name));
       const status = document.getElementById('integrity');
       return {
         ...window.__gh,
@@ -118,6 +126,9 @@ try {
         cast_start_ms: cast ? cast.startTime : null,
         cast_end_ms: cast ? cast.responseEnd : null,
         cast_bytes: cast ? cast.decodedBodySize : null,
+        cast_downloads: performance.getEntriesByType('resource').filter((r) => /\/cast$/.test(r.name)).length,
+        integrity_start_ms: check ? check.startTime : null,
+        integrity_end_ms: check ? check.responseEnd : null,
         integrity: status ? status.textContent.trim().slice(0, 40) : null,
         commands: document.querySelectorAll('#commands li').length,
       };

@@ -20,9 +20,10 @@
 //!    marker and a `command` event at every command, belongs to a session
 //!    in the SQLite store; bench/console-player.mjs signs in in headless
 //!    Chromium and opens `/sessions/ID` three times (a fresh browser
-//!    context each time): navigation start to `playerReady` and to the
-//!    first frame painted, then from pressing Play to the player's clock
-//!    moving.
+//!    context each time): navigation start to `playerReady`, to the
+//!    first frame painted and to the integrity line saying verified, then
+//!    from pressing Play to the player's clock moving. Each backend also
+//!    times `Store::open` of the filled store three times.
 //! 3. The data path. Bulk transfers (as the `bulk` section, GH_BENCH_BYTES
 //!    and GH_BENCH_RUNS) through two recording gateways that differ only
 //!    in `admin_listen`, runs alternating between them.
@@ -771,6 +772,9 @@ struct Backend {
     /// PostgreSQL: the VACUUM ANALYZE after the fill.
     analyze_s: f64,
     start_s: f64,
+    /// `Store::open` of the filled store, three times (ms): what every
+    /// `gatehouse` command pays before its work.
+    open_ms: Vec<f64>,
     size: u64,
     pages: Vec<Measured>,
     /// The load average before and after the pages were measured.
@@ -804,6 +808,16 @@ async fn backend(
     } else {
         0.0
     };
+    let mut open_ms = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let store = gatehouse_store::Store::open(&url)
+            .await
+            .expect("open store");
+        open_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        store.close().await;
+    }
+    eprintln!("console: {name}: Store::open {open_ms:.0?} ms");
     let admin = kit::free_port();
     let cfg = console_config(dir, &format!("console-{name}"), &url, admin, hash);
     let recorded = if player {
@@ -841,6 +855,7 @@ async fn backend(
         fill_s,
         analyze_s,
         start_s,
+        open_ms,
         size,
         pages,
         load: (load_before, load_after),
@@ -1050,7 +1065,7 @@ fn page_rows(table: &mut String, backends: &[Backend]) {
     }
     for b in backends {
         table.push_str(&format!(
-            "  {}: filled in {:.0} s ({:.0} events/s){}, store {:.0} MiB, gateway up in {:.1} s\n",
+            "  {}: filled in {:.0} s ({:.0} events/s){}, store {:.0} MiB, gateway up in {:.1} s, Store::open {} ms\n",
             b.name,
             b.fill_s,
             (b.sessions * 4) as f64 / b.fill_s,
@@ -1060,7 +1075,12 @@ fn page_rows(table: &mut String, backends: &[Backend]) {
                 String::new()
             },
             b.size as f64 / 1048576.0,
-            b.start_s
+            b.start_s,
+            b.open_ms
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         table.push_str(&format!(
             "  {}: load average before / after the pages: {} / {}\n",
@@ -1080,7 +1100,7 @@ fn backend_json(b: &Backend) -> Value {
             )
         })
         .collect();
-    json!({"fill_s": b.fill_s, "analyze_s": b.analyze_s, "store_bytes": b.size, "gateway_start_s": b.start_s, "pages": pages,
+    json!({"fill_s": b.fill_s, "analyze_s": b.analyze_s, "store_bytes": b.size, "gateway_start_s": b.start_s, "store_open_ms": b.open_ms, "pages": pages,
            "url": b.url, "load": [b.load.0, b.load.1]})
 }
 
@@ -1127,6 +1147,10 @@ pub async fn run(s: &Setup, table: &mut String, json_out: &mut Map<String, Value
         let runs = p["runs"].as_array().cloned().unwrap_or_default();
         let ready: Vec<f64> = runs.iter().filter_map(|r| r["ready_ms"].as_f64()).collect();
         let frame: Vec<f64> = runs.iter().filter_map(|r| r["frame_ms"].as_f64()).collect();
+        let verified: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["verified_ms"].as_f64())
+            .collect();
         // From pressing Play to the player's clock moving.
         let play: Vec<f64> = runs
             .iter()
@@ -1139,11 +1163,12 @@ pub async fn run(s: &Setup, table: &mut String, json_out: &mut Map<String, Value
                 .join(", ")
         };
         table.push_str(&format!(
-            "console replay of a {:.1} MiB recording ({} events) in Chromium: playerReady {} ms, first frame {} ms, then Play to moving {} ms (load {})\n",
+            "console replay of a {:.1} MiB recording ({} events) in Chromium: playerReady {} ms, first frame {} ms, integrity verified {} ms, then Play to moving {} ms (load {})\n",
             p["cast_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             p["cast_events"],
             list(&ready),
             list(&frame),
+            list(&verified),
             list(&play),
             p["load"][0].as_str().unwrap_or("")
         ));
