@@ -693,8 +693,36 @@ fn multi_row_insert(rows: usize) -> String {
     sql
 }
 
+/// A connection with a transaction opened by hand (`BEGIN` sent as SQL).
+/// Dropped before [`Open::done`] (the commit's future was cancelled), the
+/// connection is closed rather than put back in the pool, so that the
+/// server rolls back and releases the chain's lock.
+struct Open<DB: sqlx::Database>(Option<sqlx::pool::PoolConnection<DB>>);
+
+impl<DB: sqlx::Database> Open<DB> {
+    fn conn(&mut self) -> Result<&mut DB::Connection, StoreError> {
+        self.0
+            .as_deref_mut()
+            .ok_or_else(|| StoreError::Query("the transaction is finished".into()))
+    }
+
+    /// COMMIT or ROLLBACK was answered: the connection goes back.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Open<DB> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(c.detach());
+        }
+    }
+}
+
 async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
-    let mut conn = rw.acquire().await?;
+    let mut open = Open(Some(rw.acquire().await?));
+    let conn = open.conn()?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let result = async {
         let prev: Option<String> =
@@ -715,39 +743,62 @@ async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Even
         Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }
     .await;
-    match result {
-        Ok(events) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(events)
-        }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
+    // After a COMMIT or ROLLBACK that failed, `open` closes the
+    // connection instead of putting it back.
+    let finished = match &result {
+        Ok(_) => sqlx::query("COMMIT").execute(&mut *conn).await,
+        Err(_) => sqlx::query("ROLLBACK").execute(&mut *conn).await,
+    };
+    if finished.is_ok() {
+        open.done();
     }
+    let events = result?;
+    finished?;
+    Ok(events)
 }
 
 async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
-    let mut tx = pg.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PG_APPEND_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let prev: Option<String> =
-        sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
+    let mut open = Open(Some(pg.acquire().await?));
+    let conn = open.conn()?;
+    // Round trips are what a commit costs on a busy machine (each one
+    // waits for both processes to be scheduled), so the transaction, the
+    // chain's lock and the head go in one: statements of one simple query
+    // each take their own snapshot under READ COMMITTED, so the head is
+    // read after the lock is held.
+    let begin = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({PG_APPEND_LOCK}); SELECT hash AS head FROM audit_events ORDER BY seq DESC LIMIT 1"
+    );
+    let result = async {
+        let rows = sqlx::raw_sql(AssertSqlSafe(begin))
+            .fetch_all(&mut *conn)
             .await?;
-    let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
-    for chunk in rows.chunks(MULTI_ROW) {
-        let sql = schema::postgres_multi_insert(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (e, details) in chunk {
-            q = bind_event!(q, e, details);
+        let prev = rows
+            .iter()
+            .find_map(|r| r.try_get::<String, _>("head").ok());
+        let rows = chained(events, prev.unwrap_or_else(|| GENESIS.to_string()))?;
+        for chunk in rows.chunks(MULTI_ROW) {
+            let sql = schema::postgres_multi_insert(chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (e, details) in chunk {
+                q = bind_event!(q, e, details);
+            }
+            q.execute(&mut *conn).await?;
         }
-        q.execute(&mut *tx).await?;
+        Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }
-    tx.commit().await?;
-    Ok(rows.into_iter().map(|(e, _)| e).collect())
+    .await;
+    // After a COMMIT or ROLLBACK that failed, `open` closes the
+    // connection instead of putting it back.
+    let finished = match &result {
+        Ok(_) => sqlx::raw_sql("COMMIT").execute(&mut *conn).await,
+        Err(_) => sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await,
+    };
+    if finished.is_ok() {
+        open.done();
+    }
+    let events = result?;
+    finished?;
+    Ok(events)
 }
 
 /// Hides a password in a URL before it goes into a message.
