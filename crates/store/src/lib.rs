@@ -694,7 +694,7 @@ fn multi_row_insert(rows: usize) -> String {
 }
 
 /// A connection with a transaction opened by hand (`BEGIN` sent as SQL).
-/// Dropped before [`Open::done`] (the commit's future was cancelled), the
+/// Dropped before [`Open::finish`] (the commit's future was cancelled), the
 /// connection is closed rather than put back in the pool, so that the
 /// server rolls back and releases the chain's lock.
 struct Open<DB: sqlx::Database>(Option<sqlx::pool::PoolConnection<DB>>);
@@ -706,9 +706,23 @@ impl<DB: sqlx::Database> Open<DB> {
             .ok_or_else(|| StoreError::Query("the transaction is finished".into()))
     }
 
-    /// COMMIT or ROLLBACK was answered: the connection goes back.
-    fn done(mut self) {
-        self.0.take();
+    /// COMMIT when `result` is Ok, else ROLLBACK. After one that failed,
+    /// the connection is closed instead of put back.
+    async fn finish(
+        mut self,
+        result: Result<Vec<Event>, StoreError>,
+    ) -> Result<Vec<Event>, StoreError>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    {
+        let sql = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let finished = sqlx::raw_sql(sql).execute(self.conn()?).await;
+        if finished.is_ok() {
+            self.0.take();
+        }
+        let events = result?;
+        finished?;
+        Ok(events)
     }
 }
 
@@ -743,18 +757,7 @@ async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Even
         Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }
     .await;
-    // After a COMMIT or ROLLBACK that failed, `open` closes the
-    // connection instead of putting it back.
-    let finished = match &result {
-        Ok(_) => sqlx::query("COMMIT").execute(&mut *conn).await,
-        Err(_) => sqlx::query("ROLLBACK").execute(&mut *conn).await,
-    };
-    if finished.is_ok() {
-        open.done();
-    }
-    let events = result?;
-    finished?;
-    Ok(events)
+    open.finish(result).await
 }
 
 async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
@@ -787,18 +790,7 @@ async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>
         Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }
     .await;
-    // After a COMMIT or ROLLBACK that failed, `open` closes the
-    // connection instead of putting it back.
-    let finished = match &result {
-        Ok(_) => sqlx::raw_sql("COMMIT").execute(&mut *conn).await,
-        Err(_) => sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await,
-    };
-    if finished.is_ok() {
-        open.done();
-    }
-    let events = result?;
-    finished?;
-    Ok(events)
+    open.finish(result).await
 }
 
 /// Hides a password in a URL before it goes into a message.

@@ -156,6 +156,60 @@ async fn concurrent_appends_never_fork_the_chain(db: Db) {
 }
 both!(concurrent_appends_never_fork_the_chain);
 
+/// An append whose caller gives up while its commit waits for the chain's
+/// lock (held here by another connection) leaves nothing half-done: once
+/// the lock is free, the next append commits and the chain verifies.
+async fn an_abandoned_commit_leaves_the_store_usable(db: Db) {
+    db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let blocker: Box<dyn std::any::Any> = match db.store.backend() {
+        Backend::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite://");
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+                .await
+                .unwrap();
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            Box::new((pool, conn))
+        }
+        Backend::Postgres => {
+            let pool = PgPool::connect(&db.url).await.unwrap();
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(PG_APPEND_LOCK)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            Box::new((pool, conn))
+        }
+    };
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        db.store.append(&ev(EventType::SESSION_START)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the append did not wait for the lock");
+    // Closing the blocker's connection releases its lock.
+    drop(blocker);
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        db.store.append(&ev(EventType::SESSION_END)),
+    )
+    .await;
+    assert!(
+        matches!(next, Ok(Ok(_))),
+        "the append after an abandoned one: {next:?}"
+    );
+    db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!(report.first_bad, None);
+    assert!(report.events_checked >= 3, "{report:?}");
+    db.done().await;
+}
+both!(an_abandoned_commit_leaves_the_store_usable);
+
 async fn seed(db: &Db) -> Vec<Event> {
     let mut out = Vec::new();
     for kind in [
