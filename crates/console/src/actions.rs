@@ -64,7 +64,7 @@ async fn approvals(
     Query(n): Query<Notice>,
 ) -> Page {
     need(&viewer, P::Approvals)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let pending = ops(&console, &config, &viewer).decidable_requests().await?;
     let rows: Vec<Vec<String>> = pending
         .iter()
@@ -122,7 +122,7 @@ async fn decide(
         }
     };
     let reason = Some(d.reason.trim().to_string()).filter(|r| !r.is_empty());
-    let config = console.config();
+    let config = viewer.config.clone();
     let done = ops(&console, &config, &viewer)
         .decide_approval(&id, grant, reason)
         .await?;
@@ -135,7 +135,7 @@ async fn users(
     Query(n): Query<Notice>,
 ) -> Page {
     need(&viewer, P::Users)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let mut rows = Vec::new();
     for u in &config.users {
         let lock = console.store.user_lock(&u.name).await?;
@@ -226,7 +226,7 @@ async fn user_action(
 ) -> Page {
     viewer.check_post(&console, &headers, &a.csrf)?;
     need(&viewer, P::Users)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let ops = ops(&console, &config, &viewer);
     let notice = match a.action.as_str() {
         "lock" => {
@@ -275,9 +275,9 @@ fn find(config: &Config, name: &str) -> Result<Runbook, Fail> {
         .ok_or_else(|| Fail::not_found(format!("There is no runbook {name:?}.")))
 }
 
-async fn runbooks(State(console): State<Arc<Console>>, viewer: Viewer) -> Page {
+async fn runbooks(viewer: Viewer) -> Page {
     need(&viewer, P::Runbooks)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let rows: Vec<Vec<String>> = load(&config)?
         .iter()
         .map(|b| {
@@ -333,7 +333,7 @@ async fn runbook(
     Query(p): Query<Params>,
 ) -> Page {
     need(&viewer, P::Runbooks)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let book = find(&config, &name)?;
     let run = p.contains_key("run");
     let form = params_form(&book, &p);
@@ -395,7 +395,7 @@ async fn apply(
     let csrf = p.get("csrf").cloned().unwrap_or_default();
     viewer.check_post(&console, &headers, &csrf)?;
     need(&viewer, P::ApplyRunbooks)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let book = find(&config, &name)?;
     let params = params_of(&book, &p);
     let ops = ops(&console, &config, &viewer);

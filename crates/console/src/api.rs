@@ -169,7 +169,7 @@ async fn kill(
     Json(r): Json<Reason>,
 ) -> Api {
     post_allowed(&console, &viewer, &headers)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     ops(&console, &config, &viewer)
         .kill_session(&id, r.reason.trim())
         .await
@@ -236,7 +236,7 @@ async fn sql(
 
 async fn approvals(State(console): State<Arc<Console>>, viewer: Viewer) -> Api {
     need(&viewer, P::Approvals)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let list = ops(&console, &config, &viewer)
         .decidable_requests()
         .await
@@ -271,7 +271,7 @@ async fn decide(
             return Err(Fail::bad(format!("decision {other:?}: write approve or deny")).json())
         }
     };
-    let config = console.config();
+    let config = viewer.config.clone();
     let done = ops(&console, &config, &viewer)
         .decide_approval(&id, grant, d.reason)
         .await
@@ -293,7 +293,7 @@ async fn user_action(
     body: axum::body::Bytes,
 ) -> Api {
     post_allowed(&console, &viewer, &headers)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let ops = ops(&console, &config, &viewer);
     let reason = if body.is_empty() {
         String::new()
@@ -324,9 +324,9 @@ async fn user_action(
     ok(v)
 }
 
-async fn runbooks(State(console): State<Arc<Console>>, viewer: Viewer) -> Api {
+async fn runbooks(viewer: Viewer) -> Api {
     need(&viewer, P::Runbooks)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let books = gatehouse_audit::runbook::load_all(Some(&config.runbooks.dir)).map_err(|_| {
         Fail::bad(
             "the runbooks directory has errors; run `gatehouse runbook list` on the gateway host",
@@ -357,7 +357,7 @@ async fn run_runbook(
 ) -> Api {
     post_allowed(&console, &viewer, &headers)?;
     need(&viewer, P::Runbooks)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let book = gatehouse_audit::runbook::load_all(Some(&config.runbooks.dir))
         .ok()
         .and_then(|b| b.into_iter().find(|b| b.name == name))

@@ -43,7 +43,7 @@ pub(crate) async fn audited(
     what: &str,
     details: serde_json::Value,
 ) -> Result<(), Fail> {
-    let config = console.config();
+    let config = viewer.config.clone();
     let mut d = match details {
         serde_json::Value::Object(m) => m,
         _ => Default::default(),

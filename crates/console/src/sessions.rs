@@ -357,7 +357,7 @@ async fn show(
     Query(q): Query<ShowQuery>,
 ) -> Page {
     let row = visible(&console, &viewer, &id).await?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let start = number("t", q.t.as_ref(), 0.0, 1e9)?;
     let cmd = number("cmd", q.cmd.as_ref(), 1.0, 1e9)?.map(|n| n as usize);
     let speed = number("speed", q.speed.as_ref(), 0.5, 8.0)?.unwrap_or(1.0);
@@ -546,7 +546,7 @@ async fn integrity_json(
     Path(id): Path<String>,
 ) -> Page {
     let row = visible(&console, &viewer, &id).await.map_err(Fail::json)?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let rec = control(&console, &config, &viewer)
         .open_recording(&id, "verify")
         .await
@@ -717,7 +717,7 @@ async fn cast(
     Query(q): Query<CastQuery>,
 ) -> Page {
     visible(&console, &viewer, &id).await?;
-    let config = console.config();
+    let config = viewer.config.clone();
     let download = q.download.is_some();
     let rec = control(&console, &config, &viewer)
         .open_recording(&id, if download { "download" } else { "play" })
@@ -777,7 +777,7 @@ async fn live_ws(
     if viewer.token_id.is_none() {
         crate::signin::check_origin(&console, &headers)?;
     }
-    let config = console.config();
+    let config = viewer.config.clone();
     let rec = control(&console, &config, &viewer)
         .open_recording(&id, "watch")
         .await?;
@@ -921,7 +921,7 @@ async fn kill(
             "Give a reason for ending the session (up to 500 characters).",
         ));
     }
-    let config = console.config();
+    let config = viewer.config.clone();
     control(&console, &config, &viewer)
         .kill_session(&id, reason)
         .await?;

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use gatehouse_control::{Actor, Channel, Control};
-use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{Config, EventType, NewEvent, Outcome, Severity};
 use gatehouse_policy::console::{console_access, ConsoleAccess};
 use gatehouse_store::NewConsoleSession;
 use serde::Deserialize;
@@ -40,6 +40,9 @@ use crate::{html, Console, Fail, Page};
 pub struct Viewer {
     pub user: String,
     pub access: ConsoleAccess,
+    /// The config this viewer is judged by: the gateway's, with the roles
+    /// an identity provider granted their sign-in added to their own.
+    pub config: Arc<Config>,
     /// The anti-CSRF token of this sign-in (empty for API tokens).
     pub csrf: String,
     pub source_ip: String,
@@ -170,7 +173,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
-        let (user, csrf, token_id, session_hash) = if let Some(token) = bearer {
+        let (user, csrf, token_id, session_hash, granted) = if let Some(token) = bearer {
             let hash = sha256_hex(&token);
             let Some(t) = console
                 .store
@@ -198,7 +201,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
                     return Err(refuse(Fail::page(StatusCode::SERVICE_UNAVAILABLE, "The audit trail cannot be written, so the API refuses requests; try again shortly.")));
                 }
             }
-            (t.user, String::new(), Some(t.id), None)
+            (t.user, String::new(), Some(t.id), None, Vec::new())
         } else {
             let Some(token) = cookie_value(&parts.headers, cookie_name(console)) else {
                 return Err(unauthenticated(api, parts));
@@ -213,10 +216,15 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             {
                 Some(s) => {
                     let _ = console.store.touch_console_session(&hash).await;
-                    (s.user, s.csrf, None, Some(hash))
+                    (s.user, s.csrf, None, Some(hash), s.granted_roles)
                 }
                 None => return Err(unauthenticated(api, parts)),
             }
+        };
+        let config = if granted.is_empty() {
+            config
+        } else {
+            Arc::new(config.with_granted_roles(&user, &granted))
         };
         if config.user(&user).is_none() {
             return Err(refuse(Fail::forbidden(format!(
@@ -243,6 +251,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
         Ok(Viewer {
             user,
             access,
+            config,
             csrf,
             source_ip,
             token_id,
@@ -367,7 +376,19 @@ async fn signin(
                 f.remove(&ip);
             }
             let details = serde_json::json!({"channel": "web", "method": method});
-            open_session(&console, &c.user, &ip, mfa, details, &next, Vec::new()).await
+            open_session(
+                &console,
+                &ip,
+                SignedIn {
+                    user: c.user.clone(),
+                    mfa,
+                    details,
+                    granted_roles: Vec::new(),
+                },
+                &next,
+                Vec::new(),
+            )
+            .await
         }
         Err(Refusal {
             said,
@@ -405,13 +426,18 @@ async fn signin(
 /// and on to `next`.
 pub(crate) async fn open_session(
     console: &Console,
-    user: &str,
     ip: &str,
-    mfa: bool,
-    details: serde_json::Value,
+    who: SignedIn,
     next: &str,
     more_cookies: Vec<String>,
 ) -> Page {
+    let SignedIn {
+        user,
+        mfa,
+        details,
+        granted_roles,
+    } = who;
+    let user = user.as_str();
     let config = console.config();
     let token = random_token()?;
     let csrf = random_token()?;
@@ -438,6 +464,7 @@ pub(crate) async fn open_session(
             source_ip: Some(ip.to_string()),
             mfa,
             absolute: config.console.max_age.get(),
+            granted_roles,
         })
         .await?;
     let secure = if console.tls { "; Secure" } else { "" };
@@ -453,6 +480,16 @@ pub(crate) async fn open_session(
         }
     }
     Ok(res)
+}
+
+/// Who signs in: the user, whether they gave a second factor,
+/// `auth.success`'s details, and the roles an identity provider granted
+/// (none for a password sign-in).
+pub(crate) struct SignedIn {
+    pub user: String,
+    pub mfa: bool,
+    pub details: serde_json::Value,
+    pub granted_roles: Vec<String>,
 }
 
 /// Why a sign-in failed: what the person is told (nothing that tells

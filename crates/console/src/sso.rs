@@ -8,11 +8,13 @@
 //! with the provider's redirect). `GET /signin/sso/callback` checks the
 //! state against it, exchanges the code with the verifier, and verifies
 //! the ID token (signature, issuer, audience, expiry, nonce) in
-//! `gatehouse_oidc`. The identity must be a Gatehouse user (`[[users]]`)
-//! whose roles grant console access; when they require MFA, the provider
-//! must report more than one factor (`amr`). Then the same console
-//! session as a password sign-in, and an `auth.success` with
-//! `details.method = "sso"` and `details.identity`.
+//! `gatehouse_oidc`. The identity is judged with the roles its groups map
+//! to (`role_map`) added to its `[[users]]` entry's, or with those alone
+//! when it exists only at the provider; they must grant console access,
+//! and when they require MFA the provider must report more than one
+//! factor (`amr`). Then the same console session as a password sign-in,
+//! with the granted roles kept beside it, and an `auth.success` with
+//! `details.method = "sso"`, `details.sso.roles` and `details.identity`.
 //!
 //! The redirect URI is this console's own `/signin/sso/callback` (scheme
 //! and `Host` of the request); register it at the provider.
@@ -31,7 +33,7 @@ use serde::Deserialize;
 
 use crate::extract::Query;
 use crate::html;
-use crate::signin::{open_session, safe_next, signin_page, throttle};
+use crate::signin::{open_session, safe_next, signin_page, throttle, SignedIn};
 use crate::tls::Peer;
 use crate::{Console, Fail, Page};
 
@@ -257,9 +259,7 @@ pub(crate) async fn callback(
         ));
     }
     match finish(&console, &headers, pending, &q).await {
-        Ok((user, mfa, details)) => {
-            open_session(&console, &user, &ip, mfa, details, &next, vec![clear]).await
-        }
+        Ok(who) => open_session(&console, &ip, who, &next, vec![clear]).await,
         Err(r) => {
             let config = console.config();
             let mut details = serde_json::json!({"channel": "web", "method": "sso"});
@@ -298,7 +298,7 @@ async fn finish(
     headers: &HeaderMap,
     pending: Option<Pending>,
     q: &Callback,
-) -> Result<(String, bool, serde_json::Value), Refused> {
+) -> Result<SignedIn, Refused> {
     let Some(pending) = pending else {
         return Err(refused(
             "This sign-in was not started here or took too long; start it again.",
@@ -356,14 +356,15 @@ async fn finish(
     admit(console, &config, &pending.provider, identity).await
 }
 
-/// Whether the identity may use the console: a Gatehouse user, not
-/// locked, with console access, and MFA as their roles require.
+/// Whether the identity may use the console: a Gatehouse user or someone
+/// whose groups at the provider map to roles (`role_map`), not locked,
+/// with console access from those roles, and MFA as they require.
 async fn admit(
     console: &Console,
     config: &Config,
     provider: &str,
     identity: gatehouse_oidc::Identity,
-) -> Result<(String, bool, serde_json::Value), Refused> {
+) -> Result<SignedIn, Refused> {
     let user = identity.user.clone();
     let refuse = |said: String, reason: String| Refused {
         said,
@@ -371,10 +372,15 @@ async fn admit(
         user: Some(user.clone()),
         identity: Some(identity.details()),
     };
-    if config.user(&user).is_none() {
+    let idp = config.identity_provider(provider);
+    let grants = idp
+        .map(|p| p.roles_for(&identity.groups))
+        .unwrap_or_default();
+    let roles: Vec<String> = grants.iter().map(|g| g.role.clone()).collect();
+    if config.user(&user).is_none() && roles.is_empty() {
         return Err(refuse(
-            format!("You signed in at {provider} as {user}, who is not a Gatehouse user of the console; ask an administrator."),
-            format!("{user} signed in at {provider} but has no [[users]] entry"),
+            format!("You signed in at {provider} as {user}, who is not a Gatehouse user of the console and whose groups there give no role; ask an administrator."),
+            format!("{user} signed in at {provider} but has no [[users]] entry and no role from role_map"),
         ));
     }
     if let Ok(Some(lock)) = console.store.user_lock(&user).await {
@@ -383,7 +389,7 @@ async fn admit(
             format!("user locked: {}", lock.reason),
         ));
     }
-    let access = console_access(config, &user);
+    let access = console_access(&config.with_granted_roles(&user, &roles), &user);
     if !access.any() {
         return Err(refuse(
             format!("No role of {user} grants console access; ask an administrator to add `console = [\"own_sessions\"]` to one of your roles."),
@@ -396,11 +402,23 @@ async fn admit(
             format!("MFA required and {provider} reported a single factor (amr)"),
         ));
     }
+    let claim = idp.map(|p| p.groups_claim.clone()).unwrap_or_default();
     let details = serde_json::json!({
         "channel": "web",
         "method": "sso",
-        "sso": {"provider": provider, "via": "browser"},
+        "sso": {
+            "provider": provider,
+            "via": "browser",
+            "roles": grants.iter().map(|g| serde_json::json!({
+                "claim": claim, "value": g.claim, "role": g.role,
+            })).collect::<Vec<_>>(),
+        },
         "identity": identity.details(),
     });
-    Ok((user, identity.mfa, details))
+    Ok(SignedIn {
+        user,
+        mfa: identity.mfa,
+        details,
+        granted_roles: roles,
+    })
 }

@@ -2,9 +2,11 @@
 //! (oidc-provider, from `tests/oidc/provider.mjs`) with the authorization
 //! code flow and PKCE, through the provider's own pages (curl as the
 //! browser): a Gatehouse user without a password gets a console session;
-//! someone the config does not know, or whose roles need a second factor
-//! the provider did not report, is refused; a callback this browser did
-//! not start is refused.
+//! so does someone who exists only at the provider, with the roles their
+//! groups map to (and no more); someone the config does not know and
+//! whose groups give no role, or whose roles need a second factor the
+//! provider did not report, is refused; a callback this browser did not
+//! start is refused.
 
 mod common;
 
@@ -38,6 +40,10 @@ fn the_console_signs_in_at_the_identity_provider() {
     for name in ["rita", "ursula", "carol"] {
         op.set_account(name, account(name)).unwrap();
     }
+    // dora is at the provider only, in a group that role_map gives "self".
+    let mut dora = account("dora");
+    dora.groups = vec!["eng".into()];
+    op.set_account("dora", dora).unwrap();
     let extra = format!(
         r#"
 [[roles]]
@@ -62,6 +68,7 @@ kind = "oidc"
 issuer = "{}"
 client_id = "gatehouse"
 client_secret = "s3cret"
+role_map = {{ "eng" = ["self"] }}
 "#,
         op.issuer
     );
@@ -102,7 +109,31 @@ client_secret = "s3cret"
         serde_json::json!({"provider": "corp", "subject": "rita", "email": "rita@example.com", "groups": []})
     );
 
-    // carol is known to the provider only: no console for her.
+    // dora exists only at the provider: her group's role lets her see her
+    // own sessions and nothing more.
+    let landed = op
+        .browse(&start, "dora", PASSWORD, |url, body| {
+            if !(url.starts_with(&console) && url.ends_with("/sessions")) {
+                return false;
+            }
+            // Her page, signed in as her, with no link beyond her role's.
+            assert!(body.contains("<span class=\"who\">dora</span>"), "{body}");
+            assert!(!body.contains("href=\"/audit\""), "{body}");
+            true
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.gateway_log()));
+    assert_eq!(landed, format!("{console}/sessions"));
+    let rows = env
+        .wait_rows("SELECT details FROM events WHERE type = 'auth.success' AND \"user\" = 'dora'");
+    let d: serde_json::Value = serde_json::from_str(rows[0]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        d["sso"]["roles"],
+        serde_json::json!([{"claim": "groups", "value": "eng", "role": "self"}]),
+        "{d}"
+    );
+    assert_eq!(d["identity"]["groups"], serde_json::json!(["eng"]), "{d}");
+
+    // carol is known to the provider only, in no mapped group: no console.
     let e = op
         .browse(&start, "carol", PASSWORD, |url, _| {
             url.ends_with("/sessions")
@@ -158,5 +189,5 @@ client_secret = "s3cret"
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
     env.wait_rows("SELECT 1 FROM events WHERE type = 'auth.failure' AND reason LIKE '%without a sign-in started in this browser%'");
     let signed_in = env.query("SELECT \"user\" FROM events WHERE type = 'auth.success'");
-    assert_eq!(signed_in.len(), 1, "{signed_in:?}");
+    assert_eq!(signed_in.len(), 2, "{signed_in:?}");
 }

@@ -1398,6 +1398,26 @@ impl Config {
     /// This config with `user` among `[[users]]` (replacing one of the
     /// same name): how an identity from a provider is judged by the same
     /// policy as a configured user.
+    /// The config `user` is judged by when an identity provider granted
+    /// them `roles`: their `[[users]]` entry (or a new one with no key,
+    /// for someone who exists only at the provider) with those roles
+    /// added.
+    pub fn with_granted_roles(&self, user: &str, roles: &[String]) -> Config {
+        let mut entry = self.user(user).cloned().unwrap_or_else(|| User {
+            name: user.to_string(),
+            keys: Vec::new(),
+            roles: Vec::new(),
+            password_hash: None,
+            principals: Vec::new(),
+        });
+        for role in roles {
+            if !entry.roles.contains(role) {
+                entry.roles.push(role.clone());
+            }
+        }
+        self.with_user(entry)
+    }
+
     pub fn with_user(&self, user: User) -> Config {
         let mut c = self.clone();
         c.users.retain(|u| u.name != user.name);

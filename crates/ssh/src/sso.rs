@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use gatehouse_auth::SecretBox;
 use gatehouse_model::event::format_time;
-use gatehouse_model::{Config, IdentityProvider, User};
+use gatehouse_model::{Config, IdentityProvider};
 use gatehouse_oidc::{DeviceStart, Identity as OidcIdentity, OidcError, Provider};
 use gatehouse_store::SsoKey;
 
@@ -77,19 +77,8 @@ fn login(
 /// among the users, with the roles their groups map to (and, for a
 /// `[[users]]` entry of the same name, its own roles too).
 pub(crate) fn config_for(config: &Config, user: &str, login: &SsoLogin) -> Config {
-    let mut entry = config.user(user).cloned().unwrap_or_else(|| User {
-        name: user.to_string(),
-        keys: Vec::new(),
-        roles: Vec::new(),
-        password_hash: None,
-        principals: Vec::new(),
-    });
-    for g in &login.grants {
-        if !entry.roles.contains(&g.role) {
-            entry.roles.push(g.role.clone());
-        }
-    }
-    config.with_user(entry)
+    let roles: Vec<String> = login.grants.iter().map(|g| g.role.clone()).collect();
+    config.with_granted_roles(user, &roles)
 }
 
 /// The identity key `fingerprint` is bound to, confirmed with its

@@ -43,6 +43,9 @@ pub struct NewConsoleSession {
     pub mfa: bool,
     /// How long the session lasts however active it is.
     pub absolute: Duration,
+    /// Roles an identity provider granted this sign-in (its groups
+    /// through `role_map`), added to the user's own.
+    pub granted_roles: Vec<String>,
 }
 
 /// A console sign-in session in force.
@@ -56,6 +59,8 @@ pub struct ConsoleSession {
     pub created_at: String,
     pub last_seen: String,
     pub expires_at: String,
+    /// See [`NewConsoleSession::granted_roles`].
+    pub granted_roles: Vec<String>,
 }
 
 /// An API token. Only the SHA-256 of the token is stored.
@@ -292,6 +297,7 @@ type ConsoleRow = (
     String,
     String,
     String,
+    Option<String>,
 );
 
 type TokenRow = (
@@ -335,6 +341,20 @@ impl Store {
         );
         exec!(
             self,
+            "DELETE FROM console_session_roles WHERE id_hash NOT IN (SELECT id_hash FROM console_sessions)"
+        );
+        if !s.granted_roles.is_empty() {
+            let roles = serde_json::to_string(&s.granted_roles)
+                .map_err(|e| StoreError::Query(e.to_string()))?;
+            exec!(
+                self,
+                "INSERT INTO console_session_roles (id_hash, roles) VALUES (?1, ?2)",
+                s.id_hash.as_str(),
+                roles
+            );
+        }
+        exec!(
+            self,
             "INSERT INTO console_sessions (id_hash, user_name, csrf, source_ip, mfa, created_at, last_seen, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             s.id_hash.as_str(),
@@ -359,8 +379,9 @@ impl Store {
         let row = fetch_opt!(
             self,
             ConsoleRow,
-            "SELECT id_hash, user_name, csrf, source_ip, mfa, created_at, last_seen, expires_at
-             FROM console_sessions WHERE id_hash = ?1",
+            "SELECT s.id_hash, s.user_name, s.csrf, s.source_ip, s.mfa, s.created_at, s.last_seen, s.expires_at, r.roles
+             FROM console_sessions s LEFT JOIN console_session_roles r ON r.id_hash = s.id_hash
+             WHERE s.id_hash = ?1",
             id_hash
         );
         let Some(r) = row else { return Ok(None) };
@@ -383,6 +404,10 @@ impl Store {
             created_at: r.5,
             last_seen: r.6,
             expires_at: r.7,
+            granted_roles: r
+                .8
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .unwrap_or_default(),
         }))
     }
 

@@ -89,6 +89,7 @@ fn console(hash: &str, user: &str, absolute: Duration) -> NewConsoleSession {
         source_ip: Some("10.0.0.7".into()),
         mfa: true,
         absolute,
+        granted_roles: Vec::new(),
     }
 }
 
@@ -150,6 +151,20 @@ async fn console_sessions_expire_when_idle_or_past_their_end(db: Db) {
     assert_eq!(s.end_console_sessions_of("alice").await.unwrap(), 1);
     assert!(s.console_session("a2", HOUR).await.unwrap().is_none());
     assert!(s.console_session("b1", HOUR).await.unwrap().is_some());
+    assert!(s
+        .console_session("b1", HOUR)
+        .await
+        .unwrap()
+        .unwrap()
+        .granted_roles
+        .is_empty());
+
+    // A sign-in at an identity provider keeps the roles it granted.
+    let mut sso = console("c1", "carol", HOUR);
+    sso.granted_roles = vec!["self".into(), "oncall".into()];
+    s.create_console_session(&sso).await.unwrap();
+    let got = s.console_session("c1", HOUR).await.unwrap().unwrap();
+    assert_eq!(got.granted_roles, vec!["self", "oncall"]);
     db.done().await;
 }
 both!(console_sessions_expire_when_idle_or_past_their_end);

@@ -98,6 +98,12 @@ pub const SQLITE: &[&str] = &[
         expires_at TEXT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions (user_name)",
+    // The roles an identity provider granted a console sign-in (JSON
+    // array), judged with the user's own; none for a password sign-in.
+    "CREATE TABLE IF NOT EXISTS console_session_roles (
+        id_hash TEXT PRIMARY KEY,
+        roles TEXT NOT NULL
+    )",
     "CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at)",
     "CREATE TABLE IF NOT EXISTS api_tokens (
         id TEXT PRIMARY KEY,
@@ -296,6 +302,12 @@ pub const POSTGRES: &[&str] = &[
         expires_at TEXT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions (user_name)",
+    // The roles an identity provider granted a console sign-in (JSON
+    // array), judged with the user's own; none for a password sign-in.
+    "CREATE TABLE IF NOT EXISTS console_session_roles (
+        id_hash TEXT PRIMARY KEY,
+        roles TEXT NOT NULL
+    )",
     "CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at)",
     "CREATE TABLE IF NOT EXISTS api_tokens (
         id TEXT PRIMARY KEY,
