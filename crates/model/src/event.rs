@@ -203,24 +203,35 @@ impl NewEvent {
     /// escaping makes the encoding unambiguous; `details` is serialised with
     /// sorted keys (serde_json's default map is ordered).
     pub fn canonical(&self, prev_hash: &str) -> String {
-        let fields = serde_json::json!([
-            self.id,
-            self.time,
-            self.kind,
+        let mut out = Vec::with_capacity(320);
+        // Writing JSON into a Vec cannot fail, and what it writes is UTF-8.
+        let _ = self.write_canonical(&mut out, prev_hash);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Writes [`NewEvent::canonical`] to `w` without building it first
+    /// (the chain hashes it straight into the digest).
+    pub fn write_canonical<W: std::io::Write>(&self, w: W, prev_hash: &str) -> std::io::Result<()> {
+        // A tuple serialises as a JSON array: the same bytes as a
+        // `serde_json::Value` array of these fields, without copying them.
+        let fields = (
+            &self.id,
+            &self.time,
+            &self.kind,
             self.severity.as_str(),
-            self.user,
-            self.source_ip,
-            self.node,
-            self.session_id,
-            self.target,
-            self.login,
+            &self.user,
+            &self.source_ip,
+            &self.node,
+            &self.session_id,
+            &self.target,
+            &self.login,
             self.mfa,
             self.result.as_str(),
-            self.reason,
-            self.details,
+            &self.reason,
+            &self.details,
             prev_hash,
-        ]);
-        fields.to_string()
+        );
+        serde_json::to_writer(w, &fields).map_err(std::io::Error::from)
     }
 }
 
@@ -265,6 +276,37 @@ mod tests {
         assert_eq!(v["severity"], "warn");
         assert_eq!(v["result"], "denied");
         assert_eq!(v["user"], "alice");
+    }
+
+    #[test]
+    fn canonical_encoding_is_the_json_array_of_the_fields() {
+        // The encoding every stored chain was hashed with: a change here
+        // would make existing trails fail `audit verify`.
+        let e = NewEvent::new(EventType::COMMAND, Severity::Warn, Outcome::Denied, "n1")
+            .user("al\"ice")
+            .target("web-1")
+            .mfa(true)
+            .reason("line\nbreak \u{1b}[0m é")
+            .details(serde_json::json!({"z": 1, "a": [1.5, null, "x"], "m": {"k": true}}));
+        let reference = serde_json::json!([
+            e.id,
+            e.time,
+            e.kind,
+            e.severity.as_str(),
+            e.user,
+            e.source_ip,
+            e.node,
+            e.session_id,
+            e.target,
+            e.login,
+            e.mfa,
+            e.result.as_str(),
+            e.reason,
+            e.details,
+            "ab01",
+        ])
+        .to_string();
+        assert_eq!(e.canonical("ab01"), reference);
     }
 
     #[test]

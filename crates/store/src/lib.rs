@@ -128,8 +128,10 @@ struct Inner {
     writer: Writer,
     /// Serialises appends within this process so the chain never forks.
     /// PostgreSQL additionally takes an advisory lock per append so that
-    /// several gateway nodes cannot fork it either.
-    append: tokio::sync::Mutex<()>,
+    /// several gateway nodes cannot fork it either. It holds the chain's
+    /// head as this process last committed it (PostgreSQL commits in one
+    /// round trip while no other node has appended since).
+    append: tokio::sync::Mutex<Option<String>>,
     /// Appends waiting for the current commit to finish. Whoever takes the
     /// lock next commits all of them in one transaction (group commit):
     /// every caller still returns only once its event is durable, but
@@ -150,8 +152,21 @@ pub struct Store {
 
 /// Lowercase hex SHA-256 of `ev` chained to `prev_hash`.
 pub fn chain_hash(ev: &NewEvent, prev_hash: &str) -> String {
-    let digest = Sha256::digest(ev.canonical(prev_hash).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hasher = Sha256::new();
+    // Hashing cannot fail; the encoding goes into the digest as it is made.
+    let _ = ev.write_canonical(&mut hasher, prev_hash);
+    hex(&hasher.finalize())
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 const PG_APPEND_LOCK: i64 = 0x6761_7465_686f; // "gateho"
@@ -212,7 +227,7 @@ impl Store {
                     SqlitePoolOptions::new()
                         .max_connections(1)
                         .acquire_timeout(Duration::from_secs(10))
-                        .connect_with(rw_opts.clone())
+                        .connect_with(writer_options(rw_opts.clone()))
                         .await
                         .map_err(|e| open_err(&e))?,
                 )
@@ -266,7 +281,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 writer,
-                append: tokio::sync::Mutex::new(()),
+                append: tokio::sync::Mutex::new(None),
                 queue: std::sync::Mutex::new(Vec::new()),
                 query_timeout_ms: std::sync::atomic::AtomicU64::new(
                     query::DEFAULT_QUERY_TIMEOUT.as_millis() as u64,
@@ -306,7 +321,7 @@ impl Store {
                 reply = &mut rx => {
                     return reply.map_err(|_| StoreError::Query("the committing task went away".into()))?;
                 }
-                guard = self.inner.append.lock() => {
+                mut guard = self.inner.append.lock() => {
                     let batch: Vec<Waiting> = self
                         .inner
                         .queue
@@ -314,7 +329,7 @@ impl Store {
                         .map(|mut q| std::mem::take(&mut *q))
                         .unwrap_or_default();
                     if !batch.is_empty() {
-                        self.commit(batch).await;
+                        self.commit(batch, &mut guard).await;
                     }
                     drop(guard);
                 }
@@ -323,17 +338,23 @@ impl Store {
     }
 
     /// Writes every waiting append in one transaction and answers each.
-    async fn commit(&self, batch: Vec<Waiting>) {
-        let all: Vec<&NewEvent> = batch.iter().flat_map(|(evs, _)| evs.iter()).collect();
+    async fn commit(&self, batch: Vec<Waiting>, head: &mut Option<String>) {
+        let mut all: Vec<NewEvent> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for (evs, reply) in batch {
+            replies.push((evs.len(), reply));
+            all.extend(evs);
+        }
+        let count = all.len();
         let started = std::time::Instant::now();
         let result = match &self.inner.writer {
-            Writer::Sqlite(w) => commit_sqlite(w, &all).await,
-            Writer::Postgres(w) => commit_postgres(w, &all).await,
+            Writer::Sqlite(w) => commit_sqlite(w, all).await,
+            Writer::Postgres(w) => commit_postgres(w, all, head).await,
         };
         let took = started.elapsed();
         if took > SLOW_COMMIT {
             tracing::warn!(
-                events = all.len(),
+                events = count,
                 ms = took.as_millis() as u64,
                 "slow audit commit: every session waiting on these events waited this long"
             );
@@ -341,14 +362,14 @@ impl Store {
         match result {
             Ok(stored) => {
                 let mut stored = stored.into_iter();
-                for (evs, reply) in batch {
-                    let mine: Vec<Event> = stored.by_ref().take(evs.len()).collect();
+                for (n, reply) in replies {
+                    let mine: Vec<Event> = stored.by_ref().take(n).collect();
                     let _ = reply.send(Ok(mine));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                for (_, reply) in batch {
+                for (_, reply) in replies {
                     let _ = reply.send(Err(StoreError::Query(message.clone())));
                 }
             }
@@ -653,15 +674,15 @@ macro_rules! bind_event {
     }};
 }
 
-fn chained(events: &[&NewEvent], mut prev: String) -> Result<Vec<(Event, String)>, StoreError> {
+fn chained(events: Vec<NewEvent>, mut prev: String) -> Result<Vec<(Event, String)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
-        let hash = chain_hash(ev, &prev);
+        let hash = chain_hash(&ev, &prev);
         let details =
             serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
         out.push((
             Event {
-                event: (*ev).clone(),
+                event: ev,
                 prev_hash: prev,
                 hash: hash.clone(),
             },
@@ -726,6 +747,13 @@ impl<DB: sqlx::Database> Open<DB> {
     }
 }
 
+impl<DB: sqlx::Database> Open<DB> {
+    /// Puts the connection back after a transaction that finished itself.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
 impl<DB: sqlx::Database> Drop for Open<DB> {
     fn drop(&mut self) {
         if let Some(c) = self.0.take() {
@@ -734,7 +762,7 @@ impl<DB: sqlx::Database> Drop for Open<DB> {
     }
 }
 
-async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
+async fn commit_sqlite(rw: &SqlitePool, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
     let mut open = Open(Some(rw.acquire().await?));
     let conn = open.conn()?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -760,14 +788,33 @@ async fn commit_sqlite(rw: &SqlitePool, events: &[&NewEvent]) -> Result<Vec<Even
     open.finish(result).await
 }
 
-async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>, StoreError> {
+/// Commits `events` on PostgreSQL and leaves the new head in `head`.
+async fn commit_postgres(
+    pg: &PgPool,
+    events: Vec<NewEvent>,
+    head: &mut Option<String>,
+) -> Result<Vec<Event>, StoreError> {
     let mut open = Open(Some(pg.acquire().await?));
-    let conn = open.conn()?;
     // Round trips are what a commit costs on a busy machine (each one
-    // waits for both processes to be scheduled), so the transaction, the
-    // chain's lock and the head go in one: statements of one simple query
-    // each take their own snapshot under READ COMMITTED, so the head is
-    // read after the lock is held.
+    // waits for both processes to be scheduled). While the head is the one
+    // this process last wrote, the whole transaction is one round trip;
+    // when another node appended since, nothing is inserted and the
+    // commit takes the general path below.
+    let events = match head.take() {
+        Some(prev) => match one_trip(&mut open, events, prev).await? {
+            Ok(stored) => {
+                *head = stored.last().map(|e| e.hash.clone());
+                open.release();
+                return Ok(stored);
+            }
+            Err(events) => events,
+        },
+        None => events,
+    };
+    let conn = open.conn()?;
+    // The transaction, the chain's lock and the head go in one simple
+    // query: its statements each take their own snapshot under READ
+    // COMMITTED, so the head is read after the lock is held.
     let begin = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({PG_APPEND_LOCK}); SELECT hash AS head FROM audit_events ORDER BY seq DESC LIMIT 1"
     );
@@ -790,7 +837,51 @@ async fn commit_postgres(pg: &PgPool, events: &[&NewEvent]) -> Result<Vec<Event>
         Ok::<_, StoreError>(rows.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
     }
     .await;
-    open.finish(result).await
+    let stored = open.finish(result).await?;
+    *head = stored.last().map(|e| e.hash.clone());
+    Ok(stored)
+}
+
+/// The whole commit in one simple query, on the assumption that the head
+/// is still `prev`: the rows are inserted only if it is. `Ok(Err(events))`
+/// gives the events back when it was not (the transaction committed
+/// nothing) or when a value cannot be written as a literal.
+async fn one_trip(
+    open: &mut Open<sqlx::Postgres>,
+    events: Vec<NewEvent>,
+    prev: String,
+) -> Result<Result<Vec<Event>, Vec<NewEvent>>, StoreError> {
+    let rows = chained(events, prev.clone())?;
+    let back = |rows: Vec<(Event, String)>| rows.into_iter().map(|(e, _)| e.event).collect();
+    let Some(sql) = schema::postgres_one_trip_insert(&rows, &prev, PG_APPEND_LOCK) else {
+        return Ok(Err(back(rows)));
+    };
+    let conn = open.conn()?;
+    let returned = sqlx::raw_sql(AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    let inserted = returned
+        .iter()
+        .filter(|r| r.try_get::<i64, _>("seq").is_ok())
+        .count();
+    if inserted == rows.len() {
+        return Ok(Ok(rows.into_iter().map(|(e, _)| e).collect()));
+    }
+    if inserted == 0 {
+        return Ok(Err(back(rows)));
+    }
+    Err(StoreError::Query(format!(
+        "a one-round-trip commit inserted {inserted} of {} events",
+        rows.len()
+    )))
+}
+
+/// The append connection's settings (SQLite): the triggers on
+/// audit_events make every multi-row INSERT keep a statement journal,
+/// kept in memory instead of a temporary file (about a quarter more
+/// events per second in batches of a thousand; BENCHMARKS.md).
+fn writer_options(opts: SqliteConnectOptions) -> SqliteConnectOptions {
+    opts.pragma("temp_store", "memory")
 }
 
 /// Hides a password in a URL before it goes into a message.

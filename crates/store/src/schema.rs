@@ -453,6 +453,87 @@ pub fn postgres_multi_insert(rows: usize) -> String {
     sql
 }
 
+/// One simple query that commits `rows` (chained onto `prev`) only if the
+/// chain's head is still `prev` once the chain's lock `lock` is held,
+/// returning one `seq` per inserted row. None when a value cannot be a
+/// literal (a NUL character, which PostgreSQL text refuses anyway).
+pub fn postgres_one_trip_insert(
+    rows: &[(gatehouse_model::event::Event, String)],
+    prev: &str,
+    lock: i64,
+) -> Option<String> {
+    let mut sql = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({lock}); \
+         INSERT INTO audit_events (id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash) \
+         SELECT id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details::jsonb, prev_hash, hash FROM (VALUES "
+    );
+    for (n, (e, details)) in rows.iter().enumerate() {
+        let ev = &e.event;
+        sql.push_str(if n == 0 { "(" } else { ",(" });
+        sql.push_str(&n.to_string());
+        for text in [&ev.id, &ev.time, &ev.kind] {
+            sql.push(',');
+            pg_literal(&mut sql, text)?;
+        }
+        sql.push(',');
+        pg_literal(&mut sql, ev.severity.as_str())?;
+        for opt in [&ev.user, &ev.source_ip] {
+            sql.push(',');
+            pg_optional(&mut sql, opt.as_deref())?;
+        }
+        sql.push(',');
+        pg_literal(&mut sql, &ev.node)?;
+        for opt in [&ev.session_id, &ev.target, &ev.login] {
+            sql.push(',');
+            pg_optional(&mut sql, opt.as_deref())?;
+        }
+        sql.push_str(if ev.mfa { ",TRUE," } else { ",FALSE," });
+        pg_literal(&mut sql, ev.result.as_str())?;
+        sql.push(',');
+        pg_optional(&mut sql, ev.reason.as_deref())?;
+        for text in [details, &e.prev_hash, &e.hash] {
+            sql.push(',');
+            pg_literal(&mut sql, text)?;
+        }
+        sql.push(')');
+    }
+    sql.push_str(
+        ") AS v (ord, id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash) \
+         WHERE COALESCE((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), ",
+    );
+    pg_literal(&mut sql, crate::GENESIS)?;
+    sql.push_str(") = ");
+    pg_literal(&mut sql, prev)?;
+    sql.push_str(" ORDER BY ord RETURNING seq; COMMIT");
+    Some(sql)
+}
+
+/// Appends `s` as an escape-string literal (E'...'), whatever the server's
+/// `standard_conforming_strings`. None for a NUL character.
+fn pg_literal(sql: &mut String, s: &str) -> Option<()> {
+    sql.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\0' => return None,
+            '\'' => sql.push_str("''"),
+            '\\' => sql.push_str("\\\\"),
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+    Some(())
+}
+
+fn pg_optional(sql: &mut String, s: Option<&str>) -> Option<()> {
+    match s {
+        Some(s) => pg_literal(sql, s),
+        None => {
+            sql.push_str("NULL");
+            Some(())
+        }
+    }
+}
+
 pub const SQLITE_SELECT: &str = "seq, id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details, prev_hash, hash";
 
 pub const POSTGRES_SELECT: &str = "seq, id, time, type, severity, user_name, source_ip, node, session_id, target, login, mfa, result, reason, details::text AS details, prev_hash, hash";
