@@ -809,6 +809,7 @@ async fn follow(
     let reading = stop.clone();
     tokio::task::spawn_blocking(move || tail(storage.as_ref(), &rec, &tx, &reading));
     let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut renew = tokio::time::interval(gatehouse_store::wake::WATCH_RENEW);
     let mut ending = false;
     let result = loop {
         tokio::select! {
@@ -831,6 +832,13 @@ async fn follow(
                     break Ok(());
                 }
                 ending = !store.session_running(&session).await.unwrap_or(false);
+            }
+            // The node recording the session publishes its output at
+            // every flush while someone follows it.
+            _ = renew.tick() => {
+                if let Err(e) = store.announce_watch(&session).await {
+                    tracing::debug!(error = %e, "cannot announce a live viewer");
+                }
             }
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break Ok(()),

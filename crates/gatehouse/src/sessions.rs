@@ -416,7 +416,16 @@ async fn watch(
     let mut out = std::io::stdout();
     let mut partial = String::new();
     let mut first = true;
+    let mut announced: Option<std::time::Instant> = None;
     loop {
+        // The node recording the session publishes its output at every
+        // flush while someone follows it (`gatehouse_store::wake`).
+        if announced.is_none_or(|at| at.elapsed() >= gatehouse_store::wake::WATCH_RENEW) {
+            announced = Some(std::time::Instant::now());
+            if let Err(e) = store.announce_watch(session).await {
+                tracing::debug!(error = %e, "cannot announce a live viewer");
+            }
+        }
         let mut line = String::new();
         let n = reader.read_line(&mut line)?;
         if n == 0 {

@@ -4,7 +4,9 @@
 //! sending PROXY v2 and checking each node's `/healthz`.
 //!
 //! Sessions land on both nodes with the user's own address; a kill and a
-//! lock made through one node end sessions on the other; a rolling
+//! lock made through one node end sessions on the other; `sessions watch`
+//! through one node follows a session on the other, whose node then
+//! publishes the recording at every flush; a rolling
 //! restart (SIGTERM) lets the running session finish while new ones go
 //! to the other node; `kill -9` of a node mid-session has the other
 //! close its session with the recording read back from the bucket; and
@@ -174,7 +176,12 @@ impl Cluster {
     /// A long session through the balancer, and the node it landed on
     /// with its session id (found by the marker it prints).
     fn open(&self, marker: &str) -> (Child, String, String) {
-        let mut c = self.ssh(&format!("echo {marker}-$((6*7)); sleep 120"));
+        self.open_running(marker, "sleep 120")
+    }
+
+    /// [`Cluster::open`], the session going on with `then`.
+    fn open_running(&self, marker: &str, then: &str) -> (Child, String, String) {
+        let mut c = self.ssh(&format!("echo {marker}-$((6*7)); {then}"));
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -237,6 +244,69 @@ fn index(node: &str) -> usize {
     }
 }
 
+/// `sessions watch` through one node follows a session that runs on the
+/// other. While it is watched, its node puts the output in the bucket at
+/// every flush (about every half second while output flows) instead of
+/// every two seconds: ten seconds of output make well over the six
+/// chunks the two-second interval would.
+fn watched_from_the_other_node(c: &Cluster) {
+    let (mut session, node, id) = c.open_running(
+        "watched",
+        "for i in $(seq 1 40); do echo tick-$i; sleep 0.25; done; sleep 120",
+    );
+    let other = 1 - index(&node);
+    let seen = c.env.dir.path().join("watch.out");
+    let mut watch = Command::new(common::gatehouse_bin());
+    watch
+        .arg("--config")
+        .arg(&c.configs[other])
+        .envs(c.vars.iter().map(|(k, v)| (k, v)))
+        .args(["sessions", "watch", &id])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&seen).expect("watch output"))
+        .stderr(Stdio::null());
+    let mut watcher = watch.spawn().expect("sessions watch");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&seen)
+        .unwrap_or_default()
+        .contains("tick-40")
+    {
+        assert!(
+            start.elapsed() < W,
+            "the watch through {} never showed the end of the output: {:?}\n{}",
+            Cluster::name(other),
+            std::fs::read_to_string(&seen),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        session.try_wait().expect("ssh").is_none(),
+        "the session was still running"
+    );
+    let chunks = c.s3.chunks(&id).len();
+    assert!(
+        chunks >= 9,
+        "{chunks} chunks: the watched session's node did not publish at every flush\n{}",
+        c.logs()
+    );
+    let out = c.cli(other, &["sessions", "kill", &id, "--reason", "watched"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    ended(&mut session, "the watched session", &|| c.logs());
+    ended(&mut watcher, "the watch of an ended session", &|| c.logs());
+    let rows = c.query(
+        other,
+        &format!(
+            "select details from events where type = 'recording.access' and session_id = '{id}'"
+        ),
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["details"].to_string().contains("watch")),
+        "the watch is in the audit trail: {rows:?}"
+    );
+}
+
 #[test]
 fn two_nodes_behind_haproxy_on_one_database_and_one_bucket() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -263,6 +333,8 @@ fn two_nodes_behind_haproxy_on_one_database_and_one_bucket() {
     );
     assert_eq!(killed[0]["node"], node1.as_str());
     assert_eq!(killed[0]["reason"], "from the other node");
+
+    watched_from_the_other_node(&c);
 
     // A rolling restart of the node that holds the second session: it
     // stops accepting, the balancer sends new users to the other node,

@@ -85,6 +85,10 @@ impl<W: Write> CastWriter<W> {
     }
 
     /// The writer the cast goes to.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     pub fn get_ref(&self) -> &W {
         &self.out
     }

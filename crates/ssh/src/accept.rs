@@ -175,6 +175,7 @@ impl Gateway {
             flood_notices: FloodNotices::default(),
             serve_inner: serve_jump,
             sso: Default::default(),
+            watched: Mutex::new(HashMap::new()),
         });
         Ok(Gateway { shared, listener })
     }
@@ -396,8 +397,14 @@ async fn carry_out_kills(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             w = wake.recv() => {
-                if matches!(w, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
+                match w {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    // Not a kill: a live viewer's renewal.
+                    Ok(p) if p.starts_with(gatehouse_store::wake::WATCH_PREFIX) => {
+                        shared.watch_renewed(&p[gatehouse_store::wake::WATCH_PREFIX.len()..]);
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             _ = tokio::time::sleep(fallback) => {}

@@ -263,7 +263,7 @@ async fn run(
             } => {
                 match timers.fired(tokio::time::Instant::now()) {
                     Some(Timer::Flush) if failed.is_none() => {
-                        if let Err(e) = cast.flush() {
+                        if let Err(e) = flush(&mut cast, events.is_watched()) {
                             failed = Some(e.to_string());
                             write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
                         }
@@ -339,6 +339,20 @@ async fn run(
         }
     }
     Some(finish(&events, required, id, cast, failed).await)
+}
+
+/// Writes out what the recording holds; while someone follows the
+/// session live, also makes it readable elsewhere at once (object storage
+/// stores a chunk now rather than at its interval).
+fn flush(
+    cast: &mut CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
+    watched: bool,
+) -> std::io::Result<()> {
+    cast.flush()?;
+    if watched {
+        cast.get_mut().inner.publish()?;
+    }
+    Ok(())
 }
 
 /// Ends the recording in its storage, then reports its digest: an object

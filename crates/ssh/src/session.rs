@@ -69,6 +69,32 @@ pub(crate) struct Shared {
     pub serve_inner: ServeInner,
     /// Single sign-on: identity provider clients and per-key locks.
     pub sso: SsoState,
+    /// Sessions someone follows live (`watch:` wake-ups), with when that
+    /// ends unless renewed: their recordings are published at every flush.
+    pub watched: Mutex<HashMap<String, Instant>>,
+}
+
+impl Shared {
+    /// Notes a `watch:SESSION` wake-up (see `gatehouse_store::wake`).
+    pub fn watch_renewed(&self, session: &str) {
+        if let Ok(mut w) = self.watched.lock() {
+            let now = Instant::now();
+            w.retain(|_, until| *until > now);
+            w.insert(
+                session.to_string(),
+                now + gatehouse_store::wake::WATCH_LEASE,
+            );
+        }
+    }
+
+    /// Whether someone follows session `id` live.
+    pub fn is_watched(&self, id: &str) -> bool {
+        self.watched
+            .lock()
+            .ok()
+            .and_then(|w| w.get(id).copied())
+            .is_some_and(|until| until > Instant::now())
+    }
 }
 
 /// What single sign-on keeps across connections: one client per
@@ -585,6 +611,12 @@ impl Events {
     }
     pub fn state(&self) -> &Arc<ConnState> {
         &self.0.state
+    }
+
+    /// Whether someone follows this session live (its recording is then
+    /// published at every flush).
+    pub fn is_watched(&self) -> bool {
+        self.0.shared.is_watched(&self.0.state.session_id)
     }
 
     /// An event of this session.

@@ -30,6 +30,13 @@ pub fn valid_recording_id(id: &str) -> bool {
 /// any node; an error says what was not stored.
 pub trait RecordingWriter: Write + Send {
     fn finish(&mut self) -> io::Result<()>;
+    /// Makes what was written so far readable by others now (someone
+    /// follows the session live): object storage uploads what it holds
+    /// instead of waiting for its chunk interval. A file is readable once
+    /// flushed, so this is `flush`.
+    fn publish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 impl RecordingWriter for std::fs::File {

@@ -347,6 +347,14 @@ impl Write for ChunkWriter {
 }
 
 impl RecordingWriter for ChunkWriter {
+    fn publish(&mut self) -> io::Result<()> {
+        self.failed()?;
+        if !self.buf.is_empty() {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
     /// The last chunk, and a wait until every chunk is stored (the
     /// recorder computes the digest it reports only after this).
     fn finish(&mut self) -> io::Result<()> {

@@ -11,7 +11,10 @@
 //!
 //! A wake-up carries no data to act on: the receiver reads the store. It
 //! only says which kind of row to look at: [`WAKE_KILL`], or
-//! `approval:ID` ([`approval_wake`]).
+//! `approval:ID` ([`approval_wake`]). One kind carries no row at all:
+//! `watch:SESSION` ([`watch_wake`]), sent every [`WATCH_RENEW`] by whoever
+//! follows a running session, tells the node that records it to put its
+//! output in object storage at every flush rather than every few seconds.
 
 use std::time::Duration;
 
@@ -29,6 +32,19 @@ pub const WAKE_KILL: &str = "kill";
 pub fn approval_wake(id: &str) -> String {
     format!("approval:{id}")
 }
+
+/// The wake-up saying that session `id` is being watched live.
+pub fn watch_wake(id: &str) -> String {
+    format!("{WATCH_PREFIX}{id}")
+}
+
+/// What [`watch_wake`] puts before the session id.
+pub const WATCH_PREFIX: &str = "watch:";
+
+/// How often a live viewer renews its [`watch_wake`]; the recording node
+/// treats a session as watched for [`WATCH_LEASE`] after the last one.
+pub const WATCH_RENEW: Duration = Duration::from_secs(2);
+pub const WATCH_LEASE: Duration = Duration::from_secs(5);
 
 /// How often a subscriber still looks at the store without a wake-up:
 /// the safety net for a notification lost while a LISTEN connection was
@@ -60,6 +76,12 @@ impl Store {
             }
         }
         rx
+    }
+
+    /// Tells the node recording session `id` that someone follows it live
+    /// (renewed every [`WATCH_RENEW`] while they do).
+    pub async fn announce_watch(&self, id: &str) -> Result<(), StoreError> {
+        self.wake(&watch_wake(id)).await
     }
 
     /// Sends `payload` to every subscriber on every node, after the row it
