@@ -322,11 +322,7 @@ fn digest(storage: &dyn RecordingStorage, rec: &str) -> std::io::Result<String> 
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(gatehouse_model::hex(&hasher.finalize()))
 }
 
 #[derive(Deserialize, Default)]

@@ -80,10 +80,7 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub(crate) fn sha256_hex(data: &str) -> String {
-    Sha256::digest(data.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gatehouse_model::hex(&Sha256::digest(data.as_bytes()))
 }
 
 fn random_token() -> Result<String, Fail> {
@@ -94,7 +91,7 @@ fn random_token() -> Result<String, Fail> {
             "The console cannot make a sign-in token right now; try again.",
         )
     })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(gatehouse_model::hex(&bytes))
 }
 
 /// The request's `Origin` (else `Referer`) must be this console.

@@ -37,10 +37,7 @@ impl Control<'_> {
         }
         let bytes =
             gatehouse_auth::random_bytes(32).map_err(|e| ControlError::Invalid(e.to_string()))?;
-        let token = format!(
-            "ghp_{}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let token = format!("ghp_{}", gatehouse_model::hex(&bytes));
         let hash = gatehouse_store::token_hash(&token);
         // The id is fixed by the store; the event names the hash's prefix
         // so that it can be matched to the row before the row exists.

@@ -23,5 +23,5 @@ pub use config::{
 pub use duration::{parse_duration, Dur, DurationError};
 pub use event::{EventType, NewEvent, Outcome, Severity};
 pub use net::{IpNet, IpNetError};
-pub use text::escape_control;
+pub use text::{escape_control, hex};
 pub use username::{ConnectRequest, UsernameError};

@@ -10,6 +10,17 @@
 
 use std::borrow::Cow;
 
+/// Lowercase hex of `bytes` (digests, tokens), two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
 /// Does `c` need escaping before it reaches a terminal? C0 controls
 /// (including CR, LF and TAB), DEL, C1 controls, and the Unicode
 /// characters that reorder or separate text invisibly (bidi embeddings,
@@ -53,6 +64,12 @@ pub fn escape_control(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn ordinary_text_is_borrowed_unchanged() {

@@ -473,12 +473,7 @@ fn write_output<W: Write>(
 
 /// The finished recording: its id, hash and size on disk.
 fn summary<W: Write>(hashing: Hashing<W>, id: String, failed: Option<String>) -> RecordingSummary {
-    let sha256 = hashing
-        .hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = gatehouse_model::hex(&hashing.hash.finalize());
     RecordingSummary {
         id,
         sha256,

@@ -10,17 +10,13 @@ use std::path::Path;
 
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
-use gatehouse_model::{EventType, NewEvent, Outcome, Severity};
+use gatehouse_model::{hex, EventType, NewEvent, Outcome, Severity};
 
 use crate::{Backend, Pool, Store, StoreError};
 
 /// Signs checkpoints.
 pub struct Signer {
     pair: Ed25519KeyPair,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

@@ -310,11 +310,7 @@ fn additional_event_data(d: &Dialect) -> String {
 
 /// A short digest of the view's SQL: the version of the view in a store.
 fn view_version(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gatehouse_model::hex(&Sha256::digest(sql.as_bytes())[..8])
 }
 
 /// Creates the view, or re-creates it when the stored one was made from

@@ -24,10 +24,7 @@ use crate::{decode_event, Backend, Pool, Store, StoreError};
 /// Lowercase hex SHA-256 of a secret (a console cookie's token, an API
 /// token): what the store keeps in its place.
 pub fn token_hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gatehouse_model::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// A console sign-in to record.

@@ -155,18 +155,7 @@ pub fn chain_hash(ev: &NewEvent, prev_hash: &str) -> String {
     let mut hasher = Sha256::new();
     // Hashing cannot fail; the encoding goes into the digest as it is made.
     let _ = ev.write_canonical(&mut hasher, prev_hash);
-    hex(&hasher.finalize())
-}
-
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
+    gatehouse_model::hex(&hasher.finalize())
 }
 
 const PG_APPEND_LOCK: i64 = 0x6761_7465_686f; // "gateho"
@@ -985,7 +974,7 @@ fn sqlite_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> serde_json::Value {
             .unwrap_or(Value::Null),
         "BLOB" => row
             .try_get::<Vec<u8>, _>(i)
-            .map(|b| Value::String(b.iter().map(|x| format!("{x:02x}")).collect()))
+            .map(|b| Value::String(gatehouse_model::hex(&b)))
             .unwrap_or(Value::Null),
         _ => row
             .try_get::<String, _>(i)

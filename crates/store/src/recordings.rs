@@ -201,7 +201,7 @@ pub fn digest(mut r: impl Read) -> io::Result<(String, u64)> {
         hash.update(&buf[..n]);
         bytes += n as u64;
     }
-    let sha = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha = gatehouse_model::hex(&hash.finalize());
     Ok((sha, bytes))
 }
 

@@ -24,6 +24,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gatehouse_model::hex;
 use sha2::{Digest, Sha256};
 
 use super::{of_session, valid_recording_id, RecordingStorage, RecordingWriter};
@@ -704,10 +705,6 @@ fn uri_encode(s: &str, slash: bool) -> String {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hmac(key: &[u8], data: &str) -> Vec<u8> {

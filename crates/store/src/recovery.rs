@@ -632,10 +632,7 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[1]["id"], "S1-1");
         let body = std::fs::read(rec.join("S1.cast")).unwrap();
-        let sha: String = Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = gatehouse_model::hex(&Sha256::digest(&body));
         assert_eq!(end.details["recording_sha256"], sha);
         assert_eq!(recs[0]["bytes"], body.len() as u64);
         assert_eq!(events[3].event.details["sessions"], 1);
