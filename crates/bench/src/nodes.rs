@@ -32,6 +32,11 @@
 //!    the time from the client seeing the marker to the marker being in
 //!    a chunk in the bucket directory s3s-fs serves (the recorder's late
 //!    flush is 2.1 s after its last flush).
+//! 4. Live watch across nodes: a pty session through HAProxy prints a
+//!    line every 3 s (GH_BENCH_NODES_TICKS lines, default 5) while
+//!    `gatehouse sessions watch` runs with node B's config, reading the
+//!    bucket: for each line, the time from the client seeing it to the
+//!    watcher printing it.
 //!
 //! The load average is reported at the start and end of each part.
 
@@ -157,6 +162,7 @@ struct Cluster {
     _db: Database,
     _target: Sshd,
     s3_root: PathBuf,
+    s3_port: u16,
     admins: [String; 2],
     dir: tempfile::TempDir,
 }
@@ -350,6 +356,7 @@ fn start() -> Cluster {
         _db: db,
         _target: target,
         s3_root,
+        s3_port,
         admins,
         dir,
     }
@@ -591,6 +598,91 @@ fn upload(c: &Cluster, seconds: u64) -> Lag {
     }
 }
 
+/// The time each of `marks` first appears in `out`, in order.
+fn marks_seen(mut out: impl Read + Send + 'static, marks: Vec<String>) -> mpsc::Receiver<Instant> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut seen: Vec<u8> = Vec::new();
+        let mut next = 0;
+        while let Ok(k) = out.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..k]);
+            while next < marks.len() && contains(&seen, marks[next].as_bytes()) {
+                let _ = tx.send(Instant::now());
+                next += 1;
+            }
+        }
+    });
+    rx
+}
+
+/// Part 4: seconds from the client seeing each of `ticks` lines (3 s
+/// apart) of a session through HAProxy to `sessions watch`, run with
+/// node B's config, printing it.
+fn live_watch(c: &Cluster, ticks: usize) -> Vec<f64> {
+    let before = c.recordings();
+    let script =
+        format!("for i in $(seq 1 {ticks}); do sleep 3; echo TICK-$((i+100)); done; sleep 60");
+    let marks: Vec<String> = (1..=ticks).map(|i| format!("TICK-{}", i + 100)).collect();
+    let mut client = Command::new("ssh")
+        .arg("-F")
+        .arg(c.dir.path().join("ssh_config.setup"))
+        .args(["-tt", "lb2", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh -tt");
+    let client_rx = marks_seen(client.stdout.take().expect("stdout"), marks.clone());
+    let start = Instant::now();
+    let id = loop {
+        let new: Vec<PathBuf> = c.recordings().difference(&before).cloned().collect();
+        if let Some(name) = new
+            .first()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+        {
+            break name.trim_end_matches(".cast").to_string();
+        }
+        assert!(start.elapsed() < W, "no recording of the watched session");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut watcher = Command::new(gatehouse_bin())
+        .arg("--config")
+        .arg(c.dir.path().join("node-b.toml"))
+        .args(["sessions", "watch", &id])
+        .env("GATEHOUSE_LOG", "warn")
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", c.s3_port),
+        )
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gatehouse sessions watch");
+    let watch_rx = marks_seen(watcher.stdout.take().expect("stdout"), marks);
+    let mut lags = Vec::new();
+    for _ in 0..ticks {
+        let seen = client_rx.recv_timeout(W).expect("the client saw the line");
+        let shown = watch_rx
+            .recv_timeout(W)
+            .expect("the watcher showed the line");
+        lags.push(shown.saturating_duration_since(seen).as_secs_f64());
+    }
+    for child in [&mut watcher, &mut client] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    lags
+}
+
 /// The p50, p99 and max of a burst's session times, in ms.
 fn p50_p99(b: &Burst) -> (f64, f64, f64) {
     if b.times.is_empty() {
@@ -672,6 +764,7 @@ pub fn run(table: &mut String, json_out: &mut Map<String, Value>) {
     let m = env_u64("GH_BENCH_NODES_STREAMS", 20);
     let mib = env_u64("GH_BENCH_NODES_MIB", 64);
     let pty_seconds = env_u64("GH_BENCH_NODES_PTY_SECONDS", 20);
+    let ticks = env_u64("GH_BENCH_NODES_TICKS", 5) as usize;
     let c = start();
     // One session per path first: every node's store pool and target
     // connection is warm before anything is timed.
@@ -704,9 +797,19 @@ pub fn run(table: &mut String, json_out: &mut Map<String, Value>) {
         lag.samples.len(),
         lag.to_bucket
     ));
+    let watched = live_watch(&c, ticks);
+    let watch_max = watched.iter().cloned().fold(0.0, f64::max);
+    let watch_med = median(&mut watched.clone());
+    table.push_str(&format!(
+        "live watch across nodes (sessions watch with node B's config, one line every 3 s through HAProxy):\n  \
+         client sees a line -> the watcher prints it: median {watch_med:.2} s, max {watch_max:.2} s ({} lines: {})\n",
+        watched.len(),
+        watched.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ")
+    ));
     json_out.insert(
         "nodes".into(),
         json!({
+            "live_watch_s": watched,
             "setup": setup,
             "throughput": bulk,
             "mib_each": mib,
