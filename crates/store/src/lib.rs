@@ -710,6 +710,11 @@ fn multi_row_insert(rows: usize) -> String {
 struct Open<DB: sqlx::Database>(Option<sqlx::pool::PoolConnection<DB>>);
 
 impl<DB: sqlx::Database> Open<DB> {
+    /// Puts the connection back after a transaction that finished itself.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+
     fn conn(&mut self) -> Result<&mut DB::Connection, StoreError> {
         self.0
             .as_deref_mut()
@@ -733,13 +738,6 @@ impl<DB: sqlx::Database> Open<DB> {
         let events = result?;
         finished?;
         Ok(events)
-    }
-}
-
-impl<DB: sqlx::Database> Open<DB> {
-    /// Puts the connection back after a transaction that finished itself.
-    fn release(mut self) {
-        drop(self.0.take());
     }
 }
 
