@@ -9,7 +9,7 @@
 // Usage: node tests/oidc/provider.mjs CONFIG.json
 // CONFIG: {
 //   "modules": "target/oidc",               where node_modules is
-//   "port": 9000,
+//   "port": 0,                              0: any free port (the issuer line says which)
 //   "accounts": "/tmp/x/accounts.json",     { "alice": { "password", "email",
 //                                             "email_verified", "groups": [..] } }
 //   "clients": [ oidc-provider client metadata ],
@@ -24,6 +24,7 @@
 // Prints "listening ISSUER" once it accepts requests.
 
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -39,7 +40,15 @@ const { default: Provider } = await import(
   pathToFileURL(join(cfg.modules, 'node_modules/oidc-provider/lib/index.js')).href
 );
 
-const issuer = `http://127.0.0.1:${cfg.port}`;
+// The port is bound before the provider exists (its issuer names the
+// port): with "port": 0 the system picks a free one, so two providers
+// started at once never race for the same port.
+const server = createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(cfg.port || 0, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
 
 function accounts() {
   try {
@@ -204,6 +213,5 @@ provider.use(async (ctx, next) => {
   }, { mergeWithLastSubmission: false });
 });
 
-provider.listen(cfg.port, '127.0.0.1', () => {
-  console.log(`listening ${issuer}`);
-});
+server.on('request', provider.callback());
+console.log(`listening ${issuer}`);

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::{err, free_port, spawn, Result};
+use crate::{err, spawn, Result};
 
 /// A client registered at the provider.
 #[derive(Debug, Clone)]
@@ -101,7 +101,6 @@ impl OidcProvider {
             )));
         }
         let dir = tempfile::tempdir()?;
-        let port = free_port();
         let accounts_file = dir.path().join("accounts.json");
         std::fs::write(&accounts_file, "{}")?;
         let clients: Vec<String> = options
@@ -130,7 +129,7 @@ impl OidcProvider {
             None => String::new(),
         };
         let config = format!(
-            "{{\"modules\":{},\"port\":{port},\"accounts\":{},\"clients\":[{}],\"clock_skew_seconds\":{}{mixup}}}",
+            "{{\"modules\":{},\"port\":0,\"accounts\":{},\"clients\":[{}],\"clock_skew_seconds\":{}{mixup}}}",
             json(&modules.to_string_lossy()),
             json(&accounts_file.to_string_lossy()),
             clients.join(","),
@@ -156,12 +155,19 @@ impl OidcProvider {
                 }
             }
         });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
+        // Loading oidc-provider takes seconds on a loaded 2-core machine.
+        let issuer = match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(i) => i,
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait()?;
+                return Err(err(format!(
+                    "the OpenID provider exited before listening ({status}); its error is above"
+                )));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(err("the OpenID provider did not start within 30 s"));
+                return Err(err("the OpenID provider did not start within 90 s"));
             }
         };
         Ok(OidcProvider {
