@@ -53,7 +53,7 @@ fn closed_within(sock: &mut TcpStream, wait: Duration) -> bool {
 #[test]
 fn sockets_that_never_authenticate_cannot_lock_users_out() {
     let env = Env::start_server(
-        "login_grace_time = \"3s\"\nmax_startups = 12\nper_source_max_startups = 4\n",
+        "login_grace_time = \"3s\"\nmax_startups = 12\nper_source_max_startups = 4\nper_source_queue = 8\n",
         "",
     );
     // 20 sockets from one address: only an SSH banner, or a banner and
@@ -74,8 +74,9 @@ fn sockets_that_never_authenticate_cannot_lock_users_out() {
     assert_eq!(out.code, Some(0), "alice locked out: {}", out.stderr);
     assert!(stdout(&out).contains("still-open"));
     // Every socket is closed by the gateway: the ones over the source's
-    // share at once, the others when the login grace time runs out,
-    // whatever state their handshake was in.
+    // share and its queue at once, the others when the login grace time
+    // (counted from the accept, waiting included) runs out, whatever
+    // state their handshake was in.
     for (i, s) in held.iter_mut().enumerate() {
         assert!(
             closed_within(s, Duration::from_secs(30)),
@@ -98,6 +99,41 @@ fn sockets_that_never_authenticate_cannot_lock_users_out() {
         .read_exact(&mut banner)
         .expect("a banner for a new socket");
     assert_eq!(&banner, b"SSH-2.0");
+}
+
+#[test]
+fn a_burst_from_one_host_waits_for_places_instead_of_being_refused() {
+    // Like an Ansible run with more forks than a source's share: sixteen
+    // clients at once from one address, with room for two at a time.
+    let env = Env::start_server("per_source_max_startups = 2\n", "");
+    let clients: Vec<Child> = (0..16)
+        .map(|i| {
+            let mut cmd = env.alice().ssh(
+                env.port,
+                "alice:web01@127.0.0.1",
+                &["echo", &format!("fork-{i}")],
+            );
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd.spawn().expect("spawn ssh")
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let out = c.wait_with_output().expect("ssh ends");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "fork {i}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            env.gateway_log()
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("fork-{i}")));
+    }
+    let floods = env.query("SELECT reason FROM events WHERE type = 'source.flood'");
+    assert!(floods.is_empty(), "connections refused: {floods:?}");
+    let started = env.query("SELECT session_id FROM sessions WHERE user = 'alice'");
+    assert_eq!(started.len(), 16);
 }
 
 #[test]

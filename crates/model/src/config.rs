@@ -102,6 +102,10 @@ pub struct ServerConfig {
     /// (Ansible with many forks); further ones are refused, not queued.
     #[serde(default = "default_per_source_max_startups")]
     pub per_source_max_startups: usize,
+    /// Connections from one source over `per_source_max_startups` that
+    /// wait (unread) for a place instead of being refused.
+    #[serde(default = "default_per_source_queue")]
+    pub per_source_queue: usize,
     /// On SIGTERM, how long running sessions may go on after the gateway
     /// stops accepting (they are told at once); "0s" ends them at once.
     #[serde(default = "default_drain_timeout")]
@@ -147,6 +151,9 @@ fn default_drain_timeout() -> Dur {
 
 fn default_per_source_max_startups() -> usize {
     20
+}
+fn default_per_source_queue() -> usize {
+    64
 }
 fn default_max_sessions() -> usize {
     10
@@ -209,6 +216,7 @@ impl Default for ServerConfig {
             max_auth_failures: default_max_auth_failures(),
             block_for: default_block_for(),
             per_source_max_startups: default_per_source_max_startups(),
+            per_source_queue: default_per_source_queue(),
             proxy_protocol: Vec::new(),
             drain_timeout: default_drain_timeout(),
             max_sessions: default_max_sessions(),

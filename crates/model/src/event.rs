@@ -84,8 +84,9 @@ impl EventType {
     pub const SOURCE_BLOCKED: &'static str = "source.blocked";
     /// An administrator lifted a source block.
     pub const SOURCE_UNBLOCKED: &'static str = "source.unblocked";
-    /// A source address was cut off for holding too many unauthenticated
-    /// connections (`server.per_source_max_startups`).
+    /// A connection was closed because its source address held too many
+    /// unauthenticated connections (`server.per_source_max_startups`) and
+    /// the queue for a place was full or its grace time ran out waiting.
     pub const SOURCE_FLOOD: &'static str = "source.flood";
     /// A connection from a load balancer listed in `server.proxy_protocol`
     /// did not begin with a valid PROXY header, and was dropped.

@@ -26,7 +26,7 @@ use crate::audit::Audit;
 use crate::auth::{block_if_over, grace_penalty, Authenticator};
 use crate::handler::Conn;
 use crate::keys::load_private_key;
-use crate::limits::{Counter, FloodNotices, Killable, Startup};
+use crate::limits::{Counter, FloodNotices, Killable, NoPlace, Queue, SourceGate, Startup};
 use crate::proxy::{Header, ProxyError};
 use crate::session::{end_connection, truncate, ConnState, Events, Jump, LiveConn, Shared};
 use crate::SshError;
@@ -170,7 +170,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             shutdown,
             failures: Mutex::new(HashMap::new()),
-            unauth_by_source: Counter::default(),
+            unauth_by_source: SourceGate::default(),
             conns_by_user: Counter::default(),
             flood_notices: FloodNotices::default(),
             serve_inner: serve_jump,
@@ -299,28 +299,50 @@ async fn drain_sessions(
 }
 
 /// Starts serving a connection from `peer` (the user's address, after a
-/// PROXY header) if its source and the gateway have startup room.
+/// PROXY header) once its source and the gateway have startup room: a
+/// connection over its source's share waits, unread, in the source's
+/// queue until a place frees or its login deadline comes.
 fn admit(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, done: mpsc::Sender<()>) {
-    let per_source = shared.config().server.per_source_max_startups;
-    let source = match shared
-        .unauth_by_source
-        .try_take(&peer.ip().to_string(), per_source)
-    {
-        Ok(slot) => slot,
-        Err(held) => {
-            drop(socket);
-            report_flood(shared, peer, held, per_source);
-            return;
-        }
-    };
-    let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
-        tracing::warn!(%peer, "too many unauthenticated connections; dropping");
-        drop(socket);
-        return;
-    };
     let shared = shared.clone();
     tokio::spawn(async move {
-        let startup = Startup { permit, source };
+        let server = shared.config().server.clone();
+        let deadline = tokio::time::Instant::now() + server.login_grace_time.get();
+        let per_source = server.per_source_max_startups;
+        let queue = Queue {
+            per_source: server.per_source_queue,
+            total: server.max_startups,
+        };
+        let mut stop = shared.shutdown.subscribe();
+        let places = async {
+            let source = shared
+                .unauth_by_source
+                .take(&peer.ip().to_string(), per_source, queue, deadline)
+                .await;
+            let source = match source {
+                Ok(slot) => slot,
+                Err(why) => {
+                    report_flood(&shared, peer, why, per_source, queue.per_source);
+                    return None;
+                }
+            };
+            let Ok(permit) = shared.startups.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many unauthenticated connections; dropping");
+                return None;
+            };
+            Some(Startup {
+                permit,
+                source,
+                deadline,
+            })
+        };
+        let startup = tokio::select! {
+            s = places => s,
+            _ = stop.changed() => None,
+        };
+        let Some(startup) = startup else {
+            drop(socket);
+            return;
+        };
         serve_connection(shared, socket, peer, Some(startup), None).await;
         drop(done);
     });
@@ -359,10 +381,23 @@ async fn proxied(
     None
 }
 
-/// A source went over its share of unauthenticated connections: logged
-/// always, audited as `source.flood` at most once a minute per address.
-fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, held: usize, limit: usize) {
-    tracing::warn!(%peer, held, limit, "too many unauthenticated connections from one address; dropping");
+/// A source went over its share of unauthenticated connections and its
+/// queue: logged always, audited as `source.flood` at most once a minute
+/// per address.
+fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, why: NoPlace, limit: usize, queue: usize) {
+    let (held, waiting, what) = match why {
+        NoPlace::QueueFull { held, waiting } => (
+            held,
+            waiting,
+            "further connections refused until some finish or time out",
+        ),
+        NoPlace::TimedOut { held, waiting } => (
+            held,
+            waiting,
+            "a connection that waited server.login_grace_time for a place was closed",
+        ),
+    };
+    tracing::warn!(%peer, held, waiting, limit, queue, "too many unauthenticated connections from one address; dropping");
     if !shared.flood_notices.should_report(peer.ip()) {
         return;
     }
@@ -377,9 +412,9 @@ fn report_flood(shared: &Arc<Shared>, peer: SocketAddr, held: usize, limit: usiz
         )
         .source_ip(peer.ip().to_string())
         .reason(format!(
-            "{held} unauthenticated connections from this address (server.per_source_max_startups = {limit}); further connections refused until some finish or time out"
+            "{held} unauthenticated connections from this address and {waiting} waiting (server.per_source_max_startups = {limit}, server.per_source_queue = {queue}); {what}"
         ))
-        .details(serde_json::json!({ "held": held, "limit": limit }));
+        .details(serde_json::json!({ "held": held, "waiting": waiting, "limit": limit, "queue": queue }));
         let _ = shared.audit.record(ev, config.audit.on_failure).await;
     });
 }
@@ -481,6 +516,7 @@ pub(crate) async fn serve_connection<S>(
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(ConnState::new(conn_id, peer));
     let inner = jump.is_some();
+    let startup_deadline = startup.as_ref().map(|s| s.deadline);
     let handler = Conn::new(Authenticator::new(
         shared.clone(),
         state.clone(),
@@ -490,7 +526,11 @@ pub(crate) async fn serve_connection<S>(
     // The login deadline closes the socket itself: before key exchange
     // russh has no other way to end a connection (see `limits`).
     let (socket, kill) = Killable::new(socket);
-    let grace = shared.config().server.login_grace_time.get();
+    // From the accept, time spent waiting for a place included.
+    let grace = match &startup_deadline {
+        Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+        None => shared.config().server.login_grace_time.get(),
+    };
     let running = match tokio::time::timeout(
         grace,
         server::run_stream(shared.server_config.clone(), socket, handler),

@@ -163,6 +163,166 @@ impl Drop for Slot {
     }
 }
 
+/// Unauthenticated connections per source address
+/// (`server.per_source_max_startups`), with a queue in front: a
+/// connection over its source's share waits, unread, for a place (at
+/// most `server.per_source_queue` of them per source and `total` in all,
+/// first come first served) until its login deadline. A burst of
+/// connections from one control host (Ansible with many forks) is
+/// admitted as places free instead of refused.
+#[derive(Clone, Default)]
+pub(crate) struct SourceGate(Arc<Mutex<Gate>>);
+
+#[derive(Default)]
+struct Gate {
+    sources: HashMap<String, Source>,
+    /// Connections waiting for a place, all sources together.
+    waiting: usize,
+}
+
+/// One source's places (a fair semaphore) and how many connections hold
+/// or wait for one; the entry goes when that count is back at zero.
+struct Source {
+    places: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    users: usize,
+}
+
+/// A place among its source's unauthenticated connections.
+pub(crate) struct SourceSlot {
+    gate: SourceGate,
+    key: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why a connection got no place: the queue was full (its source's or
+/// the gateway's), or the login deadline came while it waited. Counts
+/// of its source as they were then.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoPlace {
+    QueueFull { held: usize, waiting: usize },
+    TimedOut { held: usize, waiting: usize },
+}
+
+/// How many may wait: per source and in all.
+#[derive(Clone, Copy)]
+pub(crate) struct Queue {
+    pub per_source: usize,
+    pub total: usize,
+}
+
+impl SourceGate {
+    /// A place for a connection from `key`: at once when one is free and
+    /// nobody waits, else after the connections queued before it, until
+    /// `deadline`. Refused at once when the queue is full.
+    pub async fn take(
+        &self,
+        key: &str,
+        max: usize,
+        queue: Queue,
+        deadline: tokio::time::Instant,
+    ) -> Result<SourceSlot, NoPlace> {
+        let full = NoPlace::QueueFull {
+            held: 0,
+            waiting: 0,
+        };
+        let places = {
+            let Ok(mut gate) = self.0.lock() else {
+                return Err(full);
+            };
+            let total_waiting = gate.waiting;
+            let s = gate
+                .sources
+                .entry(key.to_string())
+                .or_insert_with(|| Source {
+                    places: Arc::new(tokio::sync::Semaphore::new(max)),
+                    max,
+                    users: 0,
+                });
+            // A fair semaphore has no free permit while anyone waits.
+            if let Ok(permit) = s.places.clone().try_acquire_owned() {
+                s.users += 1;
+                return Ok(self.slot(key, permit));
+            }
+            let (held, waiting) = s.counts();
+            if waiting >= queue.per_source || total_waiting >= queue.total {
+                if s.users == 0 {
+                    gate.sources.remove(key);
+                }
+                return Err(NoPlace::QueueFull { held, waiting });
+            }
+            s.users += 1;
+            let places = s.places.clone();
+            gate.waiting += 1;
+            places
+        };
+        let got = tokio::time::timeout_at(deadline, places.acquire_owned()).await;
+        if let Ok(mut gate) = self.0.lock() {
+            gate.waiting = gate.waiting.saturating_sub(1);
+        }
+        match got {
+            Ok(Ok(permit)) => Ok(self.slot(key, permit)),
+            _ => {
+                let (held, waiting) = self.leave(key);
+                // This connection was one of the waiting ones.
+                Err(NoPlace::TimedOut {
+                    held,
+                    waiting: waiting + 1,
+                })
+            }
+        }
+    }
+
+    fn slot(&self, key: &str, permit: tokio::sync::OwnedSemaphorePermit) -> SourceSlot {
+        SourceSlot {
+            gate: self.clone(),
+            key: key.to_string(),
+            _permit: permit,
+        }
+    }
+
+    /// One holder or waiter of `key` is gone; the counts left.
+    fn leave(&self, key: &str) -> (usize, usize) {
+        let Ok(mut gate) = self.0.lock() else {
+            return (0, 0);
+        };
+        let Some(s) = gate.sources.get_mut(key) else {
+            return (0, 0);
+        };
+        s.users = s.users.saturating_sub(1);
+        let counts = s.counts();
+        if s.users == 0 {
+            gate.sources.remove(key);
+        }
+        counts
+    }
+
+    #[cfg(test)]
+    pub fn counts(&self, key: &str) -> (usize, usize) {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.sources.get(key).map(Source::counts))
+            .unwrap_or((0, 0))
+    }
+}
+
+impl Source {
+    /// (holding a place, waiting for one).
+    fn counts(&self) -> (usize, usize) {
+        let held = self.max.saturating_sub(self.places.available_permits());
+        (held, self.users.saturating_sub(held))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        // The permit goes back after the count (field order): a waiter
+        // woken by it finds the entry still there.
+        self.gate.leave(&self.key);
+    }
+}
+
 /// At most one `source.flood` event per source address per window: a
 /// flood must not become a flood of audit events.
 #[derive(Default)]
@@ -203,7 +363,10 @@ pub(crate) struct Startup {
     #[allow(dead_code)] // held for its Drop
     pub permit: tokio::sync::OwnedSemaphorePermit,
     #[allow(dead_code)] // held for its Drop
-    pub source: Slot,
+    pub source: SourceSlot,
+    /// The login deadline: `server.login_grace_time` after the
+    /// connection was accepted, time spent waiting for a place included.
+    pub deadline: tokio::time::Instant,
 }
 
 #[cfg(test)]
@@ -223,6 +386,102 @@ mod tests {
         assert_eq!(c.held("10.0.0.1"), 1);
         assert!(c.try_take("10.0.0.1", 2).is_ok());
         drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_source_over_its_share_waits_its_turn() {
+        let gate = SourceGate::default();
+        let soon = || tokio::time::Instant::now() + Duration::from_secs(10);
+        let q = |per_source| Queue {
+            per_source,
+            total: 10,
+        };
+        let first = gate
+            .take("10.0.0.1", 1, q(2), soon())
+            .await
+            .expect("a place");
+        // Two wait in order; a third finds the queue full.
+        let (g2, g3) = (gate.clone(), gate.clone());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (o2, o3) = (order.clone(), order.clone());
+        let second = tokio::spawn(async move {
+            let slot = g2.take("10.0.0.1", 1, q(2), soon()).await;
+            o2.lock().map(|mut o| o.push(2)).ok();
+            slot
+        });
+        while gate.counts("10.0.0.1") != (1, 1) {
+            tokio::task::yield_now().await;
+        }
+        let third = tokio::spawn(async move {
+            let slot = g3.take("10.0.0.1", 1, q(2), soon()).await;
+            o3.lock().map(|mut o| o.push(3)).ok();
+            slot
+        });
+        while gate.counts("10.0.0.1") != (1, 2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            gate.take("10.0.0.1", 1, q(2), soon()).await.err(),
+            Some(NoPlace::QueueFull {
+                held: 1,
+                waiting: 2
+            })
+        );
+        // Another source is not held up.
+        assert!(gate.take("10.0.0.2", 1, q(2), soon()).await.is_ok());
+        drop(first);
+        let second = second.await.expect("task").expect("second gets the place");
+        drop(second);
+        let third = third.await.expect("task").expect("third gets it next");
+        assert_eq!(*order.lock().expect("order"), vec![2, 3]);
+        // A waiter whose deadline comes first gives up and says so.
+        let late = gate
+            .take(
+                "10.0.0.1",
+                1,
+                q(2),
+                tokio::time::Instant::now() + Duration::from_millis(50),
+            )
+            .await;
+        assert_eq!(
+            late.err(),
+            Some(NoPlace::TimedOut {
+                held: 1,
+                waiting: 1
+            })
+        );
+        drop(third);
+        assert_eq!(gate.counts("10.0.0.1"), (0, 0));
+        // With no queue, over the share is refused at once.
+        let only = gate
+            .take("10.0.0.3", 1, q(0), soon())
+            .await
+            .expect("a place");
+        assert!(matches!(
+            gate.take("10.0.0.3", 1, q(0), soon()).await,
+            Err(NoPlace::QueueFull {
+                held: 1,
+                waiting: 0
+            })
+        ));
+        drop(only);
+        // Nor when the gateway's queue is full, whatever the source's.
+        let one = gate
+            .take("10.0.0.4", 1, q(2), soon())
+            .await
+            .expect("a place");
+        let none_in_all = Queue {
+            per_source: 2,
+            total: 0,
+        };
+        assert!(matches!(
+            gate.take("10.0.0.4", 1, none_in_all, soon()).await,
+            Err(NoPlace::QueueFull {
+                held: 1,
+                waiting: 0
+            })
+        ));
+        drop(one);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::audit::{Audit, AuditUnavailable};
 use crate::certs::CertGrant;
-use crate::limits::{Counter, FloodNotices};
+use crate::limits::{Counter, FloodNotices, SourceGate};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Serves a connection that arrived inside a ProxyJump channel. A
@@ -59,8 +59,8 @@ pub(crate) struct Shared {
     /// (brute-force defence).
     pub failures: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
     /// Unauthenticated connections per source address
-    /// (`server.per_source_max_startups`).
-    pub unauth_by_source: Counter,
+    /// (`server.per_source_max_startups`, `server.per_source_queue`).
+    pub unauth_by_source: SourceGate,
     /// Authenticated connections per Gatehouse user
     /// (`server.max_connections_per_user`).
     pub conns_by_user: Counter,
