@@ -437,6 +437,53 @@ fn an_unreachable_target_is_reported_and_audited() {
 }
 
 #[test]
+fn a_target_that_drops_a_handshake_past_its_max_startups_is_tried_again() {
+    // A target's sshd at its MaxStartups closes new connections before
+    // its banner, as during a burst of logins (sshd takes the last
+    // MaxStartups line of its config). One unauthenticated socket
+    // holds its only place until the gateway's first attempt is dropped.
+    let mut env = Env::start();
+    let busy = env
+        .add_targets(&["busy01"], "MaxStartups 1\n")
+        .pop()
+        .expect("sshd");
+    let held = TcpStream::connect(busy.address()).expect("hold the target's place");
+    let freed = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let deadline = std::time::Instant::now() + T;
+            while std::time::Instant::now() < deadline {
+                if busy.log().contains("past MaxStartups") {
+                    drop(held);
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        });
+        let out = env.ssh("alice:busy01@127.0.0.1", &["echo", "got-in"]);
+        assert_eq!(
+            stdout(&out),
+            "got-in\n",
+            "{}\n{}\n{}",
+            out.stderr,
+            busy.log(),
+            env.gateway_log()
+        );
+        watcher.join().expect("watcher")
+    });
+    assert!(
+        freed,
+        "the target never dropped a connection:\n{}",
+        busy.log()
+    );
+    assert!(
+        env.gateway_log().contains("trying again"),
+        "{}",
+        env.gateway_log()
+    );
+}
+
+#[test]
 fn a_host_key_mismatch_refuses_the_session_with_a_high_severity_event() {
     let env = Env::start();
     let out = env.ssh("alice:evil01@127.0.0.1", &["true"]);

@@ -317,6 +317,134 @@ pub fn sign_session_certificate(
     Ok((Arc::new(key), cert))
 }
 
+/// Attempts at the SSH handshake with a target that closes the
+/// connection before the key exchange is done (sshd past its
+/// MaxStartups drops new connections that way during a burst), and the
+/// pauses before the second, third and fourth. Nothing has been
+/// authenticated or sent on such a connection, so trying again is safe;
+/// a refused TCP connect, a timeout or a host key problem is not retried.
+const HANDSHAKE_ATTEMPTS: usize = 4;
+const HANDSHAKE_PAUSES: [Duration; HANDSHAKE_ATTEMPTS - 1] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+/// Why one handshake attempt failed.
+enum Attempt {
+    Tcp(std::io::Error),
+    Ssh(russh::Error),
+}
+
+/// True when the target ended the connection before the key exchange
+/// finished, the way an overloaded sshd does.
+fn closed_before_kex(e: &russh::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        russh::Error::Disconnect => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    }
+}
+
+/// TCP connect and the SSH handshake with `target`, up to
+/// [`HANDSHAKE_ATTEMPTS`] times when it closes the connection before
+/// the key exchange, all within `timeout`.
+async fn handshake(
+    target: &Target,
+    store: &Store,
+    agent_tx: &Option<AgentChannelTx>,
+    forwarded_tx: &tokio::sync::mpsc::Sender<Forwarded>,
+    timeout: Duration,
+) -> Result<client::Handle<UpstreamClient>, UpstreamError> {
+    let addr = target.socket_address();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 0;
+    let handle = loop {
+        attempt += 1;
+        let check = Arc::new(Mutex::new(KeyCheck::default()));
+        let handler = UpstreamClient {
+            target: target.clone(),
+            store: store.clone(),
+            check: check.clone(),
+            agent_tx: agent_tx.clone(),
+            forwarded_tx: forwarded_tx.clone(),
+        };
+        let connecting = async {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(Attempt::Tcp)?;
+            let _ = tcp.set_nodelay(true);
+            client::connect_stream(client_config(), tcp, handler)
+                .await
+                .map_err(Attempt::Ssh)
+        };
+        let e = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(h)) => break h,
+            Err(_) => {
+                return Err(UpstreamError::Unreachable(format!(
+                    "target {:?} ({addr}) did not answer within {}s; it may be down — try again later or ask an administrator",
+                    target.name,
+                    timeout.as_secs()
+                )))
+            }
+            Ok(Err(Attempt::Tcp(io))) => {
+                return Err(UpstreamError::Unreachable(format!(
+                    "cannot connect to target {:?} ({addr}): {io}; it may be down — try again later or ask an administrator",
+                    target.name
+                )))
+            }
+            Ok(Err(Attempt::Ssh(e))) => e,
+        };
+        let (mismatch, refused) = {
+            let c = check.lock().unwrap_or_else(|p| p.into_inner());
+            (c.mismatch.clone(), c.error.clone())
+        };
+        if let Some((expected, got)) = mismatch {
+            return Err(UpstreamError::HostKeyMismatch { expected, got });
+        }
+        if let Some(err) = refused {
+            return Err(UpstreamError::Other(err));
+        }
+        let pause = HANDSHAKE_PAUSES.get(attempt - 1).copied();
+        if let Some(pause) = pause.filter(|_| closed_before_kex(&e)) {
+            if tokio::time::Instant::now() + pause < deadline {
+                tracing::info!(target = %target.name, attempt, error = %e, "the target closed the connection before the key exchange; trying again");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        }
+        let tries = if attempt > 1 {
+            format!(" (after {attempt} attempts)")
+        } else {
+            String::new()
+        };
+        if closed_before_kex(&e) {
+            return Err(UpstreamError::Other(format!(
+                "target {:?} ({addr}) closed the connection before the SSH key exchange{tries}; it may be overloaded (sshd MaxStartups) — try again in a moment or ask an administrator",
+                target.name
+            )));
+        }
+        return Err(match e {
+            russh::Error::IO(io) => UpstreamError::Unreachable(format!(
+                "cannot connect to target {:?} ({addr}): {io}{tries}; it may be down — try again later or ask an administrator",
+                target.name
+            )),
+            other => UpstreamError::Other(format!(
+                "SSH handshake with target {:?} ({addr}) failed: {other}{tries}",
+                target.name
+            )),
+        });
+    };
+    Ok(handle)
+}
+
 /// Connects and authenticates to `target` as `login`.
 pub async fn connect(
     target: &Target,
@@ -326,7 +454,6 @@ pub async fn connect(
     timeout: Duration,
     agent: bool,
 ) -> Result<Upstream, UpstreamError> {
-    let check = Arc::new(Mutex::new(KeyCheck::default()));
     let (agent_tx, agent_rx) = if agent {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         (Some(tx), Some(rx))
@@ -334,45 +461,7 @@ pub async fn connect(
         (None, None)
     };
     let (forwarded_tx, forwarded_rx) = tokio::sync::mpsc::channel(16);
-    let handler = UpstreamClient {
-        target: target.clone(),
-        store,
-        check: check.clone(),
-        agent_tx,
-        forwarded_tx,
-    };
-    let addr = target.socket_address();
-    let connecting = client::connect(client_config(), addr.clone(), handler);
-    let result = tokio::time::timeout(timeout, connecting).await;
-    let mut handle = match result {
-        Err(_) => {
-            return Err(UpstreamError::Unreachable(format!(
-                "target {:?} ({addr}) did not answer within {}s; it may be down — try again later or ask an administrator",
-                target.name,
-                timeout.as_secs()
-            )))
-        }
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            let c = check.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((expected, got)) = c.mismatch.clone() {
-                return Err(UpstreamError::HostKeyMismatch { expected, got });
-            }
-            if let Some(err) = c.error.clone() {
-                return Err(UpstreamError::Other(err));
-            }
-            return Err(match e {
-                russh::Error::IO(io) => UpstreamError::Unreachable(format!(
-                    "cannot connect to target {:?} ({addr}): {io}; it may be down — try again later or ask an administrator",
-                    target.name
-                )),
-                other => UpstreamError::Other(format!(
-                    "SSH handshake with target {:?} ({addr}) failed: {other}",
-                    target.name
-                )),
-            });
-        }
-    };
+    let mut handle = handshake(target, &store, &agent_tx, &forwarded_tx, timeout).await?;
     // A per-session certificate first (targets then need only
     // TrustedUserCAKeys), the static key as the fallback, as OpenSSH's
     // client tries its identities in turn.

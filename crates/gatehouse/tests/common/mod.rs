@@ -276,16 +276,25 @@ impl Env {
     /// labelled like web01 so alice's `dev` role reaches them; the gateway
     /// is restarted with them. Returns the new sshds in order.
     pub fn add_web_targets(&mut self, n: usize) -> Vec<Sshd> {
+        let names: Vec<String> = (2..=n).map(|i| format!("web{i:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.add_targets(&names, "")
+    }
+
+    /// Targets named `names`, as [`Env::add_web_targets`] makes them, on
+    /// sshds with `sshd_extra` lines in their config.
+    pub fn add_targets(&mut self, names: &[&str], sshd_extra: &str) -> Vec<Sshd> {
         let upstream = std::fs::read_to_string(self.dir.path().join("client_ed25519.pub"))
             .expect("upstream key")
             .trim()
             .to_string();
         let mut sshds = Vec::new();
         let mut text = String::new();
-        for i in 2..=n {
-            let sshd = Sshd::start(std::slice::from_ref(&upstream)).expect("start sshd");
+        for name in names {
+            let sshd =
+                Sshd::start_with(std::slice::from_ref(&upstream), sshd_extra).expect("start sshd");
             text.push_str(&format!(
-                "\n[[targets]]\nname = \"web{i:02}\"\naddress = \"{}\"\nlabels = {{ env = \"test\", team = \"web\" }}\nhost_key = \"{}\"\ndefault_login = \"{}\"\n",
+                "\n[[targets]]\nname = \"{name}\"\naddress = \"{}\"\nlabels = {{ env = \"test\", team = \"web\" }}\nhost_key = \"{}\"\ndefault_login = \"{}\"\n",
                 sshd.address(),
                 sshd.host_key_fingerprint,
                 self.login
