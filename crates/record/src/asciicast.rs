@@ -75,9 +75,15 @@ impl<W: Write> CastWriter<W> {
             return Ok(());
         }
         // Straight into the writer: no line is built in memory first.
-        serde_json::to_writer(&mut self.out, &(round_time(t), code, data))
-            .map_err(io::Error::other)?;
-        self.out.write_all(b"\n")
+        // The same bytes as serde_json writes for the tuple (a test holds
+        // them equal), with the data escaped a word at a time.
+        self.out.write_all(b"[")?;
+        serde_json::to_writer(&mut self.out, &round_time(t)).map_err(io::Error::other)?;
+        self.out.write_all(b",\"")?;
+        write_escaped(&mut self.out, code)?;
+        self.out.write_all(b"\",\"")?;
+        write_escaped(&mut self.out, data)?;
+        self.out.write_all(b"\"]\n")
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -127,6 +133,63 @@ pub fn cast_to_json(text: &str) -> Result<(String, Vec<usize>), serde_json::Erro
     Ok((doc.to_string(), skipped))
 }
 
+/// Writes `s` as the inside of a JSON string, escaped exactly as
+/// serde_json escapes it: `"` and `\\`, the short forms `\b \t \n \f \r`,
+/// other control characters as `\u00xx`. Terminal output is mostly
+/// bytes that need none, so it is scanned eight bytes at a time and
+/// copied in runs.
+fn write_escaped<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(word) = bytes[i..].first_chunk::<8>() {
+            if !may_need_escape(u64::from_le_bytes(*word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0a => b'n',
+            0x0c => b'f',
+            0x0d => b'r',
+            0x00..=0x1f => b'u',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.write_all(&bytes[start..i])?;
+        if short == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
+            out.write_all(&[b'\\', b'u', b'0', b'0', hex[0], hex[1]])?;
+        } else {
+            out.write_all(&[b'\\', short])?;
+        }
+        i += 1;
+        start = i;
+    }
+    out.write_all(&bytes[start..])
+}
+
+/// True when one of the eight bytes of `w` may be a control character,
+/// `"` or `\\` (never false when one is; the bytes are then checked one
+/// by one).
+fn may_need_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    below_space | quote | backslash != 0
+}
+
 fn round_time(t: f64) -> f64 {
     (t * 1_000_000.0).round() / 1_000_000.0
 }
@@ -174,6 +237,36 @@ fn take_utf8<'a>(pending: &mut Vec<u8>, data: &'a [u8]) -> std::borrow::Cow<'a, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn events_are_the_bytes_serde_json_writes() {
+        let mut texts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        texts.push((0u8..0x80).map(char::from).collect());
+        texts.push("é€😀 \u{7f}\u{80}\u{2028}".into());
+        // Every alignment of an escape against the eight-byte scan.
+        for n in 0..20 {
+            for c in ['"', '\\', '\n', '\u{1b}', 'x'] {
+                texts.push(format!("{}{c}{}", "a".repeat(n), "b".repeat(20 - n)));
+            }
+        }
+        texts.push("line one\r\nline two\r\n\u{1b}[1;31mred\u{1b}[0m\ttab".repeat(40));
+        for (i, text) in texts.iter().enumerate() {
+            let t = i as f64 * 0.123_456_789;
+            let mut w = CastWriter {
+                out: Vec::new(),
+                pending_o: Vec::new(),
+                pending_i: Vec::new(),
+            };
+            w.event(t, "o", text).unwrap();
+            let mut want = serde_json::to_vec(&(round_time(t), "o", text.as_str())).unwrap();
+            want.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&w.out),
+                String::from_utf8_lossy(&want),
+                "{text:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn header() -> Header {
