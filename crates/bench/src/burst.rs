@@ -3,7 +3,10 @@
 //! `60,120,200,300`), that many `ssh host true` start at once (the
 //! curve25519 client settings, so every leg speaks the same key exchange)
 //! against direct OpenSSH, a gateway on SQLite and a gateway on
-//! PostgreSQL, all in front of the same sshd target. A session is admitted
+//! PostgreSQL, both with the startup limits raised as for Ansible with
+//! many forks, and a gateway on SQLite with the default `max_startups`,
+//! `per_source_max_startups` and `per_source_queue` (connections over a
+//! source's share wait for a place), all in front of the same sshd target. A session is admitted
 //! when its `ssh` exits 0 within the window (`GH_BENCH_BURST_WINDOW`,
 //! default 60 s); p50 and p99 are over the admitted sessions' wall times.
 //! Each gateway's `/metrics` is read before and after its burst: the
@@ -49,7 +52,9 @@ fn psql(sql: &str) -> bool {
 /// A recording gateway named `name` on a fresh store (`pg`: a new
 /// PostgreSQL database; otherwise SQLite), with `/metrics` on an admin
 /// port.
-fn start_gateway(s: &Setup, name: &str, pg: bool) -> Gateway {
+/// `defaults`: the gateway keeps its default startup limits (the
+/// setup's config raises them).
+fn start_gateway(s: &Setup, name: &str, pg: bool, defaults: bool) -> Gateway {
     let d = s.dir.path();
     let user_pub = std::fs::read_to_string(d.join("user.pub")).expect("user.pub");
     let port = kit::free_port();
@@ -61,6 +66,15 @@ fn start_gateway(s: &Setup, name: &str, pg: bool) -> Gateway {
         &format!("[server]\nadmin_listen = \"127.0.0.1:{admin}\"\n"),
         1,
     );
+    if defaults {
+        cfg = cfg
+            .lines()
+            .filter(|l| {
+                !l.starts_with("max_startups =") && !l.starts_with("per_source_max_startups =")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
     let pg_db = pg.then(|| format!("gh_bench_burst_{}", std::process::id()));
     if let Some(db) = &pg_db {
         let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
@@ -243,9 +257,17 @@ pub(crate) fn run(
         .filter_map(|x| x.trim().parse().ok())
         .collect();
     let window = Duration::from_secs(env_u64("GH_BENCH_BURST_WINDOW", 60));
-    let sqlite = start_gateway(s, "burst-sqlite", false);
-    let pg = start_gateway(s, "burst-pg", true);
-    let cfg = client_config(s, &[("gh-sqlite", &sqlite), ("gh-pg", &pg)]);
+    let sqlite = start_gateway(s, "burst-sqlite", false, false);
+    let pg = start_gateway(s, "burst-pg", true, false);
+    let defaults = start_gateway(s, "burst-defaults", false, true);
+    let cfg = client_config(
+        s,
+        &[
+            ("gh-sqlite", &sqlite),
+            ("gh-pg", &pg),
+            ("gh-defaults", &defaults),
+        ],
+    );
     let errs = s.dir.path().join("burst-errors");
     std::fs::create_dir_all(&errs).expect("errors dir");
     table.push_str(&format!(
@@ -258,6 +280,7 @@ pub(crate) fn run(
             ("direct", None),
             ("gh-sqlite", Some(&sqlite)),
             ("gh-pg", Some(&pg)),
+            ("gh-defaults", Some(&defaults)),
         ] {
             let before = gw.map(|g| write_buckets(g.admin));
             let o = burst(&cfg, host, n, window, &errs);
@@ -283,7 +306,7 @@ pub(crate) fn run(
         }
     }
     // Commits the gateways logged as slow (over 0.5 s), for the reader.
-    for name in ["burst-sqlite", "burst-pg"] {
+    for name in ["burst-sqlite", "burst-pg", "burst-defaults"] {
         let log =
             std::fs::read_to_string(s.dir.path().join(format!("{name}.log"))).unwrap_or_default();
         let slow: Vec<&str> = log

@@ -390,6 +390,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel's clock ticks per second, the unit of /proc/PID/stat's
+/// CPU times (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -749,14 +760,29 @@ async fn main() {
             on.push(s.bulk("chacha20", "gatehouse", bytes, false, 1));
             off.push(s.bulk("chacha20", "gatehouse-norec", bytes, false, 1));
         }
+        // Each gateway's own CPU time over its pty runs (/proc ticks):
+        // steadier than the throughput ratio on a shared 2-core machine,
+        // where the client, the target and the gateway take turns.
+        let pids = [s.gateways[0].id(), s.gateways[1].id()];
+        let mut ticks = [0u64; 2];
         for _ in 0..runs {
-            for (host, v) in [
+            for (k, (host, v)) in [
                 ("gatehouse", &mut pty_on),
                 ("gatehouse-norec", &mut pty_off),
-            ] {
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let before = cpu_ticks(pids[k]);
                 v.push(pty_bytes as f64 * 1.35 / s.time_sh(&pty_script(host)) / 1e6);
+                ticks[k] += cpu_ticks(pids[k]).saturating_sub(before);
             }
         }
+        // CPU ms per MB of terminal output (base64 is 4/3 of the input
+        // plus line ends: 1.35).
+        let mb = pty_bytes as f64 * 1.35 * runs as f64 / 1e6;
+        let tick_ms = 1000.0 / clock_ticks_per_second();
+        let cpu = ticks.map(|t| t as f64 * tick_ms / mb);
         let (on, off) = (median(&mut on), median(&mut off));
         let (pty_on, pty_off) = (median(&mut pty_on), median(&mut pty_off));
         table.push_str(&format!(
@@ -771,6 +797,16 @@ async fn main() {
         json.insert(
             "recording_ratio_pty".into(),
             serde_json::json!(pty_on / pty_off),
+        );
+        table.push_str(&format!(
+            "recording on/off, pty gateway CPU   {:>10.2} ms/MB vs {:>7.2} ms/MB  ratio {:.3}\n",
+            cpu[0],
+            cpu[1],
+            cpu[0] / cpu[1]
+        ));
+        json.insert(
+            "recording_pty_cpu_ms_per_mb".into(),
+            serde_json::json!({"on": cpu[0], "off": cpu[1]}),
         );
     }
     if want("streams") {
