@@ -160,6 +160,35 @@ fn healthz_and_metrics_follow_the_gateway() {
 }
 
 #[test]
+fn connections_waiting_for_a_place_are_counted() {
+    let admin = kit::free_port();
+    let env = Env::start_server(
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\nper_source_max_startups = 1"),
+        "",
+    );
+    kit::wait_for_port(admin, Duration::from_secs(20)).expect("admin port");
+    // Three sockets from one address that send a banner and stop: one
+    // holds the address's place, two wait for it.
+    let socks: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", env.port)).expect("connect");
+            s.write_all(b"SSH-2.0-slow\r\n").expect("banner");
+            s
+        })
+        .collect();
+    let text = metrics_until(admin, "one holding, two waiting", |t| {
+        value(t, "gatehouse_startups") == Some(1.0)
+            && value(t, "gatehouse_startups_waiting") == Some(2.0)
+    });
+    assert!(text.contains("# TYPE gatehouse_startups_waiting gauge"));
+    drop(socks);
+    metrics_until(admin, "no startups left", |t| {
+        value(t, "gatehouse_startups") == Some(0.0)
+            && value(t, "gatehouse_startups_waiting") == Some(0.0)
+    });
+}
+
+#[test]
 fn sink_lag_is_exported_per_sink() {
     let admin = kit::free_port();
     let env = Env::start_server(

@@ -73,6 +73,10 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     events: AtomicU64,
     audit_spooled: AtomicU64,
+    /// Connections not yet authenticated, and those waiting for a place
+    /// among them (`server.per_source_queue`).
+    startups: AtomicU64,
+    startups_waiting: AtomicU64,
     /// Milliseconds the oldest recording chunk not yet in object storage
     /// has waited.
     upload_lag_ms: AtomicU64,
@@ -130,6 +134,13 @@ impl Metrics {
         self.audit_spooled.store(n, Ordering::Relaxed);
     }
 
+    /// Unauthenticated connections holding a place, and connections
+    /// waiting for one.
+    pub fn set_startups(&self, holding: u64, waiting: u64) {
+        self.startups.store(holding, Ordering::Relaxed);
+        self.startups_waiting.store(waiting, Ordering::Relaxed);
+    }
+
     /// Object-storage recordings: how long the oldest chunk not yet
     /// stored has waited, and the chunks given up on after retries.
     pub fn set_recording_upload(&self, lag: Duration, failures: u64) {
@@ -154,40 +165,25 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        head(
+        single(
             &mut out,
             "gatehouse_sessions_active",
             "gauge",
             "Sessions with a target connected now.",
-        );
-        line(
-            &mut out,
-            "gatehouse_sessions_active",
-            "",
             load(&self.sessions_active),
         );
-        head(
+        single(
             &mut out,
             "gatehouse_sessions_started_total",
             "counter",
             "Sessions started (session.start).",
-        );
-        line(
-            &mut out,
-            "gatehouse_sessions_started_total",
-            "",
             load(&self.sessions_started),
         );
-        head(
+        single(
             &mut out,
             "gatehouse_sessions_denied_total",
             "counter",
             "Access denied by policy (access.denied).",
-        );
-        line(
-            &mut out,
-            "gatehouse_sessions_denied_total",
-            "",
             load(&self.sessions_denied),
         );
         head(
@@ -218,23 +214,32 @@ impl Metrics {
             "{direction=\"out\"}",
             load(&self.bytes_out),
         );
-        head(
+        single(
             &mut out,
             "gatehouse_events_total",
             "counter",
             "Events the gateway wrote to the audit trail through its audit path.",
+            load(&self.events),
         );
-        line(&mut out, "gatehouse_events_total", "", load(&self.events));
-        head(
+        single(
+            &mut out,
+            "gatehouse_startups",
+            "gauge",
+            "Connections accepted and not yet authenticated (server.max_startups).",
+            load(&self.startups),
+        );
+        single(
+            &mut out,
+            "gatehouse_startups_waiting",
+            "gauge",
+            "Connections over their source's per_source_max_startups waiting for a place.",
+            load(&self.startups_waiting),
+        );
+        single(
             &mut out,
             "gatehouse_audit_spooled",
             "gauge",
             "Events waiting in the audit spool for the store.",
-        );
-        line(
-            &mut out,
-            "gatehouse_audit_spooled",
-            "",
             load(&self.audit_spooled),
         );
         head(
@@ -245,16 +250,11 @@ impl Metrics {
         );
         let lag = load(&self.upload_lag_ms) as f64 / 1000.0;
         let _ = writeln!(out, "gatehouse_recording_upload_lag_seconds {lag}");
-        head(
+        single(
             &mut out,
             "gatehouse_recording_upload_failures_total",
             "counter",
             "Recording chunks not stored after every retry.",
-        );
-        line(
-            &mut out,
-            "gatehouse_recording_upload_failures_total",
-            "",
             load(&self.upload_failures),
         );
         self.render_histogram(&mut out);
@@ -318,6 +318,12 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One metric with one unlabelled series.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    head(out, name, kind, help);
+    line(out, name, "", value);
+}
+
 fn line(out: &mut String, name: &str, labels: &str, value: u64) {
     let _ = writeln!(out, "{name}{labels} {value}");
 }
@@ -353,6 +359,8 @@ mod tests {
             ("gatehouse_bytes_total", "counter"),
             ("gatehouse_events_total", "counter"),
             ("gatehouse_audit_spooled", "gauge"),
+            ("gatehouse_startups", "gauge"),
+            ("gatehouse_startups_waiting", "gauge"),
             ("gatehouse_store_write_seconds", "histogram"),
             ("gatehouse_sink_lag_events", "gauge"),
         ] {

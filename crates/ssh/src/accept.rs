@@ -113,12 +113,14 @@ impl GatewayHandle {
         self.shared.shutdown.borrow().is_some()
     }
 
-    /// The gateway's metrics, with `sessions_active` and
-    /// `audit_spooled` brought up to date.
+    /// The gateway's metrics, with the gauges (`sessions_active`,
+    /// `audit_spooled`, `startups`) brought up to date.
     pub fn metrics(&self) -> Arc<gatehouse_metrics::Metrics> {
         let metrics = self.shared.audit.metrics.clone();
         metrics.set_sessions_active(self.active_sessions() as u64);
         metrics.set_audit_spooled(self.shared.audit.spooled() as u64);
+        let (holding, waiting) = self.shared.unauth_by_source.totals();
+        metrics.set_startups(holding as u64, waiting as u64);
         metrics
     }
 }

@@ -281,6 +281,18 @@ impl SourceGate {
         }
     }
 
+    /// Connections holding a place and waiting for one, all sources
+    /// together.
+    pub fn totals(&self) -> (usize, usize) {
+        self.0
+            .lock()
+            .map(|g| {
+                let holding = g.sources.values().map(|s| s.counts().0).sum();
+                (holding, g.waiting)
+            })
+            .unwrap_or((0, 0))
+    }
+
     /// One holder or waiter of `key` is gone; the counts left.
     fn leave(&self, key: &str) -> (usize, usize) {
         let Ok(mut gate) = self.0.lock() else {
