@@ -167,11 +167,18 @@ fn connections_waiting_for_a_place_are_counted() {
         "",
     );
     kit::wait_for_port(admin, Duration::from_secs(20)).expect("admin port");
-    // Three sockets from one address that send a banner and stop: one
-    // holds the address's place, two wait for it.
+    // Three sockets from an address of their own (127.0.0.3: nothing
+    // else of the test connects from it) that send a banner and stop:
+    // one holds the address's place, two wait for it.
     let socks: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", env.port)).expect("connect");
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            let from: std::net::SocketAddr = "127.0.0.3:0".parse().expect("source");
+            sock.bind(&from.into()).expect("bind to 127.0.0.3");
+            let to: std::net::SocketAddr = format!("127.0.0.1:{}", env.port).parse().expect("to");
+            sock.connect(&to.into()).expect("connect");
+            let mut s: TcpStream = sock.into();
             s.write_all(b"SSH-2.0-slow\r\n").expect("banner");
             s
         })
