@@ -135,25 +135,33 @@ fn client_config(s: &Setup, gateways: &[(&str, &Gateway)]) -> std::path::PathBuf
     path
 }
 
-/// The cumulative `gatehouse_store_write_seconds` buckets: (bound, count).
-fn write_buckets(admin: u16) -> Vec<(f64, u64)> {
+/// The cumulative buckets of the store's write and commit histograms
+/// (`gatehouse_store_write_seconds`, `gatehouse_store_commit_seconds`).
+fn write_buckets(admin: u16) -> [Vec<(f64, u64)>; 2] {
     let out = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{admin}/metrics")])
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.strip_prefix("gatehouse_store_write_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, count.trim().parse().ok()?))
-        })
-        .collect()
+    [
+        "gatehouse_store_write_seconds",
+        "gatehouse_store_commit_seconds",
+    ]
+    .map(|name| {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((bound, count.trim().parse().ok()?))
+            })
+            .collect()
+    })
 }
 
 /// The smallest bucket bound that holds every write between `before` and
@@ -284,8 +292,13 @@ pub(crate) fn run(
         ] {
             let before = gw.map(|g| write_buckets(g.admin));
             let o = burst(&cfg, host, n, window, &errs);
+            // The slowest write, and the slowest commit (the rest of a
+            // write is waiting for its commit or for a CPU).
             let slowest = match (gw, before) {
-                (Some(g), Some(b)) => Some(slowest_write(&b, &write_buckets(g.admin))),
+                (Some(g), Some(b)) => {
+                    let after = write_buckets(g.admin);
+                    Some([0, 1].map(|k| slowest_write(&b[k], &after[k])))
+                }
                 _ => None,
             };
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -295,12 +308,13 @@ pub(crate) fn run(
                 o.admitted,
                 o.p50,
                 o.p99,
-                slowest.map(|w| format!("  store write <= {w} s")).unwrap_or_default(),
+                slowest.map(|[w, c]| format!("  store write <= {w} s, commit <= {c} s")).unwrap_or_default(),
                 if o.admitted < n { format!("  first refusal: {}", o.first_error) } else { String::new() },
             ));
             results.push(serde_json::json!({
                 "n": n, "path": host, "admitted": o.admitted, "p50_ms": o.p50, "p99_ms": o.p99,
-                "slowest_store_write_s": slowest, "load": load, "first_error": o.first_error,
+                "slowest_store_write_s": slowest.map(|s| s[0]), "slowest_store_commit_s": slowest.map(|s| s[1]),
+                "load": load, "first_error": o.first_error,
             }));
             settle();
         }

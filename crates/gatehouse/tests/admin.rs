@@ -118,6 +118,10 @@ fn healthz_and_metrics_follow_the_gateway() {
         value(&text, "gatehouse_store_write_seconds_count") > Some(0.0),
         "{text}"
     );
+    assert!(
+        value(&text, "gatehouse_store_commit_seconds_count") > Some(0.0),
+        "{text}"
+    );
     assert!(value(&text, "gatehouse_events_total") > Some(3.0), "{text}");
     assert!(
         text.contains("# TYPE gatehouse_store_write_seconds histogram"),

@@ -82,6 +82,7 @@ pub struct Metrics {
     upload_lag_ms: AtomicU64,
     upload_failures: AtomicU64,
     store_write: Histogram,
+    store_commit: Histogram,
     /// Sink name → events behind the head of the trail.
     sink_lag: Mutex<Vec<(String, u64)>>,
 }
@@ -124,6 +125,12 @@ impl Metrics {
     /// How long one append to the store took.
     pub fn store_write(&self, d: Duration) {
         self.store_write.observe(d);
+    }
+
+    /// How long one commit of the store took (one transaction, however
+    /// many appends it carried).
+    pub fn store_commit(&self, d: Duration) {
+        self.store_commit.observe(d);
     }
 
     pub fn set_sessions_active(&self, n: u64) {
@@ -257,41 +264,23 @@ impl Metrics {
             "Recording chunks not stored after every retry.",
             load(&self.upload_failures),
         );
-        self.render_histogram(&mut out);
+        self.render_histograms(&mut out);
         self.render_sink_lag(&mut out);
         out
     }
 
-    fn render_histogram(&self, out: &mut String) {
-        let name = "gatehouse_store_write_seconds";
-        let h = &self.store_write;
-        head(
+    fn render_histograms(&self, out: &mut String) {
+        render_histogram(
             out,
-            name,
-            "histogram",
-            "Time to append one event to the audit store.",
+            "gatehouse_store_write_seconds",
+            "Time to append one event to the audit store, waiting for its commit included.",
+            &self.store_write,
         );
-        for (bound, bucket) in WRITE_BUCKETS.iter().zip(&h.buckets) {
-            let le = if bound.is_infinite() {
-                "+Inf".to_string()
-            } else {
-                bound.to_string()
-            };
-            let labels = format!("{{le=\"{le}\"}}");
-            line(
-                out,
-                &format!("{name}_bucket"),
-                &labels,
-                bucket.load(Ordering::Relaxed),
-            );
-        }
-        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        line(
+        render_histogram(
             out,
-            &format!("{name}_count"),
-            "",
-            h.count.load(Ordering::Relaxed),
+            "gatehouse_store_commit_seconds",
+            "Time of one audit store commit (one transaction carries every append waiting for it).",
+            &self.store_commit,
         );
     }
 
@@ -311,6 +300,32 @@ impl Metrics {
             line(out, "gatehouse_sink_lag_events", &labels, lag);
         }
     }
+}
+
+fn render_histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    head(out, name, "histogram", help);
+    for (bound, bucket) in WRITE_BUCKETS.iter().zip(&h.buckets) {
+        let le = if bound.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            bound.to_string()
+        };
+        let labels = format!("{{le=\"{le}\"}}");
+        line(
+            out,
+            &format!("{name}_bucket"),
+            &labels,
+            bucket.load(Ordering::Relaxed),
+        );
+    }
+    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum}");
+    line(
+        out,
+        &format!("{name}_count"),
+        "",
+        h.count.load(Ordering::Relaxed),
+    );
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -362,6 +377,7 @@ mod tests {
             ("gatehouse_startups", "gauge"),
             ("gatehouse_startups_waiting", "gauge"),
             ("gatehouse_store_write_seconds", "histogram"),
+            ("gatehouse_store_commit_seconds", "histogram"),
             ("gatehouse_sink_lag_events", "gauge"),
         ] {
             let t = format!("# TYPE {name} {kind}\n");

@@ -49,12 +49,15 @@ const SPOOL_MAX: usize = 100_000;
 
 impl Audit {
     pub fn new(store: Store, alerts: Alerts, config: Arc<Config>) -> Audit {
+        let metrics = Arc::new(Metrics::new());
+        let commits = metrics.clone();
+        store.observe_commits(Box::new(move |took| commits.store_commit(took)));
         Audit {
             store,
             alerts: Arc::new(Mutex::new(alerts)),
             spool: Arc::new(Mutex::new(VecDeque::new())),
             config: Arc::new(Mutex::new(config)),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 

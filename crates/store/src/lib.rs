@@ -143,7 +143,13 @@ struct Inner {
     wake: tokio::sync::broadcast::Sender<String>,
     /// Whether the LISTEN connection (PostgreSQL) was started.
     listening: std::sync::atomic::AtomicBool,
+    /// Told how long each commit took (the gateway's metrics).
+    on_commit: std::sync::OnceLock<CommitObserver>,
 }
+
+/// Called with the duration of every audit commit (the transaction
+/// alone, not the time its appends waited for it).
+pub type CommitObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -277,6 +283,7 @@ impl Store {
                 ),
                 wake: tokio::sync::broadcast::channel(64).0,
                 listening: std::sync::atomic::AtomicBool::new(false),
+                on_commit: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -286,6 +293,12 @@ impl Store {
             Pool::Sqlite { .. } => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// Has `observer` told how long each audit commit takes, from now
+    /// on; the first observer set stays.
+    pub fn observe_commits(&self, observer: CommitObserver) {
+        let _ = self.inner.on_commit.set(observer);
     }
 
     /// Appends `ev` to the chain and commits before returning.
@@ -341,6 +354,9 @@ impl Store {
             Writer::Postgres(w) => commit_postgres(w, all, head).await,
         };
         let took = started.elapsed();
+        if let Some(observe) = self.inner.on_commit.get() {
+            observe(took);
+        }
         if took > SLOW_COMMIT {
             tracing::warn!(
                 events = count,
