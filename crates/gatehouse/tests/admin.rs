@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{stdout, Env, T};
+use common::{connect_from, stdout, Env, T};
 use gatehouse_testkit as kit;
 
 /// `GET path` over HTTP/1.0: (status code, content type, body).
@@ -55,14 +55,21 @@ fn metrics_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
     panic!("metrics never showed {what}:\n{text}");
 }
 
-#[test]
-fn healthz_and_metrics_follow_the_gateway() {
+/// A gateway with an admin listener on a free port, `server_extra` in
+/// its `[server]` section and `extra` after it; the admin port.
+fn with_admin(server_extra: &str, extra: &str) -> (Env, u16) {
     let admin = kit::free_port();
-    let mut env = Env::start_server(
-        &format!("admin_listen = \"127.0.0.1:{admin}\"\ndrain_timeout = \"30s\""),
-        "",
+    let env = Env::start_server(
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\n{server_extra}"),
+        extra,
     );
     kit::wait_for_port(admin, Duration::from_secs(20)).expect("admin port");
+    (env, admin)
+}
+
+#[test]
+fn healthz_and_metrics_follow_the_gateway() {
+    let (mut env, admin) = with_admin("drain_timeout = \"30s\"", "");
     let (status, _, body) = get(admin, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
@@ -165,24 +172,13 @@ fn healthz_and_metrics_follow_the_gateway() {
 
 #[test]
 fn connections_waiting_for_a_place_are_counted() {
-    let admin = kit::free_port();
-    let env = Env::start_server(
-        &format!("admin_listen = \"127.0.0.1:{admin}\"\nper_source_max_startups = 1"),
-        "",
-    );
-    kit::wait_for_port(admin, Duration::from_secs(20)).expect("admin port");
+    let (env, admin) = with_admin("per_source_max_startups = 1", "");
     // Three sockets from an address of their own (127.0.0.3: nothing
     // else of the test connects from it) that send a banner and stop:
     // one holds the address's place, two wait for it.
     let socks: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                .expect("socket");
-            let from: std::net::SocketAddr = "127.0.0.3:0".parse().expect("source");
-            sock.bind(&from.into()).expect("bind to 127.0.0.3");
-            let to: std::net::SocketAddr = format!("127.0.0.1:{}", env.port).parse().expect("to");
-            sock.connect(&to.into()).expect("connect");
-            let mut s: TcpStream = sock.into();
+            let mut s = connect_from("127.0.0.3", env.port);
             s.write_all(b"SSH-2.0-slow\r\n").expect("banner");
             s
         })
@@ -201,12 +197,10 @@ fn connections_waiting_for_a_place_are_counted() {
 
 #[test]
 fn sink_lag_is_exported_per_sink() {
-    let admin = kit::free_port();
-    let env = Env::start_server(
-        &format!("admin_listen = \"127.0.0.1:{admin}\""),
+    let (env, admin) = with_admin(
+        "",
         "[[sinks]]\nname = \"trail\"\nkind = \"jsonl\"\npath = \"trail.jsonl\"\n",
     );
-    kit::wait_for_port(admin, Duration::from_secs(20)).expect("admin port");
     let text = metrics_until(admin, "the sink caught up", |t| {
         value(t, "gatehouse_sink_lag_events{sink=\"trail\"}") == Some(0.0)
     });

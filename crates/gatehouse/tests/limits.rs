@@ -6,26 +6,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stdout, Env, T};
+use common::{connect_from, stdout, Env, T};
 use gatehouse_testkit::{self as kit, Tmux};
-
-/// A TCP connection to the gateway from `source` (another loopback
-/// address than the real user's 127.0.0.1).
-fn connect_from(source: &str, port: u16) -> TcpStream {
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let from: SocketAddr = format!("{source}:0").parse().expect("source address");
-    sock.bind(&from.into()).expect("bind to the source address");
-    let to: SocketAddr = format!("127.0.0.1:{port}")
-        .parse()
-        .expect("gateway address");
-    sock.connect(&to.into()).expect("connect to the gateway");
-    sock.into()
-}
 
 /// Reads until the gateway closes the socket or `wait` passes; true when
 /// it was closed.

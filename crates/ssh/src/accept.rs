@@ -307,7 +307,8 @@ async fn drain_sessions(
 fn admit(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, done: mpsc::Sender<()>) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let server = shared.config().server.clone();
+        let config = shared.config();
+        let server = &config.server;
         let deadline = tokio::time::Instant::now() + server.login_grace_time.get();
         let per_source = server.per_source_max_startups;
         let queue = Queue {

@@ -256,10 +256,16 @@ impl SourceGate {
             gate.waiting += 1;
             places
         };
+        // Counted as waiting until the wait ends, however it ends: a
+        // connection dropped mid-wait (shutdown) is uncounted by the guard.
+        let mut waiter = Waiter {
+            gate: self,
+            key,
+            settled: false,
+        };
         let got = tokio::time::timeout_at(deadline, places.acquire_owned()).await;
-        if let Ok(mut gate) = self.0.lock() {
-            gate.waiting = gate.waiting.saturating_sub(1);
-        }
+        waiter.settled = true;
+        self.stop_waiting();
         match got {
             Ok(Ok(permit)) => Ok(self.slot(key, permit)),
             _ => {
@@ -270,6 +276,12 @@ impl SourceGate {
                     waiting: waiting + 1,
                 })
             }
+        }
+    }
+
+    fn stop_waiting(&self) {
+        if let Ok(mut gate) = self.0.lock() {
+            gate.waiting = gate.waiting.saturating_sub(1);
         }
     }
 
@@ -324,6 +336,23 @@ impl Source {
     fn counts(&self) -> (usize, usize) {
         let held = self.max.saturating_sub(self.places.available_permits());
         (held, self.users.saturating_sub(held))
+    }
+}
+
+/// A connection in a source's queue; see [`SourceGate::take`].
+struct Waiter<'a> {
+    gate: &'a SourceGate,
+    key: &'a str,
+    /// The wait ended and `take` counted the outcome itself.
+    settled: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.gate.stop_waiting();
+            self.gate.leave(self.key);
+        }
     }
 }
 
@@ -464,6 +493,20 @@ mod tests {
         );
         drop(third);
         assert_eq!(gate.counts("10.0.0.1"), (0, 0));
+        // A waiter dropped mid-wait (shutdown) leaves no count behind.
+        let held = gate
+            .take("10.0.0.1", 1, q(2), soon())
+            .await
+            .expect("a place");
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(20),
+            gate.take("10.0.0.1", 1, q(2), soon()),
+        )
+        .await;
+        assert!(dropped.is_err(), "it was waiting");
+        assert_eq!(gate.counts("10.0.0.1"), (1, 0));
+        assert_eq!(gate.totals(), (1, 0));
+        drop(held);
         // With no queue, over the share is refused at once.
         let only = gate
             .take("10.0.0.3", 1, q(0), soon())

@@ -348,3 +348,18 @@ impl Drop for Env {
 pub fn stdout(o: &kit::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
+
+/// A TCP connection to the gateway's `port` from `source`, another
+/// loopback address than the 127.0.0.1 every other client of a test
+/// uses.
+pub fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = format!("{source}:0").parse().expect("source address");
+    sock.bind(&from.into()).expect("bind to the source address");
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .expect("gateway address");
+    sock.connect(&to.into()).expect("connect to the gateway");
+    sock.into()
+}
