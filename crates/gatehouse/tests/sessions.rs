@@ -448,11 +448,32 @@ fn a_target_that_drops_a_handshake_past_its_max_startups_is_tried_again() {
         .pop()
         .expect("sshd");
     let held = TcpStream::connect(busy.address()).expect("hold the target's place");
+    // While the place stays taken, every attempt is dropped: the user gets
+    // one line saying so, and the trail has it.
+    let out = env.ssh("alice:busy01@127.0.0.1", &["echo", "got-in"]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("closed the connection before the SSH key exchange (after 4 attempts)"),
+        "{}",
+        out.stderr
+    );
+    let rows = env.wait_rows(
+        "SELECT reason FROM events WHERE type = 'target.unreachable' AND target = 'busy01'",
+    );
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may be overloaded"),
+        "{rows:?}"
+    );
+    let dropped_before = busy.log().matches("past MaxStartups").count();
     let freed = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             let deadline = std::time::Instant::now() + T;
             while std::time::Instant::now() < deadline {
-                if busy.log().contains("past MaxStartups") {
+                if busy.log().matches("past MaxStartups").count() > dropped_before {
                     drop(held);
                     return true;
                 }
