@@ -1042,6 +1042,8 @@ fn cloudtrail_lake_sink_puts_signed_audit_events_and_sets_aside_what_keeps_faili
         .as_str()
         .unwrap()
         .starts_with("InvalidEventData: "));
+    // Read again: the log above was taken before the commands' last sends.
+    let log = lake.log();
     for id in &commands {
         let sends = log
             .iter()
