@@ -507,13 +507,11 @@ fn idle_sessions(s: &Setup, n: u64) -> (f64, f64) {
     (per, cpu)
 }
 
-/// Appends to the audit chain through the store, as the gateway does.
-async fn ingest(events: u64) -> (f64, f64, f64) {
+/// Appends to the audit chain through the store at `url`, as the
+/// gateway does.
+async fn ingest(url: &str, events: u64) -> (f64, f64, f64) {
     use gatehouse_model::{NewEvent, Outcome, Severity};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = gatehouse_store::Store::open(&format!("sqlite://{}/i.db", dir.path().display()))
-        .await
-        .expect("store");
+    let store = gatehouse_store::Store::open(url).await.expect("store");
     let t = Instant::now();
     for i in 0..events {
         let ev = NewEvent::new("command", Severity::Info, Outcome::Success, "bench")
@@ -830,12 +828,24 @@ async fn main() {
         burst::run(&s, &mut table, &mut json);
     }
     if want("audit") {
-        let (seq, conc, batched) = ingest(2000).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sqlite = format!("sqlite://{}/i.db", dir.path().display());
+        let (seq, conc, batched) = ingest(&sqlite, 2000).await;
         table.push_str(&format!(
         "audit ingest (SQLite, chain + indexes, fsync per commit): {seq:.0} events/s one writer, {conc:.0} events/s 16 writers (group commit), {batched:.0} events/s in batches of 1000\n"
     ));
         json.insert(
             "ingest_events_per_s".into(),
+            serde_json::json!({"sequential": seq, "concurrent16": conc, "batch1000": batched}),
+        );
+        let name = format!("gh_bench_ingest_{}", std::process::id());
+        let (seq, conc, batched) = ingest(&writers::database(&name), 2000).await;
+        writers::drop_database(&name);
+        table.push_str(&format!(
+        "audit ingest (PostgreSQL, same events): {seq:.0} events/s one writer, {conc:.0} events/s 16 writers (group commit), {batched:.0} events/s in batches of 1000\n"
+    ));
+        json.insert(
+            "ingest_postgres_events_per_s".into(),
             serde_json::json!({"sequential": seq, "concurrent16": conc, "batch1000": batched}),
         );
         let sink_rate = sink_throughput().await;

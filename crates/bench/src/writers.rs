@@ -41,7 +41,7 @@ fn psql(sql: &str) -> bool {
 }
 
 /// A fresh database for one run.
-fn database(name: &str) -> String {
+pub(crate) fn database(name: &str) -> String {
     psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     assert!(
         psql(&format!("CREATE DATABASE {name}")),
@@ -50,7 +50,7 @@ fn database(name: &str) -> String {
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
 
-fn drop_database(name: &str) {
+pub(crate) fn drop_database(name: &str) {
     psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
 

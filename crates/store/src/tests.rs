@@ -541,6 +541,49 @@ async fn a_batch_is_one_unbroken_stretch_of_the_chain(db: Db) {
 }
 both!(a_batch_is_one_unbroken_stretch_of_the_chain);
 
+/// Values that need quoting in every layer a commit writes them through
+/// (PostgreSQL's one-round-trip commit carries them as array literals
+/// inside escape strings) come back as they went in.
+async fn awkward_values_come_back_as_written(db: Db) {
+    db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let awkward = [
+        "it's",
+        "say \"hi\"",
+        "back\\slash\\",
+        "\\\"",
+        "{a,b}",
+        "NULL",
+        "",
+        " padded ",
+        "line\nbreak\ttab",
+        "$$ E'x' $q$",
+        "ünïcødé ✓",
+    ];
+    let batch: Vec<NewEvent> = awkward
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut e = NewEvent::new(EventType::COMMAND, Severity::Info, Outcome::Success, text)
+                .user(*text)
+                .details(json!({"command": text, "n": i}));
+            if i % 2 == 0 {
+                e = e.reason(*text).target(*text);
+            }
+            e
+        })
+        .collect();
+    let stored = db.store.append_batch(batch.clone()).await.unwrap();
+    let read = db.store.recent_events(stored.len() as i64).await.unwrap();
+    assert_eq!(read, stored);
+    for (e, sent) in read.iter().zip(&batch) {
+        assert_eq!(&e.event, sent);
+    }
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!(report.first_bad, None);
+    db.done().await;
+}
+both!(awkward_values_come_back_as_written);
+
 async fn checkpoints_detect_a_truncated_tail(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let signer = Signer::load_or_create(&dir.path().join("sign.key")).unwrap();
