@@ -30,6 +30,8 @@ const IDLE_SLEEP: Duration = Duration::from_secs(5);
 /// recorded (metadata and events go on).
 pub const EXEC_OUTPUT_CAP: u64 = 10 * 1024 * 1024;
 const QUEUE: usize = 256;
+/// Queued events taken in one go before the timers are looked at again.
+const DRAIN_ROUND: usize = 64;
 
 pub(crate) enum RecEvent {
     Output(Bytes),
@@ -227,40 +229,54 @@ pub(crate) fn start(
     Ok(Recorder { tx, done })
 }
 
+type Cast = CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>;
+
 async fn run(
     events: Events,
     config: Arc<gatehouse_model::Config>,
     spec: RecordingSpec,
     id: String,
-    mut cast: CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
+    mut cast: Cast,
     mut rx: mpsc::Receiver<RecEvent>,
 ) -> Option<RecordingSummary> {
     let start = Instant::now();
-    let record_input = config.recording.input;
     let required = config.recording.required;
-    let cap = if spec.pty {
-        u64::MAX
-    } else if config.recording.exec_output {
-        EXEC_OUTPUT_CAP
-    } else {
-        0
+    let mut rec = Taps {
+        events: &events,
+        id: &id,
+        cap: if spec.pty {
+            u64::MAX
+        } else if config.recording.exec_output {
+            EXEC_OUTPUT_CAP
+        } else {
+            0
+        },
+        capped: false,
+        record_input: config.recording.input && spec.pty,
+        capture: spec.pty.then(|| LineCapture::new(spec.cols, spec.rows)),
     };
-    let mut capped = false;
-    let mut capture = spec.pty.then(|| LineCapture::new(spec.cols, spec.rows));
     // Set at the first failed write: nothing more is written (the file
     // ends where the disk refused), the session is told.
     let mut failed: Option<String> = None;
     let mut timers = Timers::new();
+    // One timer for the whole recording, moved only when the next
+    // deadline moves: while output streams, a chunk costs no timer
+    // registration.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut armed = None;
     loop {
         let next = timers.next();
+        if next != armed {
+            if let Some(at) = next {
+                sleep.as_mut().reset(at);
+            }
+            armed = next;
+        }
         let ev = tokio::select! {
             ev = rx.recv() => ev,
-            _ = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            () = &mut sleep, if armed.is_some() => {
+                armed = None;
                 match timers.fired(tokio::time::Instant::now()) {
                     Some(Timer::Flush) if failed.is_none() => {
                         if let Err(e) = flush(&mut cast, events.is_watched()) {
@@ -269,7 +285,7 @@ async fn run(
                         }
                     }
                     Some(Timer::Sleep) => {
-                        if let Some(c) = capture.as_mut() {
+                        if let Some(c) = rec.capture.as_mut() {
                             c.hibernate();
                         }
                     }
@@ -280,56 +296,22 @@ async fn run(
         };
         let Some(ev) = ev else { break };
         timers.data(tokio::time::Instant::now());
-        let t = start.elapsed().as_secs_f64();
-        let writing = failed.is_none();
-        let result = match ev {
-            RecEvent::Output(data) => {
-                let (r, commands) = write_output(
-                    &mut cast,
-                    capture.as_mut(),
-                    &mut capped,
-                    cap,
-                    writing,
-                    t,
-                    &data,
-                );
-                for command in commands {
-                    let ev = events
-                        .event(EventType::COMMAND, Severity::Info, Outcome::Success)
-                        .details(serde_json::json!({
-                            "command": command,
-                            "source": "interactive",
-                            "recording_id": id,
-                            "offset": (t * 1000.0).round() / 1000.0,
-                        }));
-                    events.fact(ev).await;
-                }
-                r
+        // What else is queued is taken at once, up to a bound (the
+        // timers are looked at between rounds), without going back to
+        // the select.
+        let mut queued = Some(ev);
+        let mut round = 0;
+        while let Some(ev) = queued.take() {
+            round += 1;
+            let t = start.elapsed().as_secs_f64();
+            let writing = failed.is_none();
+            if let (true, Err(e)) = (writing, rec.take(&mut cast, ev, t, writing).await) {
+                failed = Some(e.to_string());
+                write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
             }
-            RecEvent::Input(data) => {
-                if let Some(c) = capture.as_mut() {
-                    c.input(&data);
-                }
-                if writing && record_input && spec.pty {
-                    cast.input(t, &data)
-                } else {
-                    Ok(())
-                }
+            if round < DRAIN_ROUND {
+                queued = rx.try_recv().ok();
             }
-            RecEvent::Resize(cols, rows) => {
-                if let Some(c) = capture.as_mut() {
-                    c.resize(cols, rows);
-                }
-                if writing {
-                    cast.resize(t, cols, rows)
-                } else {
-                    Ok(())
-                }
-            }
-        };
-        if let (true, Err(e)) = (writing, result) {
-            failed = Some(e.to_string());
-            write_failed(&events, required, &id, &e, cast.get_ref().bytes).await;
         }
     }
     if failed.is_none() {
@@ -341,13 +323,83 @@ async fn run(
     Some(finish(&events, required, id, cast, failed).await)
 }
 
+/// What a running recording keeps besides its file: the command capture
+/// and the output cap.
+struct Taps<'a> {
+    events: &'a Events,
+    id: &'a str,
+    /// Output bytes the recording holds at most.
+    cap: u64,
+    capped: bool,
+    /// Keystrokes go into the recording (terminal sessions only).
+    record_input: bool,
+    capture: Option<LineCapture>,
+}
+
+impl Taps<'_> {
+    /// One event from the bridge, at `t` seconds into the recording;
+    /// nothing is written once `writing` is false (the command capture
+    /// and its events go on).
+    async fn take(
+        &mut self,
+        cast: &mut Cast,
+        ev: RecEvent,
+        t: f64,
+        writing: bool,
+    ) -> std::io::Result<()> {
+        match ev {
+            RecEvent::Output(data) => {
+                let (r, commands) = write_output(
+                    cast,
+                    self.capture.as_mut(),
+                    &mut self.capped,
+                    self.cap,
+                    writing,
+                    t,
+                    &data,
+                );
+                for command in commands {
+                    let ev = self
+                        .events
+                        .event(EventType::COMMAND, Severity::Info, Outcome::Success)
+                        .details(serde_json::json!({
+                            "command": command,
+                            "source": "interactive",
+                            "recording_id": self.id,
+                            "offset": (t * 1000.0).round() / 1000.0,
+                        }));
+                    self.events.fact(ev).await;
+                }
+                r
+            }
+            RecEvent::Input(data) => {
+                if let Some(c) = self.capture.as_mut() {
+                    c.input(&data);
+                }
+                if writing && self.record_input {
+                    cast.input(t, &data)
+                } else {
+                    Ok(())
+                }
+            }
+            RecEvent::Resize(cols, rows) => {
+                if let Some(c) = self.capture.as_mut() {
+                    c.resize(cols, rows);
+                }
+                if writing {
+                    cast.resize(t, cols, rows)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
 /// Writes out what the recording holds; while someone follows the
 /// session live, also makes it readable elsewhere at once (object storage
 /// stores a chunk now rather than at its interval).
-fn flush(
-    cast: &mut CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
-    watched: bool,
-) -> std::io::Result<()> {
+fn flush(cast: &mut Cast, watched: bool) -> std::io::Result<()> {
     cast.flush()?;
     if watched {
         cast.get_mut().inner.publish()?;
@@ -361,7 +413,7 @@ async fn finish(
     events: &Events,
     required: bool,
     id: String,
-    cast: CastWriter<Hashing<Box<dyn recordings::RecordingWriter>>>,
+    cast: Cast,
     mut failed: Option<String>,
 ) -> RecordingSummary {
     let mut hashing = cast.into_inner();
