@@ -567,7 +567,7 @@ async fn awkward_values_come_back_as_written(db: Db) {
                 .user(*text)
                 .details(json!({"command": text, "n": i}));
             if i % 2 == 0 {
-                e = e.reason(*text).target(*text);
+                e = e.reason(*text).target(*text).mfa(true);
             }
             e
         })
