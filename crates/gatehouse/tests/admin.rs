@@ -172,11 +172,15 @@ fn healthz_and_metrics_follow_the_gateway() {
 
 #[test]
 fn connections_waiting_for_a_place_are_counted() {
-    let (env, admin) = with_admin("per_source_max_startups = 1", "");
+    // The grace time is far beyond how long the test waits for a gauge.
+    let (env, admin) = with_admin(
+        "per_source_max_startups = 1\nlogin_grace_time = \"60s\"",
+        "",
+    );
     // Three sockets from an address of their own (127.0.0.3: nothing
     // else of the test connects from it) that send a banner and stop:
     // one holds the address's place, two wait for it.
-    let socks: Vec<TcpStream> = (0..3)
+    let mut socks: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut s = connect_from("127.0.0.3", env.port);
             s.write_all(b"SSH-2.0-slow\r\n").expect("banner");
@@ -188,6 +192,13 @@ fn connections_waiting_for_a_place_are_counted() {
             && value(t, "gatehouse_startups_waiting") == Some(2.0)
     });
     assert!(text.contains("# TYPE gatehouse_startups_waiting gauge"));
+    // The two waiting clients give up: they leave the queue at once, not
+    // when the place comes free or their grace time runs out.
+    drop(socks.split_off(1));
+    metrics_until(admin, "one holding, none waiting", |t| {
+        value(t, "gatehouse_startups") == Some(1.0)
+            && value(t, "gatehouse_startups_waiting") == Some(0.0)
+    });
     drop(socks);
     metrics_until(admin, "no startups left", |t| {
         value(t, "gatehouse_startups") == Some(0.0)

@@ -338,9 +338,16 @@ fn admit(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, done: mpsc::
                 deadline,
             })
         };
+        // A place is looked for first; a client that gives up while its
+        // connection waits in the queue leaves the queue at once.
         let startup = tokio::select! {
+            biased;
             s = places => s,
             _ = stop.changed() => None,
+            () = peer_gone(&socket) => {
+                tracing::debug!(%peer, "client closed its connection while it waited for a place");
+                None
+            }
         };
         let Some(startup) = startup else {
             drop(socket);
@@ -349,6 +356,20 @@ fn admit(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, done: mpsc::
         serve_connection(shared, socket, peer, Some(startup), None).await;
         drop(done);
     });
+}
+
+/// Resolves once the client has closed its side of `socket` (the
+/// reactor saw its FIN), without reading: what it sent stays for the SSH
+/// handshake. Readiness is only looked at, never cleared, so while bytes
+/// wait unread it is looked at again every 200 ms.
+async fn peer_gone(socket: &TcpStream) {
+    loop {
+        match socket.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads the PROXY header a trusted balancer (`server.proxy_protocol`)
