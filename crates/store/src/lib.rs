@@ -681,10 +681,18 @@ macro_rules! bind_event {
 
 fn chained(events: Vec<NewEvent>, mut prev: String) -> Result<Vec<(Event, String)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
-    for ev in events {
-        let hash = chain_hash(&ev, &prev);
-        let details =
+    for mut ev in events {
+        let mut details =
             serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
+        without_nul(&mut ev);
+        // serde_json writes a NUL as \u0000 (a false alarm for the text
+        // `\u0000` is only a second look).
+        if details.contains("\\u0000") {
+            scrub_json(&mut ev.details);
+            details =
+                serde_json::to_string(&ev.details).map_err(|e| StoreError::Query(e.to_string()))?;
+        }
+        let hash = chain_hash(&ev, &prev);
         out.push((
             Event {
                 event: ev,
@@ -696,6 +704,49 @@ fn chained(events: Vec<NewEvent>, mut prev: String) -> Result<Vec<(Event, String
         prev = hash;
     }
     Ok(out)
+}
+
+/// What a NUL character in an event's text becomes: PostgreSQL's text
+/// and jsonb cannot hold NUL (a client can put one in a user name or a
+/// command line), and both backends store the same chain.
+const NUL_STANDS_FOR: &str = "\u{fffd}";
+
+/// Replaces NUL characters in the event's text fields (not `details`).
+fn without_nul(ev: &mut NewEvent) {
+    let fields = [&mut ev.id, &mut ev.time, &mut ev.kind, &mut ev.node];
+    let optional = [
+        &mut ev.user,
+        &mut ev.source_ip,
+        &mut ev.session_id,
+        &mut ev.target,
+        &mut ev.login,
+        &mut ev.reason,
+    ];
+    for text in fields.into_iter().chain(optional.into_iter().flatten()) {
+        if text.contains('\0') {
+            *text = text.replace('\0', NUL_STANDS_FOR);
+        }
+    }
+}
+
+/// Replaces NUL characters in every string and key of `value`.
+fn scrub_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => {
+            *s = s.replace('\0', NUL_STANDS_FOR);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', NUL_STANDS_FOR), v))
+                    .collect();
+            }
+            map.values_mut().for_each(scrub_json);
+        }
+        _ => {}
+    }
 }
 
 /// A commit slower than this is logged (a sign of an overloaded store or

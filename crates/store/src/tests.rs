@@ -584,6 +584,39 @@ async fn awkward_values_come_back_as_written(db: Db) {
 }
 both!(awkward_values_come_back_as_written);
 
+/// A NUL character (a client can put one in a user name or a command)
+/// is stored as U+FFFD on both backends, alone or in a batch, and the
+/// chain covers what was stored.
+async fn a_nul_character_is_stored_as_a_replacement_character(db: Db) {
+    db.store.append(&ev(EventType::AUTH_SUCCESS)).await.unwrap();
+    let nul = || {
+        ev(EventType::AUTH_FAILURE)
+            .user("ro\0ot")
+            .reason("bad\0user")
+            .details(json!({"command": "a\0b", "k\0ey": ["x\0", {"y": "\0"}], "text": "\\u0000"}))
+    };
+    let one = db.store.append(&nul()).await.unwrap();
+    let batch = db
+        .store
+        .append_batch(vec![nul(), ev(EventType::COMMAND)])
+        .await
+        .unwrap();
+    for stored in [&one, &batch[0]] {
+        assert_eq!(stored.event.user.as_deref(), Some("ro\u{fffd}ot"));
+        assert_eq!(stored.event.reason.as_deref(), Some("bad\u{fffd}user"));
+        assert_eq!(
+            stored.event.details,
+            json!({"command": "a\u{fffd}b", "k\u{fffd}ey": ["x\u{fffd}", {"y": "\u{fffd}"}], "text": "\\u0000"})
+        );
+    }
+    let read = db.store.recent_events(3).await.unwrap();
+    assert_eq!(read, vec![one, batch[0].clone(), batch[1].clone()]);
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!((report.events_checked, report.first_bad), (4, None));
+    db.done().await;
+}
+both!(a_nul_character_is_stored_as_a_replacement_character);
+
 async fn checkpoints_detect_a_truncated_tail(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let signer = Signer::load_or_create(&dir.path().join("sign.key")).unwrap();
