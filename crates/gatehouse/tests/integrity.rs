@@ -54,23 +54,6 @@ impl Drop for PgDb {
     }
 }
 
-/// Switches the env's config (and its query config) to `url`.
-fn use_store(env: &Env, url: &str) {
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("url = \"sqlite://") {
-                format!("url = \"{url}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&env.config_path, text).unwrap();
-}
-
 /// `gatehouse --config CONFIG args...` with at most 2 GiB of address
 /// space: a query that collects rows without bound dies instead of
 /// taking the machine with it.
@@ -466,10 +449,10 @@ fn a_cut_tail_is_caught_by_the_anchors_on_postgresql() {
     let pg = PgDb::create("anchor");
     let mut env = Env::start_with(ANCHORED);
     env.stop_gateway();
-    // A fresh start on PostgreSQL: no anchors or sink lines of the SQLite run.
-    let _ = std::fs::remove_file(env.dir.path().join("data").join("audit_anchor.jsonl"));
+    // A fresh start on PostgreSQL: no sink lines of the SQLite run (nor
+    // its anchors: use_store).
     let _ = std::fs::remove_file(env.dir.path().join("events.jsonl"));
-    use_store(&env, &pg.url());
+    env.use_store(&pg.url());
     env.spawn_gateway();
     let name = pg.name.clone();
     a_cut_tail_is_caught(&mut env, &|sql| {

@@ -1042,3 +1042,63 @@ fn twenty_concurrent_connections() {
         env.query("select command from commands where command like 'sleep 1; echo conn-%'");
     assert_eq!(commands.len(), 20);
 }
+
+/// A NUL character that a client puts in its user name or its command
+/// (OpenSSH cannot; paramiko can) is audited on PostgreSQL, whose text
+/// cannot hold one: stored as U+FFFD, and the chain verifies.
+#[test]
+fn a_nul_character_from_a_client_is_audited_on_postgresql() {
+    let db = common::servers::Database::create("interop_nul");
+    let mut env = Env::start();
+    env.stop_gateway();
+    env.use_store(&db.url());
+    env.spawn_gateway();
+
+    // Before authentication: the user name.
+    let r = py(
+        &env,
+        "paramiko",
+        &key_login("ali\\x00ce:web01", &env.alice),
+        &["--escapes", "login"],
+    );
+    assert_eq!(r["authenticated"], false, "{r}");
+    let rows = env.wait_rows("select \"user\", reason from events where type = 'auth.failure'");
+    assert_eq!(rows[0]["user"], "ali\u{fffd}ce:web01", "{rows:?}");
+    let reason = rows[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("invalid user"), "{reason}");
+
+    // After: an exec command holding NUL is refused by the gateway with
+    // one line (the target would drop the whole connection), audited with
+    // U+FFFD in its place; the user's next command runs.
+    let r = py(
+        &env,
+        "paramiko",
+        &key_login("alice:web01", &env.alice),
+        &["--escapes", "exec", "--command", "echo one\\x00two"],
+    );
+    assert_eq!(r["exit"], 1, "{r}");
+    assert_eq!(
+        r["stderr"],
+        "gatehouse: the command holds a NUL character, which SSH servers refuse; nothing ran\n",
+        "{r}"
+    );
+    let rows = env.wait_rows(
+        "select \"user\", details ->> 'command' as command from events where type = 'command.denied'",
+    );
+    assert_eq!(rows[0]["user"], "alice");
+    assert_eq!(rows[0]["command"], "echo one\u{fffd}two");
+    let r = py(
+        &env,
+        "paramiko",
+        &key_login("alice:web01", &env.alice),
+        &["exec", "--command", "echo three"],
+    );
+    assert_eq!(
+        (&r["exit"], &r["stdout"]),
+        (&0.into(), &"three\n".into()),
+        "{r}"
+    );
+
+    let out = env.gatehouse(&["audit", "verify"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}

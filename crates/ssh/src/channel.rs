@@ -320,6 +320,20 @@ async fn authorise_command(
         ctx.dest.target.clone().unwrap_or_default(),
         ctx.dest.login.clone().unwrap_or_default(),
     );
+    // An SSH server refuses a command string holding NUL by dropping the
+    // whole connection (OpenSSH does), which would end every channel of
+    // the session there: refused here with a line that says why.
+    if command.contains('\0') {
+        let why = "the command holds a NUL character, which SSH servers refuse; nothing ran";
+        let ev = ctx
+            .events
+            .event(EventType::COMMAND_DENIED, Severity::Warn, Outcome::Denied)
+            .reason(why)
+            .details(serde_json::json!({ "command": command, "source": "exec" }));
+        ctx.events.fact(ev).await;
+        fail(channel, pty, why, 1).await;
+        return false;
+    }
     if let Some(denial) =
         gatehouse_policy::command_denied(&ctx.who.config, &ctx.who.user, &target, &login, command)
     {

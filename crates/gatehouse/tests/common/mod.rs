@@ -320,6 +320,32 @@ impl Env {
         self.spawn_gateway();
     }
 
+    /// Switches the config (the gateway's and the CLI's, and
+    /// [`Env::query`]'s) to the store at `url`; takes effect at the
+    /// gateway's next start. The anchor file goes: its checkpoints are of
+    /// the old store's chain.
+    pub fn use_store(&self, url: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join("data").join("audit_anchor.jsonl"));
+        std::fs::write(
+            self.dir.path().join("query.toml"),
+            format!("[store]\nurl = \"{url}\"\n"),
+        )
+        .expect("write query.toml");
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("url = \"sqlite://") {
+                    format!("url = \"{url}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
     pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.gateway.take()?;
         let _ = Command::new("kill")

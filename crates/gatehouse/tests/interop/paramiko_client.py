@@ -7,6 +7,7 @@ stdout that the Rust test asserts on.
 """
 
 import argparse
+import codecs
 import json
 import socket
 import sys
@@ -158,10 +159,25 @@ def cmd_mfa(a):
     return r
 
 
+def cmd_login(a):
+    """Only the login: whether the gateway let the user in."""
+    try:
+        c = connect(a)
+    except paramiko.AuthenticationException as e:
+        return {"authenticated": False, "error": str(e)}
+    c.close()
+    return {"authenticated": True}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--user", required=True)
+    p.add_argument(
+        "--escapes",
+        action="store_true",
+        help="--user and --command hold Python escapes (\\x00: a NUL character)",
+    )
     p.add_argument("--known-hosts", required=True)
     p.add_argument("--key", action="append", default=[])
     p.add_argument("--password")
@@ -182,8 +198,14 @@ def main():
     m = sub.add_parser("mfa")
     m.add_argument("--code", required=True)
     m.add_argument("--command", required=True)
+    sub.add_parser("login")
     a = p.parse_args()
+    if a.escapes:
+        a.user = codecs.decode(a.user, "unicode_escape")
+        if getattr(a, "command", None) is not None:
+            a.command = codecs.decode(a.command, "unicode_escape")
     result = {
+        "login": cmd_login,
         "exec": cmd_exec,
         "shell": cmd_shell,
         "sftp": cmd_sftp,
