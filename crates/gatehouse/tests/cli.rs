@@ -380,20 +380,7 @@ fn the_gateway_runs_on_postgresql_and_verify_names_a_tampered_event() {
         .success());
     let mut env = Env::start();
     env.stop_gateway();
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("url = \"sqlite://") {
-                format!("url = \"{url}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.use_store(&format!("postgres://postgres@127.0.0.1:5432/{name}"));
     env.spawn_gateway();
 
     let out = env.ssh("alice:web01@127.0.0.1", &["echo", "on-pg"]);

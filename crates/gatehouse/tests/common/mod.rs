@@ -332,18 +332,7 @@ impl Env {
         )
         .expect("write query.toml");
         let text = std::fs::read_to_string(&self.config_path).expect("read config");
-        let text = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("url = \"sqlite://") {
-                    format!("url = \"{url}\"")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&self.config_path, text).expect("write config");
+        std::fs::write(&self.config_path, on_store(&text, url)).expect("write config");
     }
 
     pub fn stop_gateway(&mut self) -> Option<std::process::ExitStatus> {
@@ -388,4 +377,19 @@ pub fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
         .expect("gateway address");
     sock.connect(&to.into()).expect("connect to the gateway");
     sock.into()
+}
+
+/// A config's text with its SQLite `[store] url` replaced by `url`.
+pub fn on_store(config: &str, url: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = \"sqlite://") {
+                format!("url = \"{url}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -349,18 +349,10 @@ pub fn state(rows: &Rows, node: &str) -> String {
 /// Node A's config (the Env's) on PostgreSQL as `node-a`, and node B's
 /// beside it: its own port, recordings and anchor file.
 pub fn configure(env: &super::Env, url: &str, port_b: u16) -> PathBuf {
-    let text = std::fs::read_to_string(&env.config_path).expect("read config");
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("url = \"sqlite://") {
-                format!("url = \"{url}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = super::on_store(
+        &std::fs::read_to_string(&env.config_path).expect("read config"),
+        url,
+    );
     let a = text.replace("node = \"test-node\"", "node = \"node-a\"")
         + "\n[audit]\nanchor_file = \"anchor-a.jsonl\"\n";
     std::fs::write(&env.config_path, a).expect("write config a");
