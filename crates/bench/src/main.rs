@@ -10,7 +10,9 @@
 //! GH_BENCH_STREAMS (concurrent streams, default 100; each moves
 //! GH_BENCH_BYTES / 64), GH_BENCH_ONLY (comma-separated sections: bulk,
 //! setup, keys, recording, streams, idle, burst, audit; default all;
-//! `console`, the web console's section, and `nodes`, two gateway nodes
+//! `ingest`, batched audit ingest alone in `GH_BENCH_RUNS` rounds per
+//! backend (see `ingest.rs`), `console`, the web console's section, and
+//! `nodes`, two gateway nodes
 //! behind HAProxy, run only when named: see `console.rs`, `nodes.rs`;
 //! `burst.rs` has the burst section's own knobs),
 //! GH_BENCH_HOLD (seconds to keep the idle sessions open after measuring,
@@ -29,6 +31,7 @@ use gatehouse_testkit::{self as kit, Sshd};
 
 mod burst;
 mod console;
+mod ingest;
 mod nodes;
 mod soak;
 mod writers;
@@ -536,28 +539,8 @@ async fn ingest(url: &str, events: u64) -> (f64, f64, f64) {
         t.await.expect("task");
     }
     let concurrent = (events / 16 * 16) as f64 / t.elapsed().as_secs_f64();
-    // Bulk events (transfers, commands) in batches of 1000, made before
-    // the clock starts: what is timed is the store taking them (in the
-    // gateway, sessions make their events on tasks of their own).
-    let total = 200_000u64;
-    let batches: Vec<Vec<NewEvent>> = (0..total / 1000)
-        .map(|b| {
-            (0..1000)
-                .map(|i| {
-                    NewEvent::new("sftp.close", Severity::Info, Outcome::Success, "bench")
-                        .user(format!("user{}", (b + i) % 100))
-                        .details(
-                            serde_json::json!({"path": "/srv/data/file.bin", "bytes_written": 1048576}),
-                        )
-                })
-                .collect()
-        })
-        .collect();
-    let t = Instant::now();
-    for batch in batches {
-        store.append_batch(batch).await.expect("append batch");
-    }
-    let batched = total as f64 / t.elapsed().as_secs_f64();
+    // Bulk events in batches of 1000 (see ingest.rs).
+    let batched = ingest::timed(&store, ingest::batches()).await;
     (sequential, concurrent, batched)
 }
 
@@ -870,6 +853,9 @@ async fn main() {
     }
     // Writers on one PostgreSQL chain, only when named (it needs the
     // local PostgreSQL).
+    if only.split(',').any(|x| x.trim() == "ingest") {
+        ingest::run(env_u64("GH_BENCH_RUNS", 3), &mut table, &mut json).await;
+    }
     if only.split(',').any(|x| x.trim() == "writers") {
         writers::run_all(&mut table, &mut json).await;
     }
