@@ -663,7 +663,8 @@ impl Store {
     }
 
     /// One page of events matching `filter`, newest first, each with its
-    /// seq. The next page: `before_seq` = the last row's seq.
+    /// seq (by seq; a user's events by time, then seq). The next page:
+    /// `before_seq` = the last row's seq.
     pub async fn events_page(
         &self,
         filter: &EventFilter,
@@ -673,6 +674,15 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
+        let q = self.events_query(filter, limit).await?;
+        fetch_query!(self, q, decode_event)
+            .into_iter()
+            .map(|(seq, ev)| ev.map(|e| (seq, e)))
+            .collect()
+    }
+
+    /// The query behind [`Store::events_page`].
+    async fn events_query(&self, filter: &EventFilter, limit: i64) -> Result<Query, StoreError> {
         let narrow = self.narrow_events(filter).await?;
         let mut q = Query::new();
         let conds = event_conditions(self.backend(), filter, narrow, &mut q);
@@ -681,16 +691,33 @@ impl Store {
         // and sort them, rather than walk the whole trail in seq order.
         let order = match narrow {
             Narrow::None => "seq DESC",
-            _ => "seq + 0 DESC",
+            Narrow::User => "time DESC, seq DESC",
+            Narrow::Type | Narrow::Window => "seq + 0 DESC",
+        };
+        // SQLite, without statistics, can as well walk the whole trail
+        // through `time` (same order) as read the user's own rows.
+        let from = match (narrow, self.backend()) {
+            (Narrow::User, Backend::Sqlite) => "audit_events INDEXED BY audit_events_user_time",
+            _ => "audit_events",
         };
         q.sql = format!(
-            "SELECT {} FROM audit_events WHERE 1 = 1{conds} ORDER BY {order} LIMIT {lim}",
+            "SELECT {} FROM {from} WHERE 1 = 1{conds} ORDER BY {order} LIMIT {lim}",
             self.select_columns()
         );
-        fetch_query!(self, q, decode_event)
-            .into_iter()
-            .map(|(seq, ev)| ev.map(|e| (seq, e)))
-            .collect()
+        Ok(q)
+    }
+
+    /// SQLite's plan for [`Store::events_page`]'s query, one line per step.
+    #[cfg(test)]
+    pub(crate) async fn events_plan(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut q = self.events_query(filter, 100).await?;
+        q.sql = format!("EXPLAIN QUERY PLAN {}", q.sql);
+        let rows: Vec<Result<String, sqlx::Error>> =
+            fetch_query!(self, q, |r| r.try_get::<String, &str>("detail"));
+        Ok(rows.into_iter().collect::<Result<_, _>>()?)
     }
 
     /// Which filter, if any, matches few enough events to read them all
@@ -721,6 +748,10 @@ impl Store {
                 return Ok(Narrow::Window);
             }
         }
+        // A session's few events are better read through its own index.
+        if f.user.is_some() && f.session_id.is_none() {
+            return Ok(Narrow::User);
+        }
         Ok(Narrow::None)
     }
 
@@ -738,6 +769,12 @@ enum Narrow {
     None,
     Type,
     Window,
+    /// A user's events, newest first in time order through
+    /// `(user_name, time)`, equal times by seq (on SQLite the index ends
+    /// in the row's seq). There is no `(user_name, seq)` index: a second
+    /// index that every batch writes at one place per user halved batched
+    /// ingest (BENCHMARKS.md).
+    User,
 }
 
 /// Most events of a type read and sorted (SQLite).
@@ -1036,7 +1073,7 @@ fn event_conditions(backend: Backend, f: &EventFilter, narrow: Narrow, q: &mut Q
         ));
     }
     c.push_str(&time_condition(
-        &col("time", narrow == Narrow::Window),
+        &col("time", matches!(narrow, Narrow::Window | Narrow::User)),
         f,
         q,
     ));
@@ -1051,7 +1088,15 @@ fn event_conditions(backend: Backend, f: &EventFilter, narrow: Narrow, q: &mut Q
         ));
     }
     if let Some(seq) = f.before_seq {
-        c.push_str(&format!(" AND seq < {}", q.int(seq)));
+        let s = q.int(seq);
+        if narrow == Narrow::User {
+            // Pages follow (time, seq): after the cursor's event in that
+            // order (none when there is no event `seq`).
+            let t = format!("(SELECT time FROM audit_events WHERE seq = {s})");
+            c.push_str(&format!(" AND time <= {t} AND (time < {t} OR seq < {s})"));
+        } else {
+            c.push_str(&format!(" AND seq < {s}"));
+        }
     }
     c
 }

@@ -671,6 +671,90 @@ async fn the_event_list_filters_and_pages(db: Db) {
 }
 both!(the_event_list_filters_and_pages);
 
+/// A user's events page in time order, equal times by seq (an event can
+/// be committed after a newer one), and pages give every event once.
+async fn a_users_events_page_in_time_order(db: Db) {
+    let s = &db.store;
+    let mut events = Vec::new();
+    for (user, second) in [
+        ("alice", 5),
+        ("bob", 6),
+        ("alice", 3),
+        ("alice", 7),
+        ("bob", 1),
+        ("alice", 7),
+        ("alice", 1),
+    ] {
+        events.push(ev(EventType::COMMAND, "S", user, second));
+    }
+    s.append_batch(events).await.unwrap();
+    let mut f = EventFilter {
+        user: Some("alice".into()),
+        ..Default::default()
+    };
+    let all = s.events_page(&f, 100).await.unwrap();
+    let first = s.events_page(&EventFilter::default(), 100).await.unwrap();
+    let base = first.iter().map(|(seq, _)| *seq).min().unwrap();
+    let got: Vec<(String, i64)> = all
+        .iter()
+        .map(|(seq, e)| (e.event.time.clone(), seq - base))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(at(7), 5), (at(7), 3), (at(5), 0), (at(3), 2), (at(1), 6)]
+    );
+    let mut seen = Vec::new();
+    loop {
+        let page = s.events_page(&f, 2).await.unwrap();
+        let Some((last, _)) = page.last() else { break };
+        f.before_seq = Some(*last);
+        seen.extend(page.into_iter().map(|(seq, _)| seq));
+    }
+    assert_eq!(seen, all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>());
+    // A cursor that is no event's seq ends the list.
+    f.before_seq = Some(base + 1000);
+    assert!(s.events_page(&f, 10).await.unwrap().is_empty());
+    db.done().await;
+}
+both!(a_users_events_page_in_time_order);
+
+/// A store made by an older release loses the (user_name, seq) index
+/// when opened: creating it again succeeds only if it is gone.
+async fn the_old_user_seq_index_is_dropped_on_open(db: Db) {
+    let create = "CREATE INDEX audit_events_user_seq ON audit_events (user_name, seq)";
+    db.store.raw(create).await;
+    let again = Store::open(&db.url).await.unwrap();
+    again.raw(create).await;
+    again.close().await;
+    db.done().await;
+}
+both!(the_old_user_seq_index_is_dropped_on_open);
+
+/// SQLite reads a user's page through (user_name, time) in its order:
+/// no sort and no walk of the whole trail, with or without a cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_events_are_read_through_the_user_index() {
+    let db = sqlite().await;
+    let s = &db.store;
+    s.append(&ev(EventType::COMMAND, "S", "alice", 1))
+        .await
+        .unwrap();
+    for before_seq in [None, Some(1)] {
+        let f = EventFilter {
+            user: Some("alice".into()),
+            before_seq,
+            ..Default::default()
+        };
+        let plan = s.events_plan(&f).await.unwrap().join("\n");
+        assert!(
+            plan.contains("SEARCH audit_events USING INDEX audit_events_user_time (user_name=?"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+    db.done().await;
+}
+
 async fn the_last_checkpoint_is_the_newest(db: Db) {
     let s = &db.store;
     assert!(s.last_checkpoint().await.unwrap().is_none());
