@@ -558,9 +558,27 @@ async fn awkward_values_come_back_as_written(db: Db) {
         "line\nbreak\ttab",
         "$$ E'x' $q$",
         "ünïcødé ✓",
+        "\\.",
+        "\\N",
+        "cr\rlf\r\n",
+        "a\\tb\\n",
+        "tab\tend\t",
     ];
+    // A small batch, then one of several of SQLite's 64-row statements.
+    for size in [awkward.len(), 150] {
+        awkward_batch(&db, &awkward, size).await;
+    }
+    let report = db.store.verify_chain().await.unwrap();
+    assert_eq!(report.first_bad, None);
+    db.done().await;
+}
+both!(awkward_values_come_back_as_written);
+
+async fn awkward_batch(db: &Db, awkward: &[&str], size: usize) {
     let batch: Vec<NewEvent> = awkward
         .iter()
+        .cycle()
+        .take(size)
         .enumerate()
         .map(|(i, text)| {
             let mut e = NewEvent::new(EventType::COMMAND, Severity::Info, Outcome::Success, text)
@@ -574,15 +592,12 @@ async fn awkward_values_come_back_as_written(db: Db) {
         .collect();
     let stored = db.store.append_batch(batch.clone()).await.unwrap();
     let read = db.store.recent_events(stored.len() as i64).await.unwrap();
+    assert_eq!(read.len(), size);
     assert_eq!(read, stored);
     for (e, sent) in read.iter().zip(&batch) {
         assert_eq!(&e.event, sent);
     }
-    let report = db.store.verify_chain().await.unwrap();
-    assert_eq!(report.first_bad, None);
-    db.done().await;
 }
-both!(awkward_values_come_back_as_written);
 
 /// A NUL character (a client can put one in a user name or a command)
 /// is stored as U+FFFD on both backends, alone or in a batch, and the
