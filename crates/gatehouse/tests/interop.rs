@@ -1099,6 +1099,47 @@ fn a_nul_character_from_a_client_is_audited_on_postgresql() {
         "{r}"
     );
 
+    // An environment variable holding NUL is dropped (and said), so the
+    // command runs; a subsystem name holding NUL is refused with one line.
+    let r = py(
+        &env,
+        "paramiko",
+        &key_login("alice:web01", &env.alice),
+        &[
+            "--escapes",
+            "exec",
+            "--env",
+            "LC_NUL=a\\x00b",
+            "--command",
+            "echo four",
+        ],
+    );
+    assert_eq!(
+        (&r["exit"], &r["stdout"]),
+        (&0.into(), &"four\n".into()),
+        "{r}"
+    );
+    let rows = env.wait_rows(
+        "select details ->> 'env_dropped' as dropped from events where type = 'channel.request' and result = 'denied'",
+    );
+    assert_eq!(rows[0]["dropped"], "[\"LC_NUL\"]", "{rows:?}");
+    let r = py(
+        &env,
+        "paramiko",
+        &key_login("alice:web01", &env.alice),
+        &["--escapes", "subsystem", "--name", "sf\\x00tp"],
+    );
+    assert_eq!(r["exit"], 1, "{r}");
+    assert_eq!(
+        r["stderr"],
+        "gatehouse: the subsystem name holds a NUL character, which SSH servers refuse; nothing ran\n",
+        "{r}"
+    );
+    let rows = env.wait_rows(
+        "select details ->> 'subsystem' as subsystem, reason from events where type = 'channel.request' and details ->> 'subsystem' is not null",
+    );
+    assert_eq!(rows[0]["subsystem"], "sf\u{fffd}tp", "{rows:?}");
+
     let out = env.gatehouse(&["audit", "verify"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }

@@ -97,6 +97,11 @@ async fn session_channel(ctx: ChannelCtx, mut channel: Channel<Msg>, _guard: Cha
     if !audit_setup(&ctx, &setup, &request).await {
         return;
     }
+    if matches!(&request, Request::Subsystem(name) if name.contains('\0')) {
+        // The target's sshd would drop the whole connection.
+        fail(&channel, pty, NUL_SUBSYSTEM, 1).await;
+        return;
+    }
     if ctx.dest.target.is_none() {
         match request {
             Request::Shell => Box::pin(via_menu(ctx, channel, setup)).await,
@@ -164,11 +169,17 @@ async fn read_setup(ctx: &ChannelCtx, channel: &mut Channel<Msg>) -> Option<(Set
                     (p.cols, p.rows) = clamp_pty(col_width, row_height, max_cols, max_rows);
                 }
             }
+            // A NUL character would make the target's sshd drop the whole
+            // connection: such a variable is dropped, and audited as such.
             ChannelMsg::SetEnv {
                 variable_name,
                 variable_value,
                 ..
-            } if env_allowed(accept_env, &variable_name) && setup.env.len() < 64 => {
+            } if env_allowed(accept_env, &variable_name)
+                && !variable_name.contains('\0')
+                && !variable_value.contains('\0')
+                && setup.env.len() < 64 =>
+            {
                 setup.env.push((variable_name, variable_value));
             }
             ChannelMsg::SetEnv { variable_name, .. } if setup.env_dropped.len() < 64 => {
@@ -197,27 +208,33 @@ async fn audit_setup(ctx: &ChannelCtx, setup: &Setup, request: &Request) -> bool
     if subsystem.is_none() && !setup.agent_requested && setup.env_dropped.is_empty() {
         return true;
     }
-    let refused = (setup.agent_requested && !setup.agent) || !setup.env_dropped.is_empty();
+    let nul = subsystem.as_deref().is_some_and(|n| n.contains('\0'));
+    let refused = (setup.agent_requested && !setup.agent) || !setup.env_dropped.is_empty() || nul;
     let (sev, result) = if refused {
         (Severity::Warn, Outcome::Denied)
     } else {
         (Severity::Info, Outcome::Success)
     };
-    let ev = ctx
-        .events
-        .event(EventType::CHANNEL_REQUEST, sev, result)
-        .details(serde_json::json!({
-            "subsystem": subsystem,
-            "agent_forwarding": if setup.agent_requested {
-                serde_json::json!(if setup.agent { "granted" } else { "refused" })
-            } else {
-                serde_json::Value::Null
-            },
-            "env_accepted": setup.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
-            "env_dropped": setup.env_dropped,
-        }));
+    let mut ev = ctx.events.event(EventType::CHANNEL_REQUEST, sev, result);
+    if nul {
+        ev = ev.reason(NUL_SUBSYSTEM);
+    }
+    let ev = ev.details(serde_json::json!({
+        "subsystem": subsystem,
+        "agent_forwarding": if setup.agent_requested {
+            serde_json::json!(if setup.agent { "granted" } else { "refused" })
+        } else {
+            serde_json::Value::Null
+        },
+        "env_accepted": setup.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "env_dropped": setup.env_dropped,
+    }));
     ctx.events.fact(ev).await
 }
+
+/// What a user who asked for a subsystem whose name holds NUL is told.
+const NUL_SUBSYSTEM: &str =
+    "the subsystem name holds a NUL character, which SSH servers refuse; nothing ran";
 
 /// A shell without a target: the menu returns the user's choice, access
 /// is decided for it, and the shell runs there.

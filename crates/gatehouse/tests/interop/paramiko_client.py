@@ -38,10 +38,13 @@ def connect(a, **extra):
     return c
 
 
-def run(t, command, stdin_path=None):
+def run(t, command, stdin_path=None, env=()):
     """exec `command` on transport t, streaming the file at stdin_path to
-    its stdin."""
+    its stdin; `env`: NAME=VALUE requests sent first."""
     chan = t.open_session()
+    for pair in env:
+        name, _, value = pair.partition("=")
+        chan.set_environment_variable(name, value)
     chan.exec_command(command)
     if stdin_path:
         with open(stdin_path, "rb") as f:
@@ -67,9 +70,29 @@ def run(t, command, stdin_path=None):
 
 def cmd_exec(a):
     c = connect(a)
-    r = run(c.get_transport(), a.command, a.stdin)
+    r = run(c.get_transport(), a.command, a.stdin, a.env)
     c.close()
     return r
+
+
+def cmd_subsystem(a):
+    """Asks for subsystem --name and reports what comes back."""
+    c = connect(a)
+    chan = c.get_transport().open_session()
+    chan.invoke_subsystem(a.name)
+    chan.shutdown_write()
+    out = bytearray()
+    while True:
+        block = chan.recv(65536)
+        if not block:
+            break
+        out += block
+    err = bytearray()
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)
+    status = chan.recv_exit_status()
+    c.close()
+    return {"stdout": out.decode(), "stderr": err.decode(), "exit": status}
 
 
 def cmd_shell(a):
@@ -185,6 +208,9 @@ def main():
     e = sub.add_parser("exec")
     e.add_argument("--command", required=True)
     e.add_argument("--stdin")
+    e.add_argument("--env", action="append", default=[], help="NAME=VALUE")
+    b = sub.add_parser("subsystem")
+    b.add_argument("--name", required=True)
     s = sub.add_parser("shell")
     s.add_argument("--line", required=True)
     s.add_argument("--expect", required=True)
@@ -202,8 +228,11 @@ def main():
     a = p.parse_args()
     if a.escapes:
         a.user = codecs.decode(a.user, "unicode_escape")
-        if getattr(a, "command", None) is not None:
-            a.command = codecs.decode(a.command, "unicode_escape")
+        for field in ("command", "name"):
+            if getattr(a, field, None) is not None:
+                setattr(a, field, codecs.decode(getattr(a, field), "unicode_escape"))
+        if getattr(a, "env", None):
+            a.env = [codecs.decode(e, "unicode_escape") for e in a.env]
     result = {
         "login": cmd_login,
         "exec": cmd_exec,
@@ -211,6 +240,7 @@ def main():
         "sftp": cmd_sftp,
         "forward": cmd_forward,
         "mfa": cmd_mfa,
+        "subsystem": cmd_subsystem,
     }[a.cmd](a)
     json.dump(result, sys.stdout)
 
