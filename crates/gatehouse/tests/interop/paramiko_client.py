@@ -53,6 +53,11 @@ def run(t, command, stdin_path=None, env=()):
                 if not block:
                     break
                 chan.sendall(block)
+    return finish(chan)
+
+
+def finish(chan):
+    """Closes chan's input and reports what comes back."""
     chan.shutdown_write()
     out = bytearray()
     err = bytearray()
@@ -80,19 +85,9 @@ def cmd_subsystem(a):
     c = connect(a)
     chan = c.get_transport().open_session()
     chan.invoke_subsystem(a.name)
-    chan.shutdown_write()
-    out = bytearray()
-    while True:
-        block = chan.recv(65536)
-        if not block:
-            break
-        out += block
-    err = bytearray()
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
-    status = chan.recv_exit_status()
+    r = finish(chan)
     c.close()
-    return {"stdout": out.decode(), "stderr": err.decode(), "exit": status}
+    return r
 
 
 def cmd_shell(a):
